@@ -1,0 +1,1 @@
+"""`lora-pipeline`: the command line for validating, uploading, following and downloading LoRA runs."""

@@ -1,0 +1,1 @@
+"""The program inside the training image: SageMaker entrypoint, Kohya command builder, smoke trainer."""

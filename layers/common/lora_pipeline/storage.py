@@ -1,0 +1,71 @@
+"""Where a dataset's files come from. The rules only see this interface.
+
+`LocalFolder` reads a folder on disk; the S3 implementation lives in `lora_pipeline.aws.s3_source`.
+Paths are POSIX paths relative to the dataset root (`10_bluebot/img01.png`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+
+
+class DatasetSource(Protocol):
+    @property
+    def location(self) -> str:
+        """Human-readable location of the dataset root (a folder path or an s3:// URI)."""
+        ...
+
+    def list_files(self) -> list[FileEntry]:
+        """Every file below the dataset root, recursively, sorted by path."""
+        ...
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        """Up to `length` bytes from offset `start` (fewer at the end of the file). Must be thread-safe."""
+        ...
+
+    def read_tail(self, path: str, length: int) -> bytes:
+        """The last `length` bytes (the whole file when it is shorter)."""
+        ...
+
+    def read_all(self, path: str) -> bytes:
+        """A whole (small) file: captions, TOML settings."""
+        ...
+
+
+class LocalFolder:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def list_files(self) -> list[FileEntry]:
+        entries = [
+            FileEntry(p.relative_to(self.root).as_posix(), p.stat().st_size)
+            for p in self.root.rglob("*")
+            if p.is_file()
+        ]
+        return sorted(entries, key=lambda e: e.path)
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        with open(self.root / path, "rb") as f:
+            f.seek(start)
+            return f.read(length)
+
+    def read_tail(self, path: str, length: int) -> bytes:
+        with open(self.root / path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - length))
+            return f.read()
+
+    def read_all(self, path: str) -> bytes:
+        return (self.root / path).read_bytes()
