@@ -39,7 +39,9 @@ class ProblemCode:
 
     def at(self, file: str | None, message: str, fix: str | None = None) -> Problem:
         """A problem of this kind in `file`; `fix` overrides the catalogue's generic fix."""
-        return Problem(severity=self.severity, code=self.code, file=file, message=message, fix=fix or self.fix)
+        return Problem(
+            severity=self.severity, code=self.code, file=file, message=message, fix=fix or self.fix
+        )
 
 
 _CATALOGUE: dict[str, ProblemCode] = {}

@@ -1,0 +1,164 @@
+"""The plan of a run: steps as sd-scripts counts them, the LoRA's size, and the time and money it will take."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from lora_pipeline.instances import InstanceTable
+from lora_pipeline.job_settings import JobSettings
+from lora_pipeline.problems import Problem, Severity, define
+
+# sd-scripts v0.10.1 trains this many steps when neither max_train_epochs nor max_train_steps is set.
+SD_SCRIPTS_DEFAULT_MAX_STEPS = 1600
+
+# LoRA parameters per unit of rank, from SDXL's layer shapes (a module d_in -> d_out adds rank * (d_in + d_out)):
+# U-Net, 722 modules: 70 transformer blocks (10 at 640 channels, 60 at 1280) with self-attention (q, k, v, out),
+# cross-attention on the 2048-wide text context and the GEGLU feed-forward, plus proj_in/proj_out of its
+# 11 attention blocks. Text encoders, 264 modules: q, k, v, out, fc1, fc2 of CLIP-L's 12 layers (768 wide,
+# MLP 3072) and OpenCLIP-bigG's 32 layers (1280 wide, MLP 5120).
+UNET_LORA_PARAMS_PER_RANK = 2_659_840
+TEXT_ENCODER_LORA_PARAMS_PER_RANK = 903_168
+
+PLAN_RUNTIME_TOO_SHORT = define(
+    "PLAN_RUNTIME_TOO_SHORT",
+    Severity.ERROR,
+    "the estimated training time is longer than max_runtime_hours, so the job would be stopped unfinished",
+    "Raise max_runtime_hours in pipeline.toml, or train fewer epochs/steps or fewer repeats.",
+)
+
+
+@dataclass(frozen=True)
+class SubsetCount:
+    folder: str
+    images: int
+    repeats: int
+
+
+class SubsetPlan(BaseModel):
+    folder: str
+    images: int
+    repeats: int
+    samples_per_epoch: int
+
+
+class Plan(BaseModel):
+    subsets: list[SubsetPlan]
+    images: int
+    samples_per_epoch: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    gpus: int
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    network_dim: int
+    trains_text_encoders: bool
+    expected_lora_bytes: int
+    instance_type: str
+    spot: bool
+    seconds_per_step: float | None
+    estimated_seconds: int | None
+    on_demand_usd: float | None
+    spot_usd: float | None
+    price_source: str
+
+    @property
+    def estimated_usd(self) -> float | None:
+        return self.spot_usd if self.spot else self.on_demand_usd
+
+
+def _int_setting(config: Mapping[str, Any], key: str, default: int) -> int:
+    value = config.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+def expected_lora_bytes(network_dim: int, trains_text_encoders: bool, save_precision: str | None) -> int:
+    per_rank = UNET_LORA_PARAMS_PER_RANK + (TEXT_ENCODER_LORA_PARAMS_PER_RANK if trains_text_encoders else 0)
+    bytes_per_param = 4 if save_precision == "float" else 2
+    return network_dim * per_rank * bytes_per_param
+
+
+def make_plan(
+    subsets: Sequence[SubsetCount],
+    config: Mapping[str, Any],
+    job: JobSettings,
+    instances: InstanceTable,
+) -> tuple[Plan, list[Problem]]:
+    """Steps per sd-scripts: epochs * ceil(ceil(samples / batch) / gpus / grad_accum), samples = images * repeats.
+
+    Aspect-ratio buckets can add a few partial batches per epoch; the estimate ignores them.
+    """
+    batch = _int_setting(config, "train_batch_size", 1)
+    grad_accum = _int_setting(config, "gradient_accumulation_steps", 1)
+    spec = instances.get(job.instance_type)
+    gpus = max(1, spec.gpus) if spec else 1
+    samples = sum(s.images * s.repeats for s in subsets)
+    steps_per_epoch = math.ceil(math.ceil(samples / batch) / gpus / grad_accum) if samples else 0
+
+    epochs_setting = config.get("max_train_epochs")
+    if isinstance(epochs_setting, int) and epochs_setting > 0:
+        epochs = epochs_setting
+        total_steps = epochs * steps_per_epoch
+    else:
+        total_steps = _int_setting(config, "max_train_steps", SD_SCRIPTS_DEFAULT_MAX_STEPS) if samples else 0
+        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+
+    network_dim = _int_setting(config, "network_dim", 4)
+    trains_text_encoders = not config.get("network_train_unet_only", False)
+    save_precision = config.get("save_precision")
+
+    seconds = on_demand = spot_cost = None
+    if spec is not None:
+        seconds = round(instances.startup_seconds + total_steps * spec.seconds_per_step)
+        on_demand = round(seconds / 3600 * spec.on_demand_usd_per_hour, 2)
+        spot_cost = round(on_demand * (1 - instances.spot_discount), 2)
+
+    plan = Plan(
+        subsets=[
+            SubsetPlan(
+                folder=s.folder, images=s.images, repeats=s.repeats, samples_per_epoch=s.images * s.repeats
+            )
+            for s in subsets
+        ],
+        images=sum(s.images for s in subsets),
+        samples_per_epoch=samples,
+        batch_size=batch,
+        gradient_accumulation_steps=grad_accum,
+        gpus=gpus,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        total_steps=total_steps,
+        network_dim=network_dim,
+        trains_text_encoders=trains_text_encoders,
+        expected_lora_bytes=expected_lora_bytes(
+            network_dim, trains_text_encoders, save_precision if isinstance(save_precision, str) else None
+        ),
+        instance_type=job.instance_type,
+        spot=job.spot,
+        seconds_per_step=spec.seconds_per_step if spec else None,
+        estimated_seconds=seconds,
+        on_demand_usd=on_demand,
+        spot_usd=spot_cost,
+        price_source=instances.source,
+    )
+    return plan, _plan_problems(plan, job)
+
+
+def _plan_problems(plan: Plan, job: JobSettings) -> list[Problem]:
+    problems = []
+    limit = job.max_runtime_hours * 3600
+    if plan.estimated_seconds is not None and plan.estimated_seconds > limit:
+        hours = plan.estimated_seconds / 3600
+        problems.append(
+            PLAN_RUNTIME_TOO_SHORT.at(
+                "pipeline.toml",
+                f"{plan.total_steps} steps on {plan.instance_type} are estimated at {hours:.1f} h, "
+                f"above max_runtime_hours = {job.max_runtime_hours:g}.",
+            )
+        )
+    return problems
