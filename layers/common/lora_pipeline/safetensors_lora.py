@@ -227,6 +227,8 @@ class _ModuleKind:
     optional: frozenset[str]
     rank_key: str
     """Weight whose first dimension is the rank (absent for an undecomposed LoKr factor)."""
+    markers: tuple[str, ...]
+    """Key prefixes that identify the kind of an incomplete module."""
 
     def accepts(self, suffixes: set[str]) -> bool:
         covered: set[str] = set()
@@ -251,12 +253,14 @@ _MODULE_KINDS = (
         required=(_one_of("lora_down.weight"), _one_of("lora_up.weight"), _one_of("alpha")),
         optional=frozenset({"lora_mid.weight", "dora_scale"}),
         rank_key="lora_down.weight",
+        markers=("lora_down", "lora_up"),
     ),
     _ModuleKind(
         "loha",
         required=tuple(_one_of(key) for key in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha")),
         optional=frozenset({"hada_t1", "hada_t2", "dora_scale"}),
         rank_key="hada_w1_b",
+        markers=("hada_",),
     ),
     _ModuleKind(
         "lokr",
@@ -267,10 +271,9 @@ _MODULE_KINDS = (
         ),
         optional=frozenset({"lokr_t2", "dora_scale"}),
         rank_key="lokr_w2_b",
+        markers=("lokr_",),
     ),
 )
-
-_KIND_MARKERS = {"lora": ("lora_down", "lora_up"), "loha": ("hada_",), "lokr": ("lokr_",)}
 
 
 class LoraSummary(BaseModel):
@@ -358,11 +361,10 @@ def _kind_of(module: str, suffixes: set[str]) -> _ModuleKind:
     for kind in _MODULE_KINDS:
         if kind.accepts(suffixes):
             return kind
-    guess = next(
-        (name for name, markers in _KIND_MARKERS.items() if any(s.startswith(markers) for s in suffixes)),
-        None,
+    expected = next(
+        (kind for kind in _MODULE_KINDS if any(s.startswith(kind.markers) for s in suffixes)),
+        _MODULE_KINDS[0],
     )
-    expected = next((k for k in _MODULE_KINDS if k.name == guess), _MODULE_KINDS[0])
     raise LoraFormatError(
         f"module {module!r} is incomplete or mixed: it has {sorted(suffixes)}, a {expected.name} module needs "
         f"{expected.describe_keys()}. The file was cut or edited; use the file the trainer wrote"
