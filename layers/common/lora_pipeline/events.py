@@ -1,0 +1,168 @@
+"""The pipeline's events: EventBridge `detail` models, one per detail-type, on the custom bus.
+
+Consumers rely on these: every field change is a breaking change. Each model carries its schema version;
+`python -m lora_pipeline.events schemas/events` writes the JSON Schemas committed in the repo, and a test
+fails when a model and its committed schema differ.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EVENT_SOURCE = "sdxl-lora-pipeline"
+
+
+class Stage(StrEnum):
+    SETTLE = "settle"
+    VALIDATE = "validate"
+    SLOT = "slot"
+    TRAINING = "training"
+    UNPACK = "unpack"
+
+
+class EventDetail(BaseModel):
+    """Fields every event carries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    DETAIL_TYPE: ClassVar[str]
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    schema_version: Literal[1] = Field(
+        1, description="Version of this detail's schema; bumped on any change."
+    )
+    dataset: str = Field(description="Dataset folder name under datasets/.")
+    run_id: str = Field(description="Run id; the run's files are under runs/<dataset>/<run_id>/.")
+    bucket: str = Field(description="The pipeline's bucket.")
+    time: datetime = Field(description="When the state machine emitted the event (UTC).")
+
+
+class ProblemDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    severity: Literal["error", "warning", "info"]
+    code: str
+    file: str | None
+    message: str
+    fix: str | None
+
+
+class DatasetRejected(EventDetail):
+    DETAIL_TYPE: ClassVar[str] = "Dataset Rejected"
+
+    reason: str = Field(description="Why the state machine stopped the run (one line).")
+    error_count: int
+    warning_count: int
+    problems: list[ProblemDetail] = Field(description="Every problem found, each with its fix.")
+    report_uri: str = Field(description="s3:// URI of the full validation.json.")
+
+
+class TrainingStarted(EventDetail):
+    DETAIL_TYPE: ClassVar[str] = "Training Started"
+
+    training_job_name: str
+    instance_type: str
+    spot: bool
+    volume_size_gb: int
+    max_runtime_seconds: int
+    trainer: str
+    output_name: str
+    estimated_cost_usd: float | None = Field(description="Planner's estimate before training (on-demand).")
+    console_url: str
+
+
+class TrainingSucceeded(EventDetail):
+    DETAIL_TYPE: ClassVar[str] = "Training Succeeded"
+
+    training_job_name: str
+    output_name: str
+    model_uri: str = Field(description="s3:// URI of the LoRA .safetensors.")
+    manifest_uri: str
+    sha256: str
+    size_bytes: int
+    instance_type: str
+    spot: bool
+    training_seconds: int
+    billable_seconds: int
+    estimated_cost_usd: float | None = Field(description="billable seconds x the instance's on-demand price.")
+    changed_during_run: bool = Field(description="Objects arrived in the dataset after the run had settled.")
+    console_url: str
+
+
+class TrainingFailed(EventDetail):
+    DETAIL_TYPE: ClassVar[str] = "Training Failed"
+
+    stage: Stage
+    error: str
+    cause: str
+    failure_reason: str | None = Field(description="SageMaker's FailureReason when the job failed.")
+    training_job_name: str | None
+    console_url: str = Field(description="Where to look: the training job, or the execution.")
+    logs_url: str | None
+
+
+class TrainingCancelled(EventDetail):
+    DETAIL_TYPE: ClassVar[str] = "Training Cancelled"
+
+    execution_status: Literal["ABORTED", "TIMED_OUT"]
+    training_job_name: str | None = Field(description="The job that was stopped, if one was running.")
+    training_job_stopped: bool
+
+
+EVENT_MODELS: tuple[type[EventDetail], ...] = (
+    DatasetRejected,
+    TrainingStarted,
+    TrainingSucceeded,
+    TrainingFailed,
+    TrainingCancelled,
+)
+BY_DETAIL_TYPE: dict[str, type[EventDetail]] = {m.DETAIL_TYPE: m for m in EVENT_MODELS}
+
+
+def parse_detail(detail_type: str, detail: dict[str, Any]) -> EventDetail:
+    try:
+        model = BY_DETAIL_TYPE[detail_type]
+    except KeyError:
+        raise ValueError(f"unknown detail-type {detail_type!r}") from None
+    return model.model_validate(detail)
+
+
+def schema_file_name(model: type[EventDetail]) -> str:
+    return f"{model.DETAIL_TYPE.lower().replace(' ', '-')}.v{model.SCHEMA_VERSION}.json"
+
+
+def json_schema(model: type[EventDetail]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema["$id"] = f"{EVENT_SOURCE}/{schema_file_name(model)}"
+    schema["x-detail-type"] = model.DETAIL_TYPE
+    schema["x-source"] = EVENT_SOURCE
+    return schema
+
+
+def render_schemas() -> dict[str, str]:
+    """File name -> JSON Schema text, as committed under schemas/events/."""
+    return {
+        schema_file_name(m): json.dumps(json_schema(m), indent=2, sort_keys=True) + "\n" for m in EVENT_MODELS
+    }
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_schemas().items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in write_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "schemas/events")):
+        print(written_path)

@@ -1,0 +1,105 @@
+"""Every S3 key the pipeline reads or writes, built in one place (see docs: design.md, "S3 layout").
+
+Only `datasets/` triggers the pipeline; everything the pipeline writes lives under `runs/`, and the
+image build uses `build/`, so nothing written here can start a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATASETS_PREFIX = "datasets/"
+RUNS_PREFIX = "runs/"
+BUILD_PREFIX = "build/"
+READY_MARKER = "_READY"
+CONTAINER_SOURCE_KEY = f"{BUILD_PREFIX}container-source.zip"
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key` -> (bucket, key)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}")
+    return bucket, key
+
+
+def dataset_prefix(dataset: str) -> str:
+    return f"{DATASETS_PREFIX}{dataset}/"
+
+
+@dataclass(frozen=True)
+class DatasetObject:
+    """An object below `datasets/<dataset>/`; `path` is relative to the dataset root."""
+
+    dataset: str
+    path: str
+
+    @property
+    def is_ready_marker(self) -> bool:
+        return self.path == READY_MARKER
+
+
+def parse_dataset_key(key: str) -> DatasetObject | None:
+    """The dataset an object key belongs to, or None when the key is not inside a dataset folder."""
+    if not key.startswith(DATASETS_PREFIX):
+        return None
+    dataset, sep, path = key[len(DATASETS_PREFIX) :].partition("/")
+    if not dataset or not sep:
+        return None
+    return DatasetObject(dataset=dataset, path=path)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Keys of one run: `runs/<dataset>/<run_id>/...`."""
+
+    dataset: str
+    run_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{RUNS_PREFIX}{self.dataset}/{self.run_id}/"
+
+    @property
+    def validation_key(self) -> str:
+        return f"{self.prefix}validation.json"
+
+    @property
+    def config_prefix(self) -> str:
+        return f"{self.prefix}config/"
+
+    @property
+    def kohya_toml_key(self) -> str:
+        return f"{self.config_prefix}kohya.toml"
+
+    @property
+    def prompts_key(self) -> str:
+        return f"{self.config_prefix}prompts.txt"
+
+    @property
+    def checkpoints_prefix(self) -> str:
+        return f"{self.prefix}checkpoints/"
+
+    @property
+    def output_prefix(self) -> str:
+        return f"{self.prefix}output/"
+
+    def model_archive_key(self, training_job_name: str) -> str:
+        return f"{self.output_prefix}{training_job_name}/output/model.tar.gz"
+
+    @property
+    def model_prefix(self) -> str:
+        return f"{self.prefix}model/"
+
+    def model_key(self, output_name: str) -> str:
+        return f"{self.model_prefix}{output_name}.safetensors"
+
+    @property
+    def manifest_key(self) -> str:
+        return f"{self.model_prefix}manifest.json"

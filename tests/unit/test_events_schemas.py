@@ -1,0 +1,69 @@
+"""The committed JSON Schemas are the contract: a model change without regenerating them fails here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from pydantic import ValidationError
+
+from lora_pipeline import events
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "events"
+
+
+def test_committed_schemas_match_the_models() -> None:
+    rendered = events.render_schemas()
+    committed = {p.name: p.read_text(encoding="utf-8") for p in SCHEMA_DIR.glob("*.json")}
+    assert committed == rendered, "run: .venv/bin/python -m lora_pipeline.events schemas/events"
+
+
+def test_every_detail_type_has_one_model() -> None:
+    assert sorted(events.BY_DETAIL_TYPE) == [
+        "Dataset Rejected",
+        "Training Cancelled",
+        "Training Failed",
+        "Training Started",
+        "Training Succeeded",
+    ]
+
+
+def _cancelled(**overrides: object) -> dict[str, object]:
+    detail: dict[str, object] = {
+        "schema_version": 1,
+        "dataset": "bluebot",
+        "run_id": "20261126-112430-3f9a",
+        "bucket": "b",
+        "time": "2026-11-26T11:24:30.123Z",
+        "execution_status": "ABORTED",
+        "training_job_name": None,
+        "training_job_stopped": False,
+    }
+    detail.update(overrides)
+    return detail
+
+
+def test_schema_and_model_agree_on_a_valid_detail() -> None:
+    schema = json.loads((SCHEMA_DIR / "training-cancelled.v1.json").read_text())
+    jsonschema.validate(_cancelled(), schema)
+    parsed = events.parse_detail("Training Cancelled", _cancelled())
+    assert isinstance(parsed, events.TrainingCancelled)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"surprise": 1}, {"schema_version": 2}, {"execution_status": "SUCCEEDED"}, {"time": "yesterday"}],
+)
+def test_unknown_fields_and_wrong_values_are_refused_by_both(bad: dict[str, object]) -> None:
+    schema = json.loads((SCHEMA_DIR / "training-cancelled.v1.json").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(_cancelled(**bad), schema, format_checker=jsonschema.FormatChecker())
+    with pytest.raises(ValidationError):
+        events.parse_detail("Training Cancelled", _cancelled(**bad))
+
+
+def test_unknown_detail_type_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown detail-type"):
+        events.parse_detail("Training Exploded", {})

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from lora_pipeline import events, notifications
+
+COMMON: dict[str, Any] = {
+    "dataset": "bluebot",
+    "run_id": "20261126-112430-3f9a",
+    "bucket": "lora-bucket",
+    "time": "2026-11-26T11:24:30Z",
+}
+
+
+def _problem(code: str, severity: str = "error", file: str | None = "10_blue/a.png") -> dict[str, Any]:
+    return {
+        "severity": severity,
+        "code": code,
+        "file": file,
+        "message": f"{code} happened",
+        "fix": f"undo {code}",
+    }
+
+
+def rejected(problems: list[dict[str, Any]], errors: int) -> events.DatasetRejected:
+    return events.DatasetRejected(
+        **COMMON,
+        reason="the dataset has errors",
+        error_count=errors,
+        warning_count=len(problems) - errors,
+        problems=problems,
+        report_uri="s3://lora-bucket/runs/bluebot/r/validation.json",
+    )
+
+
+def succeeded(**overrides: Any) -> events.TrainingSucceeded:
+    fields = {
+        **COMMON,
+        "training_job_name": "bluebot-20261126-112430-3f9a-0",
+        "output_name": "bluebot_v1",
+        "model_uri": "s3://lora-bucket/runs/bluebot/r/model/bluebot_v1.safetensors",
+        "manifest_uri": "s3://lora-bucket/runs/bluebot/r/model/manifest.json",
+        "sha256": "ab" * 32,
+        "size_bytes": 228_000_000,
+        "instance_type": "ml.g5.2xlarge",
+        "spot": True,
+        "training_seconds": 3725,
+        "billable_seconds": 1300,
+        "estimated_cost_usd": 0.547,
+        "changed_during_run": False,
+        "console_url": "https://console/job",
+    }
+    fields.update(overrides)
+    return events.TrainingSucceeded(**fields)
+
+
+def test_rejection_lists_every_problem_with_its_fix_and_the_next_step() -> None:
+    problems = [
+        _problem("IMG_TOO_SMALL"),
+        _problem("NO_CAPTION"),
+        _problem("CFG_X"),
+        _problem("W", "warning", None),
+    ]
+    message = notifications.render(rejected(problems, errors=3))
+    assert message.subject == "Dataset rejected: bluebot (3 problems)"
+    for p in problems:
+        assert f"{p['code']}]" in message.body and f"Fix: undo {p['code']}" in message.body
+    assert "1. [ERROR IMG_TOO_SMALL] 10_blue/a.png: IMG_TOO_SMALL happened" in message.body
+    assert "4. [WARNING W] W happened" in message.body
+    assert "nothing was spent on GPUs" in message.body
+    assert "lora-pipeline validate" in message.body
+    assert "s3://lora-bucket/runs/bluebot/r/validation.json" in message.body
+
+
+def test_one_problem_is_singular() -> None:
+    assert (
+        notifications.render(rejected([_problem("X")], errors=1)).subject
+        == "Dataset rejected: bluebot (1 problem)"
+    )
+
+
+def test_success_says_where_the_model_is_what_it_cost_and_when_the_link_dies() -> None:
+    link = notifications.DownloadLink(
+        "https://signed.example/x", datetime(2026, 11, 27, 11, 0, tzinfo=UTC), "May stop working earlier."
+    )
+    message = notifications.render(succeeded(), link)
+    assert message.subject == "LoRA ready: bluebot"
+    body = message.body
+    assert "Model: s3://lora-bucket/runs/bluebot/r/model/bluebot_v1.safetensors" in body
+    assert "Download (expires 2026-11-27 11:00 UTC): https://signed.example/x" in body
+    assert "May stop working earlier." in body
+    assert "Training time: 1 h 02 min" in body
+    assert "Billable: 1300 s (managed spot, ml.g5.2xlarge)" in body
+    assert "Estimated cost: $0.55" in body
+    assert "changed while this run" not in body
+    assert "<lora:bluebot_v1:1>" in body
+
+
+def test_success_mentions_a_dataset_that_changed_mid_run() -> None:
+    body = notifications.render(succeeded(changed_during_run=True, estimated_cost_usd=None)).body
+    assert "the dataset changed while this run was in progress" in body
+    assert "unknown (instance type not in the price table)" in body
+    assert "Download" not in body
+
+
+def test_failure_shows_stage_reason_and_where_to_look() -> None:
+    failed = events.TrainingFailed(
+        **COMMON,
+        stage="training",
+        error="States.TaskFailed",
+        cause="job failed",
+        failure_reason="AlgorithmError: CUDA out of memory",
+        training_job_name="bluebot-x-0",
+        console_url="https://console/job",
+        logs_url="https://console/logs",
+    )
+    message = notifications.render(failed)
+    assert message.subject == "Training failed: bluebot (training)"
+    assert "SageMaker says: AlgorithmError: CUDA out of memory" in message.body
+    assert "Logs: https://console/logs" in message.body
+
+
+@pytest.mark.parametrize(("job", "text"), [(None, "place in the queue"), ("job-0", "job-0 was stopped")])
+def test_cancellation(job: str | None, text: str) -> None:
+    detail = events.TrainingCancelled(
+        **COMMON, execution_status="ABORTED", training_job_name=job, training_job_stopped=job is not None
+    )
+    message = notifications.render(detail)
+    assert message.subject == "Training cancelled: bluebot"
+    assert text in message.body
+
+
+def test_subjects_are_ascii_single_line_and_short() -> None:
+    detail = rejected([_problem("X")], errors=1).model_copy(update={"dataset": "名前\n" + "d" * 200})
+    subject = notifications.render(detail).subject
+    assert subject.isascii() and "\n" not in subject and len(subject) < 100
+
+
+def test_durations() -> None:
+    assert notifications.duration(59) == "59 s"
+    assert notifications.duration(61) == "1 min 01 s"
+    assert notifications.duration(7200) == "2 h 00 min"

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from lora_pipeline import runs, s3_layout
+from lora_pipeline.instances import load_instance_table
+
+JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+
+
+def test_run_ids_sort_by_time_and_are_unique() -> None:
+    early = runs.new_run_id(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    late = runs.new_run_id(datetime(2026, 11, 2, 3, 4, 5, tzinfo=UTC))
+    assert early.startswith("20260102-030405-")
+    assert early < late
+    assert len({runs.new_run_id() for _ in range(200)}) > 190
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    ["bluebot", "my dataset_v2 (final)", "x" * 300, "---", "ünïcødé-名前", "a.b.c"],
+)
+@pytest.mark.parametrize("attempt", [0, 9])
+def test_training_job_names_are_valid_and_derived_from_the_dataset(dataset: str, attempt: int) -> None:
+    run_id = runs.new_run_id()
+    name = runs.training_job_name(dataset, run_id, attempt)
+    assert len(name) <= 63
+    assert JOB_NAME.match(name), name
+    assert name.endswith(f"{run_id}-{attempt}")
+    assert name.startswith(runs.name_slug(dataset, 5))
+
+
+def test_job_names_of_two_runs_of_one_dataset_differ() -> None:
+    assert runs.training_job_name("d", runs.new_run_id(), 0) != runs.training_job_name(
+        "d", runs.new_run_id(), 0
+    )
+
+
+def test_attempt_must_be_one_digit() -> None:
+    with pytest.raises(ValueError):
+        runs.training_job_name("d", "r", 10)
+
+
+def test_execution_name_fits_step_functions() -> None:
+    name = runs.execution_name("y" * 200, "20261126-112430-3f9a")
+    assert len(name) <= 80 and name.endswith("-20261126-112430-3f9a")
+
+
+def test_ingest_action() -> None:
+    settling = runs.ActiveRun("r", settle_token="tok")
+    settled = runs.ActiveRun("r", settle_token=None)
+    assert runs.ingest_action(settling, is_ready_marker=False) is runs.IngestAction.HEARTBEAT
+    assert runs.ingest_action(settling, is_ready_marker=True) is runs.IngestAction.READY
+    assert runs.ingest_action(settled, is_ready_marker=True) is runs.IngestAction.CHANGED_DURING_RUN
+
+
+def test_job_facts_bill_spot_at_billable_seconds() -> None:
+    table = load_instance_table()
+    price = table.instances["ml.g5.2xlarge"].on_demand_usd_per_hour
+    facts = runs.job_facts(
+        {
+            "TrainingJobName": "j",
+            "ResourceConfig": {"InstanceType": "ml.g5.2xlarge"},
+            "EnableManagedSpotTraining": True,
+            "TrainingTimeInSeconds": 3600,
+            "BillableTimeInSeconds": 1200,
+        },
+        table,
+    )
+    assert facts.spot and facts.billable_seconds == 1200 and facts.training_seconds == 3600
+    assert facts.estimated_cost_usd == pytest.approx(price / 3)
+
+
+def test_job_facts_of_an_unpriced_instance_have_no_cost() -> None:
+    facts = runs.job_facts(
+        {"TrainingJobName": "j", "ResourceConfig": {"InstanceType": "ml.zz"}}, load_instance_table()
+    )
+    assert facts.estimated_cost_usd is None and facts.billable_seconds == 0
+
+
+def test_s3_layout_of_a_run() -> None:
+    run = s3_layout.RunLayout("bluebot", "20261126-112430-3f9a")
+    assert run.validation_key == "runs/bluebot/20261126-112430-3f9a/validation.json"
+    assert run.kohya_toml_key == "runs/bluebot/20261126-112430-3f9a/config/kohya.toml"
+    assert (
+        run.model_archive_key("job-0") == "runs/bluebot/20261126-112430-3f9a/output/job-0/output/model.tar.gz"
+    )
+    assert run.model_key("blue") == "runs/bluebot/20261126-112430-3f9a/model/blue.safetensors"
+    assert run.manifest_key == "runs/bluebot/20261126-112430-3f9a/model/manifest.json"
+    assert all(
+        k.startswith(s3_layout.RUNS_PREFIX) for k in (run.prefix, run.checkpoints_prefix, run.output_prefix)
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("datasets/bluebot/10_blue/a.png", ("bluebot", "10_blue/a.png", False)),
+        ("datasets/bluebot/_READY", ("bluebot", "_READY", True)),
+        ("datasets/bluebot/", ("bluebot", "", False)),
+        ("datasets/bluebot", None),
+        ("runs/bluebot/x/validation.json", None),
+        ("datasets//a.png", None),
+    ],
+)
+def test_parse_dataset_key(key: str, expected: tuple[str, str, bool] | None) -> None:
+    parsed = s3_layout.parse_dataset_key(key)
+    assert (parsed and (parsed.dataset, parsed.path, parsed.is_ready_marker)) == expected
+
+
+def test_parse_s3_uri() -> None:
+    assert s3_layout.parse_s3_uri("s3://b/k/x.safetensors") == ("b", "k/x.safetensors")
+    with pytest.raises(ValueError):
+        s3_layout.parse_s3_uri("https://b/k")
