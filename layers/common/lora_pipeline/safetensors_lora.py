@@ -21,7 +21,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -62,6 +62,12 @@ SDXL_TE2_MODULES = 192
 PART_PREFIXES = {"unet": "lora_unet_", "te1": "lora_te1_", "te2": "lora_te2_"}
 
 
+class ByteReader(Protocol):
+    """What the readers need from a stream: a binary file, an S3 body, a tar member."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class LoraFormatError(ValueError):
     """The file is not a usable SDXL LoRA in Kohya format; the message says why and what to do."""
 
@@ -94,7 +100,7 @@ class SafetensorsHeader:
         return 8 + self.header_size + self.data_size
 
 
-def _read_exact(stream: BinaryIO, count: int) -> bytes:
+def _read_exact(stream: ByteReader, count: int) -> bytes:
     chunks: list[bytes] = []
     remaining = count
     while remaining:
@@ -107,7 +113,7 @@ def _read_exact(stream: BinaryIO, count: int) -> bytes:
 
 
 def read_safetensors_header(
-    stream: BinaryIO, size: int | None = None, *, max_header_bytes: int = MAX_HEADER_BYTES
+    stream: ByteReader, size: int | None = None, *, max_header_bytes: int = MAX_HEADER_BYTES
 ) -> SafetensorsHeader:
     """Read and check the header at the current position of `stream`, consuming exactly 8 + header bytes.
 
