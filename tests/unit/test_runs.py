@@ -50,8 +50,8 @@ def test_execution_name_fits_step_functions() -> None:
 
 
 def test_ingest_action() -> None:
-    settling = runs.ActiveRun("r", settle_token="tok")
-    settled = runs.ActiveRun("r", settle_token=None)
+    settling = runs.ActiveRun("r", settling=True, settle_token=None)
+    settled = runs.ActiveRun("r", settling=False, settle_token=None)
     assert runs.ingest_action(settling, is_ready_marker=False) is runs.IngestAction.HEARTBEAT
     assert runs.ingest_action(settling, is_ready_marker=True) is runs.IngestAction.READY
     assert runs.ingest_action(settled, is_ready_marker=True) is runs.IngestAction.CHANGED_DURING_RUN

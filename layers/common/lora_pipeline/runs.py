@@ -12,7 +12,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from lora_pipeline.instances import InstanceTable
+from lora_pipeline.job_settings import JobSettings
+from lora_pipeline.kohya_config import safe_output_name
+from lora_pipeline.report import ValidationReport
+from lora_pipeline.s3_layout import RunLayout, dataset_prefix, s3_uri
 
 TRAINING_JOB_NAME_MAX = 63
 EXECUTION_NAME_MAX = 80
@@ -53,21 +59,23 @@ def training_job_name(dataset: str, run_id: str, attempt: int) -> str:
 
 
 class IngestAction(StrEnum):
-    STARTED = "started"  # first object of an idle dataset: a new run
-    HEARTBEAT = "heartbeat"  # the run is still settling: the quiet period starts again
+    HEARTBEAT = "heartbeat"  # still settling: the quiet period starts again
     READY = "ready"  # `_READY` while settling: stop waiting
     CHANGED_DURING_RUN = "changed_during_run"  # the run has settled already: note it, start nothing
 
 
 @dataclass(frozen=True)
 class ActiveRun:
+    """The run that holds a dataset. `settle_token` is set while the state machine waits for quiet."""
+
     run_id: str
+    settling: bool
     settle_token: str | None
 
 
 def ingest_action(active: ActiveRun, is_ready_marker: bool) -> IngestAction:
     """What an upload means for a dataset whose run is already active."""
-    if active.settle_token is None:
+    if not active.settling:
         return IngestAction.CHANGED_DURING_RUN
     return IngestAction.READY if is_ready_marker else IngestAction.HEARTBEAT
 
@@ -109,3 +117,107 @@ def job_facts(description: dict[str, Any], prices: InstanceTable) -> JobFacts:
 
 def console_url(region: str, training_job_name: str) -> str:
     return f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/jobs/{training_job_name}"
+
+
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+
+
+class TrainingJobSpec(BaseModel):
+    """The run-specific half of CreateTrainingJob; the state machine adds image, role, metrics and tags."""
+
+    name: str = Field(description="Base job name; the state machine appends '-<attempt>'.")
+    instance_type: str
+    volume_size_gb: int
+    spot: bool
+    trainer: str
+    base_model: str
+    output_name: str
+    max_runtime_seconds: int
+    stopping_condition: dict[str, int]
+    input_data_config: list[dict[str, Any]]
+    output_path: str
+    checkpoint_uri: str
+    hyperparameters: dict[str, str]
+    estimated_cost_usd: float | None
+
+
+def _channel(name: str, uri: str) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": uri,
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+        "InputMode": "File",
+    }
+
+
+def training_job_spec(
+    bucket: str,
+    dataset: str,
+    run_id: str,
+    job: JobSettings,
+    output_name: str,
+    estimated_cost_usd: float | None,
+) -> TrainingJobSpec:
+    run = RunLayout(dataset, run_id)
+    channels = [
+        _channel("train", s3_uri(bucket, dataset_prefix(dataset))),
+        _channel("config", s3_uri(bucket, run.config_prefix)),
+    ]
+    if job.base_model_from_s3:
+        channels.append(_channel("model", job.base_model))
+    max_runtime = int(job.max_runtime_hours * 3600)
+    stopping = {"MaxRuntimeInSeconds": max_runtime}
+    if job.spot:
+        # How long SageMaker may wait for spot capacity and resume after interruptions, training included.
+        stopping["MaxWaitTimeInSeconds"] = 2 * max_runtime
+    return TrainingJobSpec(
+        name=training_job_base_name(dataset, run_id),
+        instance_type=job.instance_type,
+        volume_size_gb=job.volume_size_gb,
+        spot=job.spot,
+        trainer=job.trainer,
+        base_model=job.base_model,
+        output_name=output_name,
+        max_runtime_seconds=max_runtime,
+        stopping_condition=stopping,
+        input_data_config=channels,
+        output_path=s3_uri(bucket, run.output_prefix),
+        checkpoint_uri=s3_uri(bucket, run.checkpoints_prefix),
+        hyperparameters={
+            "trainer": job.trainer,
+            "output_name": output_name,
+            "dataset": dataset,
+            "run_id": run_id,
+            "base_model": job.base_model,
+        },
+        estimated_cost_usd=estimated_cost_usd,
+    )
+
+
+class ValidationOutcome(BaseModel):
+    """What the validate function returns to the state machine (its Choice reads these fields)."""
+
+    valid: bool
+    error_count: int
+    warning_count: int
+    problems: list[dict[str, Any]]
+    report_uri: str
+    job: TrainingJobSpec
+
+
+def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> ValidationOutcome:
+    output_name = report.job.output_name or safe_output_name(report.dataset)
+    estimate = report.plan.estimated_usd if report.plan is not None else None
+    return ValidationOutcome(
+        valid=report.trainable and report.kohya_toml is not None,
+        error_count=report.error_count,
+        warning_count=report.warning_count,
+        problems=[p.model_dump(mode="json") for p in report.problems],
+        report_uri=s3_uri(bucket, RunLayout(report.dataset, run_id).validation_key),
+        job=training_job_spec(bucket, report.dataset, run_id, report.job, output_name, estimate),
+    )

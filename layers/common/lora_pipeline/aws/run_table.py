@@ -1,0 +1,216 @@
+"""The DynamoDB table of datasets, runs and training slots (the state machine uses the same items).
+
+Items (partition key `pk`, sort key `sk`):
+- `DATASET#<name>` / `DATASET`: the dataset's lock. `active_run` is set while a run holds it, `phase` is
+  `settling` until the upload is settled, `settle_token` is the task token the state machine waits on,
+  `ready` is set by `_READY`, `changed_during_run` by uploads after settling.
+- `DATASET#<name>` / `RUN#<run_id>`: one run (status, execution, times) for people and the CLI.
+- `SLOTS` / `SLOTS`: `holders` (string set) are runs that hold a training slot, `queue` (list) the runs
+  waiting for one, in order. The state machine acquires with one conditional update: it must be first in
+  `queue` and `holders` must be below the cap.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from lora_pipeline.aws.errors import ClientError, error_code
+from lora_pipeline.runs import ActiveRun
+
+SLOTS_KEY = {"pk": {"S": "SLOTS"}, "sk": {"S": "SLOTS"}}
+PHASE_SETTLING = "settling"
+
+
+def dataset_key(dataset: str) -> dict[str, Any]:
+    return {"pk": {"S": f"DATASET#{dataset}"}, "sk": {"S": "DATASET"}}
+
+
+def run_key(dataset: str, run_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"DATASET#{dataset}"}, "sk": {"S": f"RUN#{run_id}"}}
+
+
+def _conditional_failed(exc: ClientError) -> bool:
+    return error_code(exc) == "ConditionalCheckFailedException"
+
+
+class RunTable:
+    def __init__(self, client: Any, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    def _update(
+        self, key: dict[str, Any], expression: str, values: dict[str, Any], **extra: Any
+    ) -> dict[str, Any]:
+        response: dict[str, Any] = self._client.update_item(
+            TableName=self._table,
+            Key=key,
+            UpdateExpression=expression,
+            ExpressionAttributeValues=values,
+            **extra,
+        )
+        return response
+
+    def try_start(self, dataset: str, run_id: str, execution_name: str, ready: bool, now: datetime) -> bool:
+        """Take the dataset's lock for a new run; False when another run holds it."""
+        try:
+            self._update(
+                dataset_key(dataset),
+                "SET active_run = :run, active_since = :now, phase = :phase, last_object_at = :now, "
+                "#ready = :ready REMOVE changed_during_run, settle_token ADD objects :one",
+                {
+                    ":run": {"S": run_id},
+                    ":now": {"S": now.isoformat()},
+                    ":phase": {"S": PHASE_SETTLING},
+                    ":ready": {"BOOL": ready},
+                    ":one": {"N": "1"},
+                },
+                ConditionExpression="attribute_not_exists(active_run)",
+                ExpressionAttributeNames={"#ready": "ready"},
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        self._client.put_item(
+            TableName=self._table,
+            Item={
+                **run_key(dataset, run_id),
+                "run_id": {"S": run_id},
+                "dataset": {"S": dataset},
+                "execution_name": {"S": execution_name},
+                "status": {"S": "RUNNING"},
+                "created_at": {"S": now.isoformat()},
+            },
+        )
+        return True
+
+    def abandon_start(self, dataset: str, run_id: str) -> None:
+        """Undo `try_start` when the execution could not be started, so a retry can start it."""
+        try:
+            self._client.delete_item(TableName=self._table, Key=run_key(dataset, run_id))
+            self._update(
+                dataset_key(dataset),
+                "REMOVE active_run, phase",
+                {":run": {"S": run_id}},
+                ConditionExpression="active_run = :run",
+            )
+        except ClientError as exc:
+            if not _conditional_failed(exc):
+                raise
+
+    def record_upload(self, dataset: str, ready: bool, now: datetime) -> ActiveRun | None:
+        """Count an upload to a dataset that a run holds; None when no run holds it (any more)."""
+        ready_clause = ", #ready = :ready" if ready else ""
+        try:
+            item = self._update(
+                dataset_key(dataset),
+                f"SET last_object_at = :now{ready_clause} ADD objects :one",
+                {
+                    ":now": {"S": now.isoformat()},
+                    ":one": {"N": "1"},
+                    **({":ready": {"BOOL": True}} if ready else {}),
+                },
+                ConditionExpression="attribute_exists(active_run)",
+                ReturnValues="ALL_NEW",
+                **({"ExpressionAttributeNames": {"#ready": "ready"}} if ready else {}),
+            )["Attributes"]
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return None
+            raise
+        return ActiveRun(
+            run_id=item["active_run"]["S"],
+            settling=item.get("phase", {}).get("S") == PHASE_SETTLING,
+            settle_token=item.get("settle_token", {}).get("S"),
+        )
+
+    def mark_changed_during_run(self, dataset: str, run_id: str) -> None:
+        try:
+            self._update(
+                dataset_key(dataset),
+                "SET changed_during_run = :yes",
+                {":yes": {"BOOL": True}, ":run": {"S": run_id}},
+                ConditionExpression="active_run = :run",
+            )
+        except ClientError as exc:
+            if not _conditional_failed(exc):
+                raise
+
+    def changed_during_run(self, dataset: str, run_id: str) -> bool:
+        item = self._client.get_item(
+            TableName=self._table, Key=dataset_key(dataset), ConsistentRead=True
+        ).get("Item", {})
+        return bool(
+            item.get("active_run", {}).get("S") == run_id
+            and item.get("changed_during_run", {}).get("BOOL", False)
+        )
+
+    def finish(self, dataset: str, run_id: str, status: str, now: datetime) -> None:
+        """Free the dataset for the next upload and record how the run ended (idempotent)."""
+        try:
+            self._update(
+                dataset_key(dataset),
+                "REMOVE active_run, active_since, phase, settle_token, #ready, changed_during_run",
+                {":run": {"S": run_id}},
+                ConditionExpression="active_run = :run",
+                ExpressionAttributeNames={"#ready": "ready"},
+            )
+        except ClientError as exc:
+            if not _conditional_failed(exc):
+                raise
+        self._update(
+            run_key(dataset, run_id),
+            "SET #status = :status, finished_at = :now",
+            {":status": {"S": status}, ":now": {"S": now.isoformat()}},
+            ExpressionAttributeNames={"#status": "status"},
+        )
+
+    def release_slot(self, run_id: str) -> bool:
+        """Drop the run from the slot holders and from the queue; True when it held or awaited a slot."""
+        released = False
+        try:
+            self._update(
+                SLOTS_KEY,
+                "DELETE holders :runs",
+                {":runs": {"SS": [run_id]}, ":run": {"S": run_id}},
+                ConditionExpression="contains(holders, :run)",
+            )
+            released = True
+        except ClientError as exc:
+            if not _conditional_failed(exc):
+                raise
+        return self._leave_queue(run_id) or released
+
+    def _leave_queue(self, run_id: str) -> bool:
+        # The queue can move between the read and the write, so the removal checks the index it read.
+        for _ in range(10):
+            item = self._client.get_item(TableName=self._table, Key=SLOTS_KEY, ConsistentRead=True).get(
+                "Item", {}
+            )
+            queue = [entry["S"] for entry in item.get("queue", {}).get("L", [])]
+            if run_id not in queue:
+                return False
+            index = queue.index(run_id)
+            try:
+                self._update(
+                    SLOTS_KEY,
+                    f"REMOVE #queue[{index}]",
+                    {":run": {"S": run_id}},
+                    ConditionExpression=f"#queue[{index}] = :run",
+                    ExpressionAttributeNames={"#queue": "queue"},
+                )
+                return True
+            except ClientError as exc:
+                if not _conditional_failed(exc):
+                    raise
+        raise RuntimeError(f"could not remove {run_id} from the slot queue (it kept moving)")
+
+    def slots(self) -> tuple[set[str], list[str]]:
+        """(holders, queue) as they are now."""
+        item = self._client.get_item(TableName=self._table, Key=SLOTS_KEY, ConsistentRead=True).get(
+            "Item", {}
+        )
+        return set(item.get("holders", {}).get("SS", [])), [
+            e["S"] for e in item.get("queue", {}).get("L", [])
+        ]

@@ -1,0 +1,62 @@
+"""`DatasetSource` over S3: lists a dataset prefix and reads byte ranges, so image headers cost one small GET.
+
+A boto3 client is thread-safe, so one source can serve the validator's worker threads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lora_pipeline.aws.errors import ClientError, error_code
+from lora_pipeline.s3_layout import READY_MARKER, dataset_prefix, s3_uri
+from lora_pipeline.storage import FileEntry
+
+
+class S3DatasetSource:
+    def __init__(self, client: Any, bucket: str, dataset: str) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._prefix = dataset_prefix(dataset)
+
+    @property
+    def location(self) -> str:
+        return s3_uri(self._bucket, self._prefix)
+
+    def list_files(self) -> list[FileEntry]:
+        entries = []
+        for page in self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self._bucket, Prefix=self._prefix
+        ):
+            for obj in page.get("Contents", []):
+                path = obj["Key"][len(self._prefix) :]
+                # Folder placeholders (consoles create them) and the start marker are not dataset files.
+                if path and not path.endswith("/") and path != READY_MARKER:
+                    entries.append(FileEntry(path, int(obj["Size"])))
+        return sorted(entries, key=lambda e: e.path)
+
+    def _get(self, path: str, byte_range: str | None) -> bytes:
+        kwargs = {"Bucket": self._bucket, "Key": self._prefix + path}
+        if byte_range is not None:
+            kwargs["Range"] = byte_range
+        try:
+            body = self._client.get_object(**kwargs)["Body"]
+        except ClientError as exc:
+            if error_code(exc) == "InvalidRange":
+                return b""
+            raise
+        with body:
+            data: bytes = body.read()
+        return data
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        return self._get(path, f"bytes={start}-{start + length - 1}")
+
+    def read_tail(self, path: str, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        return self._get(path, f"bytes=-{length}")
+
+    def read_all(self, path: str) -> bytes:
+        return self._get(path, None)

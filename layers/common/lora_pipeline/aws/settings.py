@@ -1,0 +1,66 @@
+"""The functions' environment (set by template.yaml), read once per cold start into typed models."""
+
+from __future__ import annotations
+
+import os
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lora_pipeline.job_settings import StackLimits
+
+
+class _Env(BaseModel):
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    @classmethod
+    def from_environ(cls) -> Self:
+        return cls.model_validate(dict(os.environ))
+
+
+class IngestEnv(_Env):
+    table_name: str = Field(alias="TABLE_NAME")
+    state_machine_arn: str = Field(alias="STATE_MACHINE_ARN")
+
+
+class ValidateEnv(_Env):
+    allowed_instance_types: tuple[str, ...] = Field(alias="ALLOWED_INSTANCE_TYPES")
+    default_instance_type: str = Field(alias="DEFAULT_INSTANCE_TYPE")
+    min_volume_size_gb: int = Field(alias="MIN_VOLUME_SIZE_GB")
+    max_runtime_hours: float = Field(alias="MAX_RUNTIME_HOURS")
+    use_spot: bool = Field(alias="USE_SPOT")
+    base_model_s3_uri: str | None = Field(None, alias="BASE_MODEL_S3_URI")
+
+    @field_validator("allowed_instance_types", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+
+    @field_validator("base_model_s3_uri", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return value or None
+
+    def limits(self) -> StackLimits:
+        return StackLimits(
+            allowed_instance_types=self.allowed_instance_types,
+            default_instance_type=self.default_instance_type,
+            min_volume_size_gb=self.min_volume_size_gb,
+            max_runtime_hours=self.max_runtime_hours,
+            use_spot=self.use_spot,
+            base_model_s3_uri=self.base_model_s3_uri,
+        )
+
+
+class UnpackEnv(_Env):
+    table_name: str = Field(alias="TABLE_NAME")
+
+
+class NotifyEnv(_Env):
+    topic_arn: str = Field(alias="TOPIC_ARN")
+    link_expiry_seconds: int = Field(43200, alias="LINK_EXPIRY_SECONDS")
+
+
+class CancelEnv(_Env):
+    table_name: str = Field(alias="TABLE_NAME")
+    event_bus_name: str = Field(alias="EVENT_BUS_NAME")

@@ -1,0 +1,159 @@
+"""What each Lambda function does, against injected boto3 clients (the handlers only wire them up)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from lora_pipeline import notifications
+from lora_pipeline.aws.errors import ClientError, error_code
+from lora_pipeline.aws.event_publisher import EventPublisher
+from lora_pipeline.aws.run_table import RunTable
+from lora_pipeline.aws.s3_source import S3DatasetSource
+from lora_pipeline.events import BY_DETAIL_TYPE, TrainingCancelled, TrainingSucceeded
+from lora_pipeline.job_settings import StackLimits
+from lora_pipeline.runs import (
+    IngestAction,
+    execution_name,
+    ingest_action,
+    new_run_id,
+    training_job_base_name,
+    validation_outcome,
+)
+from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri
+from lora_pipeline.validate import validate_dataset
+
+# A settle token that no longer waits: the quiet period ended (or _READY came) just before this upload.
+_CLOSED_TOKEN_ERRORS = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
+_START_ATTEMPTS = 3
+
+
+class RunInput(BaseModel):
+    """The state machine's execution input (also found in Step Functions status-change events)."""
+
+    dataset: str
+    run_id: str
+    bucket: str
+
+
+def ingest_upload(
+    table: RunTable, sfn: Any, state_machine_arn: str, bucket: str, key: str, now: datetime
+) -> str:
+    """Record one `Object Created` under datasets/ and start, prolong or end the dataset's settling."""
+    obj = parse_dataset_key(key)
+    if obj is None:
+        return "ignored"
+    for _ in range(_START_ATTEMPTS):
+        run_id = new_run_id(now)
+        name = execution_name(obj.dataset, run_id)
+        if table.try_start(obj.dataset, run_id, name, obj.is_ready_marker, now):
+            run_input = RunInput(dataset=obj.dataset, run_id=run_id, bucket=bucket)
+            try:
+                sfn.start_execution(
+                    stateMachineArn=state_machine_arn, name=name, input=run_input.model_dump_json()
+                )
+            except Exception:
+                table.abandon_start(obj.dataset, run_id)
+                raise
+            return "started"
+        active = table.record_upload(obj.dataset, obj.is_ready_marker, now)
+        if active is None:
+            continue  # the run ended between the two writes: this upload starts the next one
+        action = ingest_action(active, obj.is_ready_marker)
+        if action is IngestAction.CHANGED_DURING_RUN:
+            table.mark_changed_during_run(obj.dataset, active.run_id)
+        elif active.settle_token is not None:
+            try:
+                if action is IngestAction.READY:
+                    sfn.send_task_success(taskToken=active.settle_token, output=json.dumps({"ready": True}))
+                else:
+                    sfn.send_task_heartbeat(taskToken=active.settle_token)
+            except ClientError as exc:
+                if error_code(exc) not in _CLOSED_TOKEN_ERRORS:
+                    raise
+                table.mark_changed_during_run(obj.dataset, active.run_id)
+                return IngestAction.CHANGED_DURING_RUN.value
+        return action.value
+    raise RuntimeError(f"dataset {obj.dataset}: the run lock kept changing; retry the event")
+
+
+def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
+    """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
+    report = validate_dataset(S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, limits)
+    layout = RunLayout(run.dataset, run.run_id)
+    files = {layout.validation_key: (report.model_dump_json(indent=2), "application/json")}
+    if report.kohya_toml is not None:
+        files[layout.kohya_toml_key] = (report.kohya_toml, "application/toml")
+    if report.prompts_txt is not None:
+        files[layout.prompts_key] = (report.prompts_txt, "text/plain")
+    for key, (text, content_type) in files.items():
+        s3.put_object(Bucket=run.bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
+    return validation_outcome(report, run.bucket, run.run_id).model_dump(mode="json")
+
+
+CREDENTIALS_NOTE = (
+    "The link is signed with the notification function's temporary credentials, so it stops working when "
+    "they expire, which can be well before the date above. The S3 URI below always works."
+)
+
+
+def notify(
+    s3: Any, sns: Any, topic_arn: str, detail_type: str, detail: dict[str, Any], expiry_seconds: int
+) -> str:
+    """Render one pipeline event as an email and publish it to the topic; returns the subject."""
+    event = BY_DETAIL_TYPE[detail_type].model_validate(detail)
+    link = None
+    if isinstance(event, TrainingSucceeded):
+        bucket, key = parse_s3_uri(event.model_uri)
+        url = s3.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expiry_seconds
+        )
+        expires_at = datetime.now(UTC) + timedelta(seconds=expiry_seconds)
+        link = notifications.DownloadLink(url, expires_at, CREDENTIALS_NOTE)
+    message = notifications.render(event, link)
+    sns.publish(TopicArn=topic_arn, Subject=message.subject, Message=message.body)
+    return message.subject
+
+
+def _stop_training_jobs(sagemaker: Any, base_name: str) -> str | None:
+    """Stop the run's job if one is running; returns the job's name."""
+    jobs = sagemaker.list_training_jobs(NameContains=base_name, StatusEquals="InProgress").get(
+        "TrainingJobSummaries", []
+    )
+    stopped = None
+    for job in jobs:
+        try:
+            sagemaker.stop_training_job(TrainingJobName=job["TrainingJobName"])
+            stopped = job["TrainingJobName"]
+        except ClientError as exc:
+            if error_code(exc) != "ValidationException":  # it ended meanwhile
+                raise
+    return stopped
+
+
+def clean_up_run(
+    table: RunTable, sagemaker: Any, publisher: EventPublisher, status: str, run_input: str, now: datetime
+) -> str:
+    """An execution ended without passing through its own clean-up (stopped, timed out or crashed):
+    stop its training job, free its slot and its dataset, and say so."""
+    run = RunInput.model_validate_json(run_input)
+    job = _stop_training_jobs(sagemaker, training_job_base_name(run.dataset, run.run_id))
+    table.release_slot(run.run_id)
+    table.finish(run.dataset, run.run_id, "CANCELLED" if status != "FAILED" else "FAILED", now)
+    # A FAILED execution has emitted `Training Failed` itself before failing.
+    if status in ("ABORTED", "TIMED_OUT"):
+        publisher.publish(
+            TrainingCancelled(
+                dataset=run.dataset,
+                run_id=run.run_id,
+                bucket=run.bucket,
+                time=now,
+                execution_status=status,
+                training_job_name=job,
+                training_job_stopped=job is not None,
+            )
+        )
+    return job or ""
