@@ -116,7 +116,7 @@ def tar_bytes(members: Iterable[Member], *, compress: bool = True) -> bytes:
             info = tarfile.TarInfo(member.name)
             info.type = member.kind
             info.linkname = member.linkname
-            info.size = len(member.data) if member.kind == tarfile.REGTYPE else 0
+            info.size = len(member.data)
             if member.claimed_size is not None:
                 # A header that lies about its size: write it by hand, then only the bytes we have.
                 info.size = member.claimed_size

@@ -150,7 +150,7 @@ def unpack_model_archive(
         check_file_name(output_name)
     unpacker = _Unpacker(sink, output_name, limits or UnpackLimits(), chunk_bytes)
     try:
-        unpacker.scan(_open_tar(source, chunk_bytes, "model archive"), prefix="", depth=0)
+        unpacker.scan(source, "model archive", prefix="", depth=0)
         return unpacker.finish()
     except BaseException:
         unpacker.abort()
@@ -294,8 +294,9 @@ class _Unpacker:
     total_bytes: int = 0
     current: str | None = None
 
-    def scan(self, archive: tarfile.TarFile, prefix: str, depth: int) -> None:
+    def scan(self, stream: ByteReader, what: str, prefix: str, depth: int) -> None:
         try:
+            archive = _open_tar(stream, self.chunk_bytes, what)
             for member in self._members(archive, prefix):
                 path = prefix + member.name
                 if member.isdir():
@@ -305,8 +306,7 @@ class _Unpacker:
                 if member.name.lower().endswith(".safetensors"):
                     self._take_candidate(member, path, reader)
                 elif member.name.lower().endswith(_NESTED_SUFFIXES) and depth < self.limits.max_nesting:
-                    nested = _open_tar(reader, self.chunk_bytes, f"nested archive {path!r}")
-                    self.scan(nested, f"{path}!/", depth + 1)
+                    self.scan(reader, f"nested archive {path!r}", f"{path}!/", depth + 1)
         except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
             raise ModelArchiveError(
                 f"the archive is truncated or corrupt ({error})",
