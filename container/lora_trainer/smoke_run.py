@@ -1,0 +1,241 @@
+"""The torch side of the smoke trainer (imported only once there is data to train on)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as functional
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from peft import LoraConfig, inject_adapter_in_model
+from PIL import Image
+from safetensors.torch import save_file
+
+from lora_trainer.kohya_format import kohya_state_dict, peft_lora_weights
+from lora_trainer.smoke_trainer import (
+    DEFAULT_STEPS,
+    MAX_BATCH,
+    MAX_RANK,
+    SAVE_DTYPES,
+    TEXT_ENCODER_TARGETS,
+    UNET_TARGETS,
+    TrainingImage,
+    metadata_for,
+    progress_line,
+    state_dir_name,
+)
+from lora_trainer.tiny_sdxl import IMAGE_SIZE, SCHEDULER_CONFIG, UNET_CONFIG, build_tiny_sdxl
+from lora_trainer.workspace import TRAIN_STATE_FILE
+
+EXIT_STOPPED = 143
+_PROMPT_OPTION = re.compile(r"\s--\w+.*$")
+
+
+class _Network(torch.nn.Module):
+    """The three trained models under one module, so accelerate saves and restores them together."""
+
+    def __init__(self, unet: torch.nn.Module, text_encoder: torch.nn.Module, text_encoder_2: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+
+
+class SmokeRun:
+    def __init__(self, args: argparse.Namespace, config: dict[str, Any], images: list[TrainingImage]) -> None:
+        self.args = args
+        self.config = config
+        self.images = images
+        self.seed = int(config.get("seed") or 42)
+        self.rank = min(int(config.get("network_dim") or 4), MAX_RANK)
+        self.alpha = float(config.get("network_alpha", 1.0))
+        self.learning_rate = float(config.get("unet_lr") or config.get("learning_rate") or 1e-4)
+        self.batch_size = max(1, min(int(config.get("train_batch_size", 1)), MAX_BATCH))
+        self.unet_only = bool(config.get("network_train_unet_only"))
+        self.total_steps = args.max_train_steps or DEFAULT_STEPS
+        self.items = [image for image in images for _ in range(image.repeats)]
+        self.steps_per_epoch = math.ceil(len(self.items) / self.batch_size)
+        self.save_every_n_steps = int(config.get("save_every_n_steps") or 0)
+        self.save_every_n_epochs = int(config.get("save_every_n_epochs") or 0)
+        with tempfile.TemporaryDirectory() as tokenizer_dir:
+            self.model = build_tiny_sdxl(self.seed, Path(tokenizer_dir))
+        self.noise_scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
+
+    def _add_lora(self) -> list[torch.nn.Parameter]:
+        model = self.model
+        for part in (model.unet, model.vae, model.text_encoder, model.text_encoder_2):
+            part.requires_grad_(False)
+        lora = {"r": self.rank, "lora_alpha": self.alpha, "init_lora_weights": True}
+        inject_adapter_in_model(LoraConfig(target_modules=UNET_TARGETS, **lora), model.unet)
+        trained: list[torch.nn.Module] = [model.unet]
+        if not self.unet_only:
+            for encoder in (model.text_encoder, model.text_encoder_2):
+                inject_adapter_in_model(LoraConfig(target_modules=TEXT_ENCODER_TARGETS, **lora), encoder)
+                trained.append(encoder)
+        return [p for part in trained for name, p in part.named_parameters() if "lora_" in name]
+
+    def _latents(self) -> dict[Path, torch.Tensor]:
+        vae = self.model.vae
+        cache = {}
+        with torch.no_grad():
+            for image in self.images:
+                pixels = Image.open(image.path).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE))
+                tensor = torch.tensor(list(pixels.getdata()), dtype=torch.float32)
+                tensor = tensor.view(IMAGE_SIZE, IMAGE_SIZE, 3).permute(2, 0, 1) / 127.5 - 1.0
+                latent = vae.encode(tensor.unsqueeze(0)).latent_dist.mode()
+                cache[image.path] = latent[0] * vae.config.scaling_factor
+        return cache
+
+    def _text_conditioning(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        hidden = []
+        pooled = torch.empty(0)
+        for tokenizer, encoder in (
+            (model.tokenizer, model.text_encoder),
+            (model.tokenizer_2, model.text_encoder_2),
+        ):
+            ids = tokenizer(
+                captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+            )
+            output = encoder(ids.input_ids, output_hidden_states=True)
+            hidden.append(output.hidden_states[-2])
+            if encoder is model.text_encoder_2:
+                pooled = output.text_embeds
+        return torch.cat(hidden, dim=-1), pooled
+
+    def _batch(self, step: int) -> list[TrainingImage]:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = list(self.items)
+        random.Random(self.seed + epoch).shuffle(order)
+        return order[position * self.batch_size : (position + 1) * self.batch_size]
+
+    def _loss(self, batch: list[TrainingImage], latents: dict[Path, torch.Tensor], step: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + step)
+        clean = torch.stack([latents[image.path] for image in batch])
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (len(batch),), generator=generator
+        )
+        noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
+        context, pooled = self._text_conditioning([image.caption for image in batch])
+        size = float(IMAGE_SIZE)
+        time_ids = torch.tensor([[size, size, 0.0, 0.0, size, size]] * len(batch))
+        prediction = self.model.unet(
+            noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}
+        ).sample
+        return functional.mse_loss(prediction, noise)
+
+    def _state_to_save(self, done: int) -> str | None:
+        if done >= self.total_steps:
+            return None
+        if self.save_every_n_steps and done % self.save_every_n_steps == 0:
+            return state_dir_name(self.args.output_name, step=done)
+        epoch, position = divmod(done, self.steps_per_epoch)
+        if self.save_every_n_epochs and position == 0 and epoch % self.save_every_n_epochs == 0:
+            return state_dir_name(self.args.output_name, epoch=epoch)
+        return None
+
+    def train(self, stop: Callable[[], bool]) -> int:
+        started_at = time.time()
+        parameters = self._add_lora()
+        latents = self._latents()
+        optimizer = torch.optim.AdamW(parameters, lr=self.learning_rate)
+        accelerator = Accelerator(cpu=True)
+        network = _Network(self.model.unet, self.model.text_encoder, self.model.text_encoder_2)
+        network, optimizer = accelerator.prepare(network, optimizer)
+        progress = {"epoch": 1, "step": 0}
+
+        def write_train_state(models: list[torch.nn.Module], weights: list[Any], output_dir: str) -> None:
+            state = {"current_epoch": progress["epoch"], "current_step": progress["step"]}
+            Path(output_dir, TRAIN_STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+
+        accelerator.register_save_state_pre_hook(write_train_state)
+        start = 0
+        if self.args.resume is not None:
+            accelerator.load_state(str(self.args.resume))
+            start = int(
+                json.loads((self.args.resume / TRAIN_STATE_FILE).read_text(encoding="utf-8"))["current_step"]
+            )
+            print(f"resumed from {self.args.resume} at step {start}", flush=True)
+
+        loss_average = 0.0
+        step_started = time.monotonic()
+        for step in range(start, self.total_steps):
+            loss = self._loss(self._batch(step), latents, step)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            done = step + 1
+            loss_average = loss.item() if step == start else 0.9 * loss_average + 0.1 * loss.item()
+            progress.update(epoch=step // self.steps_per_epoch + 1, step=done)
+            sec_per_step = (time.monotonic() - step_started) / (done - start)
+            print(
+                progress_line(
+                    done, self.total_steps, progress["epoch"], loss_average, self.learning_rate, sec_per_step
+                ),
+                flush=True,
+            )
+            if state_name := self._state_to_save(done):
+                print(f"saving state at step {done}: {state_name}", flush=True)
+                accelerator.save_state(str(self.args.output_dir / state_name))
+            if stop():
+                print(f"stopped at step {done} of {self.total_steps}", flush=True)
+                return EXIT_STOPPED
+
+        self._save_lora(started_at)
+        if self.args.sample_prompts is not None:
+            self._render_samples()
+        return 0
+
+    def _save_lora(self, started_at: float) -> None:
+        dtype = getattr(torch, SAVE_DTYPES.get(str(self.config.get("save_precision", "float")), "float32"))
+        layers = int(UNET_CONFIG["layers_per_block"])
+        weights = kohya_state_dict(peft_lora_weights(self.model.unet), "unet", self.alpha, layers, dtype)
+        if not self.unet_only:
+            for part, encoder in (("te1", self.model.text_encoder), ("te2", self.model.text_encoder_2)):
+                weights |= kohya_state_dict(peft_lora_weights(encoder), part, self.alpha, layers, dtype)
+        metadata = metadata_for(
+            self.config,
+            self.args,
+            self.images,
+            rank=self.rank,
+            alpha=self.alpha,
+            steps=self.total_steps,
+            epoch=math.ceil(self.total_steps / self.steps_per_epoch),
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            started_at=started_at,
+            unet_only=self.unet_only,
+        )
+        self.args.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.args.output_dir / f"{self.args.output_name}.safetensors"
+        save_file(weights, str(path), metadata=metadata)
+        print(f"model saved: {path}", flush=True)
+
+    def _render_samples(self) -> None:
+        prompts = [
+            _PROMPT_OPTION.sub("", line).strip()
+            for line in self.args.sample_prompts.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        pipeline = self.model.pipeline()
+        pipeline.set_progress_bar_config(disable=True)
+        sample_dir = self.args.output_dir / "sample"
+        sample_dir.mkdir(parents=True, exist_ok=True)
+        for index, prompt in enumerate(prompts):
+            generator = torch.Generator().manual_seed(self.seed + index)
+            image = pipeline(
+                prompt, num_inference_steps=2, height=IMAGE_SIZE, width=IMAGE_SIZE, generator=generator
+            ).images[0]
+            image.save(sample_dir / f"{self.args.output_name}_{self.total_steps:06d}_{index:02d}.png")
+        print(f"{len(prompts)} sample image(s) written to {sample_dir}", flush=True)
