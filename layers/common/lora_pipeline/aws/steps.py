@@ -12,18 +12,22 @@ from lora_pipeline import notifications
 from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.aws.event_publisher import EventPublisher
 from lora_pipeline.aws.run_table import RunTable
+from lora_pipeline.aws.s3_model_io import unpack_model
 from lora_pipeline.aws.s3_source import S3DatasetSource
 from lora_pipeline.events import BY_DETAIL_TYPE, TrainingCancelled, TrainingSucceeded
+from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import StackLimits
+from lora_pipeline.manifest import RunFacts
 from lora_pipeline.runs import (
     IngestAction,
     execution_name,
     ingest_action,
+    job_facts,
     new_run_id,
     training_job_base_name,
     validation_outcome,
 )
-from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri
+from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, s3_uri
 from lora_pipeline.validate import validate_dataset
 
 # A settle token that no longer waits: the quiet period ended (or _READY came) just before this upload.
@@ -92,6 +96,72 @@ def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     for key, (text, content_type) in files.items():
         s3.put_object(Bucket=run.bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
     return validation_outcome(report, run.bucket, run.run_id).model_dump(mode="json")
+
+
+class UnpackInput(RunInput):
+    output_name: str
+    training_job: dict[str, Any]  # the DescribeTrainingJob output of `createTrainingJob.sync`
+
+
+class UnpackOutcome(BaseModel):
+    """The facts `Training Succeeded` needs beyond what the state machine already has."""
+
+    model_uri: str
+    manifest_uri: str
+    sha256: str
+    size_bytes: int
+    instance_type: str
+    spot: bool
+    training_seconds: int
+    billable_seconds: int
+    estimated_cost_usd: float | None
+    changed_during_run: bool
+
+
+def _delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
+    deleted = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            deleted += len(keys)
+    return deleted
+
+
+def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable) -> UnpackOutcome:
+    """Turn the job's model.tar.gz into the LoRA and its manifest; the spot checkpoints are no longer needed."""
+    facts = job_facts(run.training_job, prices)
+    layout = RunLayout(run.dataset, run.run_id)
+    archive_uri = run.training_job.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+    archive_key = (
+        parse_s3_uri(archive_uri)[1] if archive_uri else layout.model_archive_key(facts.training_job_name)
+    )
+    manifest = unpack_model(
+        s3,
+        run.bucket,
+        archive_key,
+        layout.model_prefix,
+        run.output_name,
+        RunFacts(
+            dataset=run.dataset,
+            run_id=run.run_id,
+            training_job_name=facts.training_job_name,
+            billable_seconds=facts.billable_seconds,
+        ),
+    )
+    _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
+    return UnpackOutcome(
+        model_uri=manifest.model_uri,
+        manifest_uri=s3_uri(run.bucket, layout.manifest_key),
+        sha256=manifest.sha256,
+        size_bytes=manifest.size_bytes,
+        instance_type=facts.instance_type,
+        spot=facts.spot,
+        training_seconds=facts.training_seconds,
+        billable_seconds=facts.billable_seconds,
+        estimated_cost_usd=facts.estimated_cost_usd,
+        changed_during_run=table.changed_during_run(run.dataset, run.run_id),
+    )
 
 
 CREDENTIALS_NOTE = (
