@@ -1,0 +1,1080 @@
+"""Dataset layout rules: what sd-scripts v0.10.1 does with a DreamBooth-style folder, said out loud.
+
+sd-scripts (`library/config_util.py`, `library/train_util.py`) reads `train_data_dir` like this, and these
+rules follow it exactly, turning each silent skip into a problem:
+- every direct sub-folder is a subset named `<repeats>_<class tokens>`: `int(name.split("_")[0])` repeats,
+  the rest joined by `_` is the class tokens; a folder whose prefix `int()` rejects is skipped with a log
+  line, one with repeats < 1 silently; files in the root are ignored;
+- a subset's images are `glob("*" + ext)` for the ten extensions below, so hidden files and sub-folders
+  are never seen, and `.Jpg` (mixed case) is not an image;
+- an image's caption is `<image path without extension><caption_extension>`; for names with 5 or more
+  `_`-separated parts (face-crop naming) also the name without its last four parts. An empty caption file
+  stops training; otherwise only its first line is used (all lines with `enable_wildcard`); an image
+  without caption trains with the folder's class tokens;
+- images are opened with Pillow and `convert("RGB")`: EXIF orientation is not applied, alpha is dropped,
+  CMYK is converted without its colour profile.
+
+Findings are one problem per file, so the JSON report is complete; `condense` shortens long runs of the
+same code for the text report. Images are checked from their headers and tails only (`images`), with a
+bounded thread pool because each check is one or two ranged reads.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from lora_pipeline.images import (
+    MAX_IMAGE_PIXELS,
+    ORIENTATION_MEANING,
+    TAIL_BYTES,
+    TRAINABLE_FORMATS,
+    BlockReader,
+    ImageFormat,
+    ImageFormatError,
+    ImageHeader,
+    identify,
+    read_header,
+    truncation,
+)
+from lora_pipeline.problems import Problem, Severity, define
+from lora_pipeline.storage import DatasetSource, FileEntry
+
+# sd-scripts' IMAGE_EXTENSIONS (pillow-avif-plugin and JPEG XL readers, which extend it, are not installed).
+ACCEPTED_IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".bmp",
+    ".PNG",
+    ".JPG",
+    ".JPEG",
+    ".WEBP",
+    ".BMP",
+)
+_EXTENSION_FORMAT = {
+    ".png": ImageFormat.PNG,
+    ".jpg": ImageFormat.JPEG,
+    ".jpeg": ImageFormat.JPEG,
+    ".webp": ImageFormat.WEBP,
+    ".bmp": ImageFormat.BMP,
+}
+UNSUPPORTED_IMAGE_EXTENSIONS = {
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".gif": "GIF",
+    ".avif": "AVIF",
+    ".jxl": "JPEG XL",
+}
+# Files in the dataset root that other modules read: not part of the image layout.
+SETTINGS_FILES = frozenset({"config.toml", "pipeline.toml", "_READY"})
+# Caption extensions people commonly use; any of them other than the configured one is never read.
+COMMON_CAPTION_EXTENSIONS = (".caption", ".txt")
+# Bucket upscaling below this factor is invisible; from here on an image is reported as too small.
+UPSCALE_WARNING_FACTOR = 1.1
+FACE_CROP_NAME_PARTS = 5
+
+_CONVERT_FIX = "Convert it to PNG or JPEG (e.g. `magick FILE out.png`) or remove it."
+
+DATASET_NO_SUBSETS = define(
+    "DATASET_NO_SUBSETS",
+    Severity.ERROR,
+    "No usable subset folder: sd-scripts logs 'No data found' and exits without training.",
+    "Put the images in a folder named <repeats>_<class tokens> in the dataset root, e.g. 10_bluebot/.",
+)
+DATASET_NO_IMAGES = define(
+    "DATASET_NO_IMAGES",
+    Severity.ERROR,
+    "The subset folders hold no image sd-scripts reads: it logs 'No data found' and exits without training.",
+    "Add .png, .jpg, .jpeg, .webp or .bmp images to the subset folders.",
+)
+SUBSET_NO_REPEATS = define(
+    "SUBSET_NO_REPEATS",
+    Severity.WARNING,
+    "A folder name does not start with an integer repeat count: sd-scripts skips the folder.",
+    "Rename the folder to <repeats>_<class tokens>, e.g. 10_bluebot, or remove it.",
+)
+SUBSET_ZERO_REPEATS = define(
+    "SUBSET_ZERO_REPEATS",
+    Severity.WARNING,
+    "A folder's repeat count is below 1: sd-scripts skips it without a word.",
+    "Use a repeat count of 1 or more in the folder name, e.g. 1_bluebot.",
+)
+SUBSET_NO_IMAGES = define(
+    "SUBSET_NO_IMAGES",
+    Severity.WARNING,
+    "A subset folder holds no image sd-scripts reads.",
+    "Add images to the folder or remove it.",
+)
+SUBSET_NESTED_FOLDER = define(
+    "SUBSET_NESTED_FOLDER",
+    Severity.WARNING,
+    "A subset folder has a sub-folder: sd-scripts does not look inside it.",
+    "Move the images up into the subset folder, or make the sub-folder a subset of its own in the dataset root.",
+)
+ROOT_IMAGE = define(
+    "ROOT_IMAGE",
+    Severity.WARNING,
+    "An image lies in the dataset root: sd-scripts only reads images inside subset folders.",
+    "Move it into a subset folder such as 10_bluebot/.",
+)
+ROOT_FILE_IGNORED = define(
+    "ROOT_FILE_IGNORED",
+    Severity.INFO,
+    "A file in the dataset root that nothing reads.",
+    "Remove it, or rename it if it was meant to be config.toml or pipeline.toml.",
+)
+FILE_IGNORED = define(
+    "FILE_IGNORED",
+    Severity.INFO,
+    "A file in a subset folder that is neither an image nor a caption sd-scripts reads.",
+    "Remove it if it is not needed.",
+)
+IMAGE_EXTENSION_CASE = define(
+    "IMAGE_EXTENSION_CASE",
+    Severity.ERROR,
+    "A mixed-case image extension (.Jpg): sd-scripts matches lower- or upper-case extensions only and skips it.",
+    "Rename the file with a lower-case extension.",
+)
+IMAGE_UNSUPPORTED_FORMAT = define(
+    "IMAGE_UNSUPPORTED_FORMAT",
+    Severity.ERROR,
+    "An image format sd-scripts does not read (HEIC, TIFF, GIF, AVIF, JPEG XL): it skips the file.",
+    _CONVERT_FIX,
+)
+IMAGE_CONTENT_MISMATCH = define(
+    "IMAGE_CONTENT_MISMATCH",
+    Severity.ERROR,
+    "The file has an image extension sd-scripts reads, but its content is a format it cannot train on.",
+    _CONVERT_FIX,
+)
+IMAGE_EXTENSION_MISMATCH = define(
+    "IMAGE_EXTENSION_MISMATCH",
+    Severity.WARNING,
+    "The file's content is another trainable format than its extension says (Pillow reads it by content).",
+    "Rename the file to the extension of its real format.",
+)
+IMAGE_EMPTY = define(
+    "IMAGE_EMPTY",
+    Severity.ERROR,
+    "The image file is empty (0 bytes): training stops when it reaches it.",
+    "Upload the image again, or remove it.",
+)
+IMAGE_UNREADABLE = define(
+    "IMAGE_UNREADABLE",
+    Severity.ERROR,
+    "The image cannot be read or its header is corrupt: training stops when it reaches it.",
+    "Re-export the image from the original, or remove it.",
+)
+IMAGE_TRUNCATED = define(
+    "IMAGE_TRUNCATED",
+    Severity.ERROR,
+    "The image is cut off (no end marker, or shorter than its header says): Pillow fails to decode it.",
+    "Upload the image again (an interrupted copy is the usual cause), or re-export it from the original.",
+)
+IMAGE_TOO_MANY_PIXELS = define(
+    "IMAGE_TOO_MANY_PIXELS",
+    Severity.ERROR,
+    f"The image has more than {MAX_IMAGE_PIXELS:,} pixels (Pillow's decompression-bomb limit).",
+    "Downscale it, e.g. to 2048 px on the long side (`magick FILE -resize 2048x2048 FILE`).",
+)
+IMAGE_EXIF_ROTATED = define(
+    "IMAGE_EXIF_ROTATED",
+    Severity.WARNING,
+    "The image has an EXIF orientation: viewers turn it, sd-scripts does not, so the LoRA learns it turned.",
+    "Apply the rotation to the pixels: `magick mogrify -auto-orient FILE`, or Pillow `ImageOps.exif_transpose`.",
+)
+IMAGE_CMYK = define(
+    "IMAGE_CMYK",
+    Severity.WARNING,
+    "A CMYK image: sd-scripts converts it to RGB without its colour profile, so colours shift.",
+    "Convert it to sRGB: `magick FILE -colorspace sRGB FILE`.",
+)
+IMAGE_ALPHA = define(
+    "IMAGE_ALPHA",
+    Severity.WARNING,
+    "The image has transparency: sd-scripts drops it, transparent areas train as the colour stored under them.",
+    "Flatten it onto a background (`magick FILE -background white -flatten FILE`), "
+    "or set alpha_mask = true in config.toml to use the transparency as a loss mask.",
+)
+IMAGE_TOO_SMALL = define(
+    "IMAGE_TOO_SMALL",
+    Severity.WARNING,
+    "The image is smaller than the training resolution: sd-scripts upscales it (blur) or trains it smaller.",
+    "Use a larger original, or accept the blur for this image.",
+)
+IMAGE_SAME_NAME = define(
+    "IMAGE_SAME_NAME",
+    Severity.WARNING,
+    "Two images share a name with different extensions: both train, with the same caption file.",
+    "Remove the duplicate, or rename one of them (and give it its own caption).",
+)
+CAPTION_WRONG_EXTENSION = define(
+    "CAPTION_WRONG_EXTENSION",
+    Severity.ERROR,
+    "The image's caption has another extension than caption_extension: sd-scripts never reads it.",
+    "Set caption_extension in config.toml to the extension your captions use, or rename the caption files.",
+)
+CAPTION_EMPTY = define(
+    "CAPTION_EMPTY",
+    Severity.ERROR,
+    "The caption file is empty or its first line is blank.",
+    "Write the caption on the first line, or delete the file to train the image with the folder's class tokens.",
+)
+CAPTION_NOT_UTF8 = define(
+    "CAPTION_NOT_UTF8",
+    Severity.ERROR,
+    "The caption file is not UTF-8: sd-scripts stops with a UnicodeDecodeError.",
+    "Save the caption as UTF-8 (e.g. `iconv -f WINDOWS-1252 -t UTF-8`).",
+)
+CAPTION_BYTE_ORDER_MARK = define(
+    "CAPTION_BYTE_ORDER_MARK",
+    Severity.WARNING,
+    "The caption starts with a UTF-8 byte-order mark, which sd-scripts keeps as part of the first word.",
+    "Save the caption as UTF-8 without BOM.",
+)
+CAPTION_MULTILINE = define(
+    "CAPTION_MULTILINE",
+    Severity.WARNING,
+    "The caption has several lines: sd-scripts uses only the first one.",
+    "Put the whole caption on one line (or set enable_wildcard = true to pick a random line each step).",
+)
+CAPTION_NO_TRIGGER = define(
+    "CAPTION_NO_TRIGGER",
+    Severity.WARNING,
+    "The caption does not contain the subset's class tokens: sd-scripts does not add them.",
+    "Add the trigger word to the caption, e.g. at its start.",
+)
+CAPTION_MISSING = define(
+    "CAPTION_MISSING",
+    Severity.WARNING,
+    "The image has no caption: sd-scripts trains it with the folder's class tokens as its whole caption.",
+    "Add a caption file next to the image, or ignore this if class-token-only training is what you want.",
+)
+CAPTION_ORPHAN = define(
+    "CAPTION_ORPHAN",
+    Severity.INFO,
+    "A caption file without an image: nothing uses it.",
+    "Remove it, or add the image it belongs to.",
+)
+
+
+@dataclass(frozen=True)
+class DatasetRules:
+    """The sd-scripts settings that decide how a dataset is read. Defaults are sd-scripts' own, except
+    `resolution`, which sd-scripts leaves unset and SDXL trains at 1024x1024."""
+
+    caption_extension: str = ".caption"
+    resolution: tuple[int, int] = (1024, 1024)
+    enable_bucket: bool = False
+    min_bucket_reso: int = 256
+    max_bucket_reso: int = 1024
+    bucket_reso_steps: int = 64
+    bucket_no_upscale: bool = False
+    alpha_mask: bool = False
+    enable_wildcard: bool = False
+    max_pixels: int = MAX_IMAGE_PIXELS
+
+    @classmethod
+    def from_kohya_config(cls, cfg: Mapping[str, Any]) -> DatasetRules:
+        """Rules from a flat, effective Kohya config. Raises ValueError on a value sd-scripts cannot use."""
+        defaults = cls()
+        caption_extension = cfg.get("caption_extension", defaults.caption_extension)
+        # sd-scripts keeps the misspelt `caption_extention` for compatibility; when set, it wins.
+        if cfg.get("caption_extention") is not None:
+            caption_extension = cfg["caption_extention"]
+        return cls(
+            caption_extension=str(caption_extension),
+            resolution=parse_resolution(cfg.get("resolution", defaults.resolution)),
+            enable_bucket=bool(cfg.get("enable_bucket", defaults.enable_bucket)),
+            min_bucket_reso=int(cfg.get("min_bucket_reso", defaults.min_bucket_reso)),
+            max_bucket_reso=int(cfg.get("max_bucket_reso", defaults.max_bucket_reso)),
+            bucket_reso_steps=int(cfg.get("bucket_reso_steps", defaults.bucket_reso_steps)),
+            bucket_no_upscale=bool(cfg.get("bucket_no_upscale", defaults.bucket_no_upscale)),
+            alpha_mask=bool(cfg.get("alpha_mask", defaults.alpha_mask)),
+            enable_wildcard=bool(cfg.get("enable_wildcard", defaults.enable_wildcard)),
+        )
+
+
+def parse_resolution(value: object) -> tuple[int, int]:
+    """sd-scripts' `resolution`: "1024,1024" or "1024" (a tuple or an int is accepted here too, since the
+    config rules report those type errors themselves)."""
+    if isinstance(value, tuple | list) and len(value) == 2:
+        parts = [int(v) for v in value]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        parts = [value]
+    elif isinstance(value, str):
+        try:
+            parts = [int(v) for v in value.split(",")]
+        except ValueError:
+            raise ValueError(f"resolution {value!r} is not 'size' or 'width,height'") from None
+    else:
+        raise ValueError(f"resolution {value!r} is not 'size' or 'width,height'")
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ValueError(f"resolution {value!r} is not 'size' or 'width,height' with positive numbers")
+    return parts[0], parts[1]
+
+
+class SubsetSummary(BaseModel):
+    folder: str
+    repeats: int
+    class_tokens: str
+    image_count: int
+    """Files sd-scripts takes as images (accepted extensions), readable or not."""
+    captioned_image_count: int
+    image_bytes: int
+
+
+class BucketCount(BaseModel):
+    width: int
+    height: int
+    image_count: int
+    """Images in this bucket, each counted once per repeat of its subset."""
+
+
+class DatasetSummary(BaseModel):
+    location: str
+    caption_extension: str
+    subsets: list[SubsetSummary]
+    skipped_folders: list[str]
+    total_images: int
+    total_repeated_images: int
+    """Sum of images x repeats: the images one epoch goes through."""
+    image_bytes: int
+    total_bytes: int
+    """Every file listed under the dataset root."""
+    buckets: list[BucketCount]
+    """sd-scripts' bucket assignment for the images whose size could be read."""
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """sd-scripts fills each batch from one bucket, so an epoch has a partial batch per bucket."""
+        if self.buckets:
+            return sum(math.ceil(b.image_count / batch_size) for b in self.buckets)
+        return math.ceil(self.total_repeated_images / batch_size)
+
+
+def parse_subset_folder(name: str) -> tuple[int, str] | None:
+    """(repeats, class tokens) exactly as sd-scripts parses a folder name; None when it skips the folder
+    for lack of repeats. Python's `int()` accepts surrounding whitespace, a sign, leading zeros and
+    non-ASCII digits (" 10", "+5", "010", "１０"); underscores never reach it because of the split."""
+    tokens = name.split("_")
+    try:
+        repeats = int(tokens[0])
+    except ValueError:
+        return None
+    return repeats, "_".join(tokens[1:])
+
+
+def caption_candidates(image_path: str, caption_extension: str) -> list[str]:
+    """The caption paths sd-scripts tries for an image, in order.
+
+    sd-scripts splits the absolute path; this splits the path relative to the dataset root, which gives
+    the same answer because the training container's data directory has no `_` in it."""
+    base = posixpath.splitext(image_path)[0]
+    candidates = [base + caption_extension]
+    tokens = base.split("_")
+    if len(tokens) >= FACE_CROP_NAME_PARTS:
+        candidates.append("_".join(tokens[:-4]) + caption_extension)
+    return candidates
+
+
+def bucket_resolutions(rules: DatasetRules) -> list[tuple[int, int]]:
+    """sd-scripts' `make_bucket_resolutions` for the rules' resolution and bucket limits."""
+    max_area = rules.resolution[0] * rules.resolution[1]
+    steps = rules.bucket_reso_steps
+    side = int(math.sqrt(max_area) // steps) * steps
+    resolutions = {(side, side)}
+    width = rules.min_bucket_reso
+    while width <= rules.max_bucket_reso:
+        height = min(rules.max_bucket_reso, int((max_area // width) // steps) * steps)
+        if height >= rules.min_bucket_reso:
+            resolutions.update({(width, height), (height, width)})
+        width += steps
+    return sorted(resolutions)
+
+
+@dataclass(frozen=True)
+class BucketChoice:
+    bucket: tuple[int, int]
+    resized: tuple[int, int]
+    """The size the image is scaled to before it is cropped to the bucket."""
+
+
+def select_bucket(
+    rules: DatasetRules, width: int, height: int, resolutions: list[tuple[int, int]]
+) -> BucketChoice:
+    """sd-scripts' `BucketManager.select_bucket`; without `enable_bucket` the only bucket is the resolution."""
+    aspect = width / height
+    if rules.enable_bucket and rules.bucket_no_upscale:
+        return _select_bucket_no_upscale(rules, width, height)
+    candidates = resolutions if rules.enable_bucket else [rules.resolution]
+    if (width, height) in candidates:
+        bucket = (width, height)
+    else:
+        bucket = min(candidates, key=lambda r: abs(r[0] / r[1] - aspect))
+    scale = bucket[1] / height if aspect > bucket[0] / bucket[1] else bucket[0] / width
+    return BucketChoice(bucket, (int(width * scale + 0.5), int(height * scale + 0.5)))
+
+
+def _select_bucket_no_upscale(rules: DatasetRules, width: int, height: int) -> BucketChoice:
+    steps = rules.bucket_reso_steps
+    max_area = rules.resolution[0] * rules.resolution[1]
+    aspect = width / height
+
+    def round_to_steps(x: float) -> int:
+        rounded = int(x + 0.5)
+        return rounded - rounded % steps
+
+    if width * height > max_area:
+        resized_width = math.sqrt(max_area * aspect)
+        resized_height = max_area / resized_width
+        width_rounded = round_to_steps(resized_width)
+        height_for_width = round_to_steps(width_rounded / aspect)
+        height_rounded = round_to_steps(resized_height)
+        width_for_height = round_to_steps(height_rounded * aspect)
+        if abs(width_rounded / height_for_width - aspect) < abs(width_for_height / height_rounded - aspect):
+            resized = (width_rounded, int(width_rounded / aspect + 0.5))
+        else:
+            resized = (int(height_rounded * aspect + 0.5), height_rounded)
+    else:
+        resized = (width, height)
+    return BucketChoice((resized[0] - resized[0] % steps, resized[1] - resized[1] % steps), resized)
+
+
+def condense(problems: list[Problem], keep: int = 5) -> list[Problem]:
+    """A shorter list for a text report: of each code seen more than `keep` times, the first `keep`
+    problems and one line saying how many more there are. The JSON report keeps the full list."""
+    counts = Counter(p.code for p in problems)
+    shown: Counter[str] = Counter()
+    condensed: list[Problem] = []
+    for problem in problems:
+        shown[problem.code] += 1
+        if shown[problem.code] <= keep:
+            condensed.append(problem)
+        elif shown[problem.code] == keep + 1:
+            more = counts[problem.code] - keep
+            condensed.append(
+                problem.model_copy(
+                    update={
+                        "file": None,
+                        "message": f"... and {more} more file(s) with {problem.code} (the JSON report lists them all)",
+                    }
+                )
+            )
+    return condensed
+
+
+def check_dataset(
+    source: DatasetSource,
+    rules: DatasetRules,
+    files: list[FileEntry] | None = None,
+    max_workers: int = 16,
+) -> tuple[DatasetSummary, list[Problem]]:
+    """Every layout, image and caption rule over the dataset; `files` saves a second listing."""
+    listing = source.list_files() if files is None else files
+    layout = _Layout.of(listing)
+    problems: list[Problem] = []
+    subsets, skipped = _parse_subsets(layout)
+    problems += _skipped_folder_problems(layout, skipped)
+    problems += _nested_folder_problems(layout, subsets)
+
+    images: list[_ImageEntry] = []
+    used_captions: set[str] = set()
+    for subset in subsets:
+        folder_images, folder_problems = _folder_images(layout, subset, rules, used_captions)
+        images += folder_images
+        problems += folder_problems
+    problems += _root_problems(layout, used_captions)
+
+    resolutions = bucket_resolutions(rules)
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        checked = list(pool.map(lambda image: _check_image(source, rules, image, resolutions), images))
+    for result in checked:
+        problems += result.problems
+
+    summaries = _subset_summaries(subsets, images)
+    problems += _dataset_problems(layout, subsets, skipped, summaries)
+    summary = DatasetSummary(
+        location=source.location,
+        caption_extension=rules.caption_extension,
+        subsets=summaries,
+        skipped_folders=[f"{folder}/" for folder in skipped],
+        total_images=sum(s.image_count for s in summaries),
+        total_repeated_images=sum(s.image_count * s.repeats for s in summaries),
+        image_bytes=sum(s.image_bytes for s in summaries),
+        total_bytes=sum(entry.size for entry in listing),
+        buckets=_bucket_counts(checked),
+    )
+    return summary, sorted(problems, key=_problem_order)
+
+
+# --- layout ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layout:
+    root_files: list[FileEntry] = field(default_factory=list)
+    folder_files: dict[str, list[FileEntry]] = field(default_factory=lambda: defaultdict(list))
+    """Files directly inside each top-level folder."""
+    nested_files: dict[str, list[FileEntry]] = field(default_factory=lambda: defaultdict(list))
+    """Files deeper down, by top-level folder."""
+    paths: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, listing: Iterable[FileEntry]) -> _Layout:
+        layout = cls()
+        for entry in listing:
+            layout.paths.add(entry.path)
+            parts = entry.path.split("/")
+            if len(parts) == 1:
+                layout.root_files.append(entry)
+            elif len(parts) == 2:
+                layout.folder_files[parts[0]].append(entry)
+            else:
+                layout.nested_files[parts[0]].append(entry)
+        return layout
+
+    @property
+    def folders(self) -> list[str]:
+        return sorted(set(self.folder_files) | set(self.nested_files))
+
+
+@dataclass(frozen=True)
+class _Subset:
+    folder: str
+    repeats: int
+    class_tokens: str
+
+
+@dataclass(frozen=True)
+class _ImageEntry:
+    entry: FileEntry
+    subset: _Subset
+    caption: str | None
+    """The caption path sd-scripts will read, when one exists."""
+    wrong_caption: str | None
+    """Without a caption: a caption file with another common extension that sd-scripts will not read."""
+
+
+@dataclass(frozen=True)
+class _ImageResult:
+    image: _ImageEntry
+    problems: list[Problem]
+    header: ImageHeader | None
+    bucket: BucketChoice | None
+
+
+def _extension(name: str) -> str:
+    return posixpath.splitext(name)[1]
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and _extension(name) in ACCEPTED_IMAGE_EXTENSIONS
+
+
+def _looks_like_image(name: str) -> bool:
+    ext = _extension(name).lower()
+    return ext in _EXTENSION_FORMAT or ext in UNSUPPORTED_IMAGE_EXTENSIONS
+
+
+def _root_problems(layout: _Layout, used_captions: set[str]) -> list[Problem]:
+    problems = []
+    for entry in layout.root_files:
+        if entry.path in SETTINGS_FILES or entry.path in used_captions:
+            continue
+        if _looks_like_image(entry.path):
+            problems.append(
+                ROOT_IMAGE.at(
+                    entry.path,
+                    f"{entry.path} lies in the dataset root; sd-scripts only reads images inside subset folders "
+                    "(<repeats>_<class tokens>/), so it is not trained.",
+                )
+            )
+        elif entry.path.lower().endswith(".toml"):
+            problems.append(
+                ROOT_FILE_IGNORED.at(
+                    entry.path,
+                    f"{entry.path} is not read: only config.toml (Kohya settings) and pipeline.toml (job settings) are.",
+                    fix="Rename it to config.toml or pipeline.toml (lower case) if it holds settings.",
+                )
+            )
+        else:
+            problems.append(
+                ROOT_FILE_IGNORED.at(entry.path, f"{entry.path} in the dataset root is not read.")
+            )
+    return problems
+
+
+def _parse_subsets(layout: _Layout) -> tuple[list[_Subset], list[str]]:
+    subsets, skipped = [], []
+    for folder in layout.folders:
+        parsed = parse_subset_folder(folder)
+        if parsed is None or parsed[0] < 1:
+            skipped.append(folder)
+        else:
+            subsets.append(_Subset(folder, *parsed))
+    return subsets, skipped
+
+
+def _count_images(entries: Iterable[FileEntry]) -> int:
+    return sum(1 for e in entries if _looks_like_image(posixpath.basename(e.path)))
+
+
+def _skipped_folder_problems(layout: _Layout, skipped: list[str]) -> list[Problem]:
+    problems = []
+    for folder in skipped:
+        entries = layout.folder_files.get(folder, []) + layout.nested_files.get(folder, [])
+        images = _count_images(entries)
+        holding = f"; its {images} image(s) are not trained" if images else ""
+        inner_subsets = sorted(
+            {
+                e.path.split("/")[1]
+                for e in layout.nested_files.get(folder, [])
+                if (parsed := parse_subset_folder(e.path.split("/")[1])) and parsed[0] >= 1
+            }
+        )
+        fix = None
+        if inner_subsets:
+            fix = (
+                f"It contains {', '.join(s + '/' for s in inner_subsets)}, which look like subset folders: "
+                "move them up into the dataset root."
+            )
+        parsed = parse_subset_folder(folder)
+        if parsed is None:
+            problems.append(
+                SUBSET_NO_REPEATS.at(
+                    f"{folder}/",
+                    f"{folder}/ does not start with an integer repeat count (<repeats>_<class tokens>), "
+                    f"so sd-scripts skips it{holding}.",
+                    fix=fix,
+                )
+            )
+        else:
+            problems.append(
+                SUBSET_ZERO_REPEATS.at(
+                    f"{folder}/",
+                    f"{folder}/ has {parsed[0]} repeats; sd-scripts skips folders with fewer than 1, "
+                    f"without a message{holding}.",
+                    fix=fix,
+                )
+            )
+    return problems
+
+
+def _nested_folder_problems(layout: _Layout, subsets: list[_Subset]) -> list[Problem]:
+    problems = []
+    for subset in subsets:
+        by_child: dict[str, list[FileEntry]] = defaultdict(list)
+        for entry in layout.nested_files.get(subset.folder, []):
+            by_child[entry.path.split("/")[1]].append(entry)
+        for child, entries in sorted(by_child.items()):
+            parsed = parse_subset_folder(child)
+            fix = None
+            if parsed is not None and parsed[0] >= 1:
+                fix = f"{child}/ looks like a subset folder: move it up into the dataset root."
+            problems.append(
+                SUBSET_NESTED_FOLDER.at(
+                    f"{subset.folder}/{child}/",
+                    f"{subset.folder}/{child}/ is a sub-folder of a subset; sd-scripts does not look inside "
+                    f"sub-folders, so its {_count_images(entries)} image(s) and {len(entries)} file(s) are not used.",
+                    fix=fix,
+                )
+            )
+    return problems
+
+
+def _folder_images(
+    layout: _Layout, subset: _Subset, rules: DatasetRules, used_captions: set[str]
+) -> tuple[list[_ImageEntry], list[Problem]]:
+    entries = sorted(layout.folder_files.get(subset.folder, []), key=lambda e: e.path)
+    images: list[_ImageEntry] = []
+    problems: list[Problem] = []
+    image_bases: dict[str, str] = {}
+    for entry in entries:
+        if not _is_image_name(posixpath.basename(entry.path)):
+            continue
+        caption = _first_existing(layout, caption_candidates(entry.path, rules.caption_extension))
+        other_extensions = [ext for ext in COMMON_CAPTION_EXTENSIONS if ext != rules.caption_extension]
+        other = None
+        if caption is None:
+            other = _first_existing(
+                layout, [c for ext in other_extensions for c in caption_candidates(entry.path, ext)]
+            )
+        used_captions.update(c for c in (caption, other) if c is not None)
+        images.append(_ImageEntry(entry, subset, caption, other))
+        base = posixpath.splitext(entry.path)[0]
+        if base in image_bases:
+            problems.append(
+                IMAGE_SAME_NAME.at(
+                    entry.path,
+                    f"{entry.path} and {image_bases[base]} have the same name: both are trained, with the same "
+                    f"caption file {base}{rules.caption_extension}.",
+                )
+            )
+        image_bases.setdefault(base, entry.path)
+
+    image_paths = {image.entry.path for image in images}
+    other_bases = {
+        posixpath.splitext(e.path)[0]
+        for e in entries
+        if e.path not in image_paths and not _is_caption_like(e.path, rules)
+    }
+    for entry in entries:
+        if entry.path in image_paths or entry.path in used_captions:
+            continue
+        problem = _non_image_problem(entry.path, image_bases, other_bases, rules)
+        if problem is not None:
+            problems.append(problem)
+    problems += [_missing_caption_problem(image, rules) for image in images if image.caption is None]
+    return images, problems
+
+
+def _first_existing(layout: _Layout, paths: list[str]) -> str | None:
+    return next((path for path in paths if path in layout.paths), None)
+
+
+def _is_caption_like(path: str, rules: DatasetRules) -> bool:
+    return path.endswith(rules.caption_extension) or _extension(path) in COMMON_CAPTION_EXTENSIONS
+
+
+def _caption_base(path: str, rules: DatasetRules) -> str:
+    if path.endswith(rules.caption_extension):
+        return path[: -len(rules.caption_extension)]
+    return posixpath.splitext(path)[0]
+
+
+def _non_image_problem(
+    path: str, image_bases: dict[str, str], other_bases: set[str], rules: DatasetRules
+) -> Problem | None:
+    name = posixpath.basename(path)
+    ext = _extension(name)
+    if name.startswith("."):
+        extra = " (a '._' file is a macOS resource fork, not an image)" if name.startswith("._") else ""
+        return FILE_IGNORED.at(path, f"{path} starts with '.', so sd-scripts' file search skips it{extra}.")
+    if ext.lower() in _EXTENSION_FORMAT:
+        return IMAGE_EXTENSION_CASE.at(
+            path,
+            f"{path} has the extension {ext}; sd-scripts only matches {ext.lower()} or {ext.upper()}, "
+            "so it skips this image.",
+            fix=f"Rename it to {posixpath.splitext(name)[0]}{ext.lower()}.",
+        )
+    if ext.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
+        kind = UNSUPPORTED_IMAGE_EXTENSIONS[ext.lower()]
+        return IMAGE_UNSUPPORTED_FORMAT.at(
+            path,
+            f"{path} is a {kind} file; sd-scripts only reads .png .jpg .jpeg .webp .bmp, so it skips this image.",
+            fix=f"Convert it to PNG or JPEG (e.g. `magick {name} {posixpath.splitext(name)[0]}.png`) or remove it.",
+        )
+    if not _is_caption_like(path, rules):
+        return FILE_IGNORED.at(
+            path, f"{path} is neither an image nor a {rules.caption_extension} caption; it is not used."
+        )
+    base = _caption_base(path, rules)
+    if base in image_bases:
+        return FILE_IGNORED.at(
+            path,
+            f"{path} is not read: {image_bases[base]} takes its caption from "
+            f"{base}{rules.caption_extension}.",
+        )
+    if base in other_bases:
+        return None  # the file it belongs to (e.g. a .Jpg or .heic image) is reported on its own
+    return CAPTION_ORPHAN.at(path, f"{path} has no image with the same name next to it; nothing reads it.")
+
+
+def _missing_caption_problem(image: _ImageEntry, rules: DatasetRules) -> Problem:
+    subset = image.subset
+    path = image.entry.path
+    uses = (
+        f"the folder's class tokens '{subset.class_tokens}' as its whole caption"
+        if subset.class_tokens
+        else f"an empty caption (the folder name '{subset.folder}' has no class tokens after the repeat count)"
+    )
+    expected = caption_candidates(path, rules.caption_extension)[0]
+    if image.wrong_caption is not None:
+        other_ext = _extension(image.wrong_caption)
+        return CAPTION_WRONG_EXTENSION.at(
+            image.wrong_caption,
+            f"{image.wrong_caption} is never read: caption_extension is '{rules.caption_extension}', so "
+            f"sd-scripts looks for {expected} and trains {path} with {uses}.",
+            fix=f'Add caption_extension = "{other_ext}" to config.toml, or rename the caption files '
+            f"to {rules.caption_extension}.",
+        )
+    return CAPTION_MISSING.at(path, f"{path} has no caption ({expected}); sd-scripts trains it with {uses}.")
+
+
+# --- images and captions -------------------------------------------------------------------------------------
+
+
+def _check_image(
+    source: DatasetSource, rules: DatasetRules, image: _ImageEntry, resolutions: list[tuple[int, int]]
+) -> _ImageResult:
+    problems = _check_caption(source, rules, image)
+    header = None
+    bucket = None
+    try:
+        header, image_problems = _inspect(source, rules, image.entry)
+        problems += image_problems
+        if header is not None:
+            bucket = select_bucket(rules, header.width, header.height, resolutions)
+            problems += _size_problems(rules, image.entry.path, header, bucket)
+    except ImageFormatError as error:
+        problems.append(IMAGE_UNREADABLE.at(image.entry.path, f"{image.entry.path} cannot be read: {error}."))
+    except Exception as error:  # a storage failure (I/O, S3 access) must not hide every other finding
+        problems.append(
+            IMAGE_UNREADABLE.at(
+                image.entry.path,
+                f"{image.entry.path} could not be read from {source.location}: {type(error).__name__}: {error}",
+                fix="Check that the file exists and is readable, then validate again.",
+            )
+        )
+    return _ImageResult(image, problems, header, bucket)
+
+
+def _inspect(
+    source: DatasetSource, rules: DatasetRules, entry: FileEntry
+) -> tuple[ImageHeader | None, list[Problem]]:
+    path = entry.path
+    if entry.size == 0:
+        return None, [IMAGE_EMPTY.at(path, f"{path} is empty (0 bytes).")]
+    reader = BlockReader(lambda start, length: source.read_range(path, start, length), entry.size)
+    found = identify(reader.read(0, min(entry.size, 32)))
+    claimed = _EXTENSION_FORMAT[_extension(path).lower()]
+    if found is None:
+        return None, [
+            IMAGE_UNREADABLE.at(
+                path, f"{path} is not a {claimed} image: its first bytes match no image format."
+            )
+        ]
+    if found not in TRAINABLE_FORMATS:
+        return None, [
+            IMAGE_CONTENT_MISMATCH.at(
+                path,
+                f"{path} is named like a {claimed} image but is a {found} file, which sd-scripts cannot train on.",
+                fix=f"Convert it to {claimed} (e.g. `magick {posixpath.basename(path)} out.png`) or remove it.",
+            )
+        ]
+    problems = []
+    if found is not claimed:
+        real_ext = ".jpg" if found is ImageFormat.JPEG else f".{found.value.lower()}"
+        problems.append(
+            IMAGE_EXTENSION_MISMATCH.at(
+                path,
+                f"{path} is named like a {claimed} image but is a {found} file; Pillow reads it by content, "
+                "so it trains, but other tools may not.",
+                fix=f"Rename it to {posixpath.splitext(posixpath.basename(path))[0]}{real_ext}.",
+            )
+        )
+    header = read_header(reader)
+    tail = reader.read(max(0, entry.size - TAIL_BYTES), min(entry.size, TAIL_BYTES))
+    cut = truncation(header, tail, entry.size)
+    if cut is not None:
+        problems.append(IMAGE_TRUNCATED.at(path, f"{path} is cut off: {cut}."))
+    if header.pixels > rules.max_pixels:
+        problems.append(
+            IMAGE_TOO_MANY_PIXELS.at(
+                path,
+                f"{path} is {header.width}x{header.height} = {header.pixels:,} pixels, above the limit of "
+                f"{rules.max_pixels:,} (Pillow's decompression-bomb limit; sd-scripts crashes above twice that).",
+            )
+        )
+    if header.orientation != 1:
+        problems.append(
+            IMAGE_EXIF_ROTATED.at(
+                path,
+                f"{path} has EXIF orientation {header.orientation} ({ORIENTATION_MEANING[header.orientation]}): "
+                f"viewers show it turned, but sd-scripts trains on the stored {header.width}x{header.height} "
+                "pixels as they are.",
+            )
+        )
+    if header.is_cmyk:
+        problems.append(
+            IMAGE_CMYK.at(
+                path,
+                f"{path} is CMYK; sd-scripts converts it to RGB without its colour profile, so colours shift.",
+            )
+        )
+    if header.has_alpha and not rules.alpha_mask:
+        problems.append(
+            IMAGE_ALPHA.at(
+                path,
+                f"{path} has transparency ({header.mode}); sd-scripts converts it to RGB, so transparent areas "
+                "train as whatever colour is stored under them (often black).",
+            )
+        )
+    return header, problems
+
+
+def _size_problems(
+    rules: DatasetRules, path: str, header: ImageHeader, choice: BucketChoice
+) -> list[Problem]:
+    width, height = header.width, header.height
+    target_w, target_h = rules.resolution
+    upscale = choice.resized[0] / width
+    bucket = f"{choice.bucket[0]}x{choice.bucket[1]}"
+    target = f"{target_w}x{target_h}"
+    if upscale >= UPSCALE_WARNING_FACTOR:
+        below_min = ""
+        if rules.enable_bucket and min(width, height) < rules.min_bucket_reso:
+            below_min = f"; its short side is below min_bucket_reso {rules.min_bucket_reso}"
+        return [
+            IMAGE_TOO_SMALL.at(
+                path,
+                f"{path} is {width}x{height}; sd-scripts upscales it {upscale:.2f}x to fill the {bucket} bucket "
+                f"(training resolution {target}){below_min}, which blurs it.",
+            )
+        ]
+    shortfall = math.sqrt(target_w * target_h / (width * height))
+    if rules.enable_bucket and rules.bucket_no_upscale and shortfall >= UPSCALE_WARNING_FACTOR:
+        return [
+            IMAGE_TOO_SMALL.at(
+                path,
+                f"{path} is {width}x{height}; with bucket_no_upscale it trains in a {bucket} bucket, "
+                f"{shortfall:.2f}x smaller than the training resolution {target}.",
+            )
+        ]
+    return []
+
+
+def _check_caption(source: DatasetSource, rules: DatasetRules, image: _ImageEntry) -> list[Problem]:
+    path = image.caption
+    if path is None:
+        return []
+    try:
+        text = source.read_all(path).decode("utf-8")
+    except UnicodeDecodeError as error:
+        return [
+            CAPTION_NOT_UTF8.at(
+                path,
+                f"{path} is not UTF-8 (byte {error.start}: {error.object[error.start : error.start + 1]!r}).",
+            )
+        ]
+    problems = []
+    # sd-scripts reads in text mode: \r\n and \r end lines too.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    if not lines:
+        return [
+            CAPTION_EMPTY.at(
+                path, f"{path} is empty; sd-scripts stops training with 'caption file is empty'."
+            )
+        ]
+    if rules.enable_wildcard:
+        caption = "\n".join(line.strip() for line in lines if line.strip())
+    else:
+        caption = lines[0].strip()
+    if not caption:
+        return [
+            CAPTION_EMPTY.at(
+                path,
+                f"{path} has a blank first line; sd-scripts trains {image.entry.path} with an empty caption.",
+            )
+        ]
+    extra_lines = [line for line in lines[1:] if line.strip()]
+    if extra_lines and not rules.enable_wildcard:
+        problems.append(
+            CAPTION_MULTILINE.at(
+                path,
+                f"{path} has {len(extra_lines) + 1} non-blank lines; sd-scripts uses only the first: {caption[:80]!r}.",
+            )
+        )
+    if caption.startswith("\ufeff"):
+        problems.append(
+            CAPTION_BYTE_ORDER_MARK.at(
+                path, f"{path} starts with a byte-order mark; sd-scripts keeps it as part of the first word."
+            )
+        )
+    tokens = image.subset.class_tokens.strip()
+    if tokens and not re.search(rf"(?<!\w){re.escape(tokens)}(?!\w)", caption, re.IGNORECASE):
+        problems.append(
+            CAPTION_NO_TRIGGER.at(
+                path,
+                f"{path} does not contain '{tokens}' (the class tokens of {image.subset.folder}/); sd-scripts does "
+                f"not add them, so {image.entry.path} does not teach the trigger word.",
+                fix=f"Start the caption with '{tokens}, ...'.",
+            )
+        )
+    return problems
+
+
+# --- summary -----------------------------------------------------------------------------------------------
+
+
+def _subset_summaries(subsets: list[_Subset], images: list[_ImageEntry]) -> list[SubsetSummary]:
+    summaries = []
+    for subset in subsets:
+        mine = [image for image in images if image.subset == subset]
+        summaries.append(
+            SubsetSummary(
+                folder=subset.folder,
+                repeats=subset.repeats,
+                class_tokens=subset.class_tokens,
+                image_count=len(mine),
+                captioned_image_count=sum(1 for image in mine if image.caption is not None),
+                image_bytes=sum(image.entry.size for image in mine),
+            )
+        )
+    return summaries
+
+
+def _bucket_counts(checked: list[_ImageResult]) -> list[BucketCount]:
+    counts: Counter[tuple[int, int]] = Counter()
+    for result in checked:
+        if result.bucket is not None:
+            counts[result.bucket.bucket] += result.image.subset.repeats
+    return [BucketCount(width=w, height=h, image_count=n) for (w, h), n in sorted(counts.items())]
+
+
+def _dataset_problems(
+    layout: _Layout, subsets: list[_Subset], skipped: list[str], summaries: list[SubsetSummary]
+) -> list[Problem]:
+    problems = []
+    loose = _count_images(layout.root_files)
+    loose_note = f" {loose} image(s) lie loose in the dataset root." if loose else ""
+    if not subsets:
+        found = f" Skipped folders: {', '.join(f + '/' for f in skipped)}." if skipped else ""
+        problems.append(
+            DATASET_NO_SUBSETS.at(
+                None,
+                "No folder named <repeats>_<class tokens> with at least 1 repeat: sd-scripts would log "
+                f"'No data found' and exit without training, and without an error.{found}{loose_note}",
+            )
+        )
+        return problems
+    if not any(s.image_count for s in summaries):
+        return [
+            DATASET_NO_IMAGES.at(
+                None,
+                f"The subset folders {', '.join(s.folder + '/' for s in summaries)} hold no .png .jpg .jpeg .webp "
+                f".bmp image: sd-scripts would log 'No data found' and exit without training.{loose_note}",
+            )
+        ]
+    for summary in summaries:
+        if summary.image_count == 0:
+            problems.append(
+                SUBSET_NO_IMAGES.at(
+                    f"{summary.folder}/",
+                    f"{summary.folder}/ holds no .png .jpg .jpeg .webp .bmp image, so it adds nothing to training.",
+                )
+            )
+    return problems
+
+
+_SEVERITY_ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
+
+def _problem_order(problem: Problem) -> tuple[bool, str, int, str]:
+    return (problem.file is not None, problem.file or "", _SEVERITY_ORDER[problem.severity], problem.code)
