@@ -1,0 +1,193 @@
+"""Peak memory and throughput of the model unpack on a generated ~1 GB model.tar.gz, next to `tar xzf`.
+
+    .venv/bin/python benchmarks/unpack_memory.py [--size-mb 1024] [--zero-fraction 0.25] [--keep DIR]
+
+The archive holds one SDXL LoRA (real module shapes, rank 4) padded by one more LoRA module to the
+requested size. Padding is written in 16 MiB blocks of normally distributed fp16 values (about as
+compressible as trained weights), with `--zero-fraction` of the blocks zero so that generation stays
+well under two minutes on two cores.
+
+Each measurement runs in its own process. Peak RSS is the process's VmHWM (unlike ru_maxrss it does not
+inherit the parent's size across fork+exec): the unpack reads its own, tar's is sampled every 20 ms. A
+second unpack under tracemalloc gives the peak of Python allocations. Source and sink are local files
+here; in the Lambda they are an S3 GET body and a multipart upload, which adds one part buffer (16 MiB by
+default, twice while a part is sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
+MIB = 1024 * 1024
+BLOCK = 16 * MIB
+PADDING_MODULE = "lora_unet_benchmark_padding"
+
+
+def write_padded_lora(path: Path, size_bytes: int, zero_fraction: float) -> str:
+    """Writes a LoRA of about `size_bytes` without holding it in memory; returns its sha256."""
+    # Imported here so that the measured worker processes do not load numpy.
+    import numpy as np
+
+    from tests.lora_files import kohya_metadata, lora_tensors
+
+    tensors = lora_tensors(rank=4, real_shapes=True)
+    offset = 0
+    header: dict[str, object] = {"__metadata__": kohya_metadata(rank=4)}
+    for name, array in tensors.items():
+        header[name] = {
+            "dtype": "F16",
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+    padding_values = max(BLOCK, size_bytes - offset) // BLOCK * BLOCK // 2
+    padding = {
+        f"{PADDING_MODULE}.lora_down.weight": (1, padding_values),
+        f"{PADDING_MODULE}.lora_up.weight": (1, 1),
+        f"{PADDING_MODULE}.alpha": (),
+    }
+    for name, shape in padding.items():
+        nbytes = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+
+    digest = hashlib.sha256()
+    random_block = np.random.default_rng(1).standard_normal(BLOCK // 2).astype(np.float16).tobytes()
+    zero_block = bytes(BLOCK)
+    with open(path, "wb") as file:
+
+        def emit(data: bytes) -> None:
+            digest.update(data)
+            file.write(data)
+
+        emit(len(encoded).to_bytes(8, "little") + encoded)
+        for array in tensors.values():
+            emit(array.tobytes())
+        blocks = padding_values * 2 // BLOCK
+        for index in range(blocks):
+            # Spreads the zero blocks evenly: block i is zero when i * fraction crosses an integer.
+            is_zero = int((index + 1) * zero_fraction) > int(index * zero_fraction)
+            emit(zero_block if is_zero else random_block)
+        emit(np.ones(2, np.float16).tobytes())  # lora_up (1x1) and alpha
+    return digest.hexdigest()
+
+
+def peak_rss(pid: int | str = "self") -> int:
+    """VmHWM: the process's peak resident memory in bytes (unlike ru_maxrss, not inherited across exec)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    kilobytes = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(kilobytes) * 1024
+
+
+def run_measured(command: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, sampled peak RSS and stdout of one child process (RSS read every 20 ms)."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as stdout:
+        process = subprocess.Popen(command, stdout=stdout, text=True)
+        sampled = 0
+        while process.poll() is None:
+            with contextlib.suppress(OSError, StopIteration):
+                sampled = max(sampled, peak_rss(process.pid))
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+        if process.returncode != 0:
+            raise SystemExit(f"{command[0]} failed with status {process.returncode}")
+        stdout.seek(0)
+        return seconds, sampled, stdout.read()
+
+
+def worker(archive: Path, output: Path, traced: bool) -> None:
+    """Runs one unpack and prints its facts as JSON (called in a child process)."""
+    import tracemalloc
+
+    from lora_pipeline.model_archive import LocalFolderSink, unpack_model_archive
+
+    rss_before = peak_rss()
+    if traced:
+        tracemalloc.start()
+    start = time.perf_counter()
+    with open(archive, "rb") as source:
+        result = unpack_model_archive(source, LocalFolderSink(output), output_name="benchmark")
+    seconds = time.perf_counter() - start
+    traced_peak = tracemalloc.get_traced_memory()[1] if traced else None
+    facts = {"seconds": seconds, "rss_before": rss_before, "rss_peak": peak_rss(), "traced_peak": traced_peak}
+    print(json.dumps(facts | {"sha256": result.sha256, "size": result.size}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mb", type=int, default=1024, help="size of the LoRA inside the archive")
+    parser.add_argument(
+        "--zero-fraction", type=float, default=0.25, help="share of padding blocks that are zero"
+    )
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep the archive")
+    parser.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker, traced=args.traced)
+        return
+
+    with tempfile.TemporaryDirectory(dir=args.keep) as temporary:
+        work = Path(temporary)
+        lora, archive = work / "benchmark.safetensors", (args.keep or work) / "model.tar.gz"
+        start = time.perf_counter()
+        expected_sha256 = write_padded_lora(lora, args.size_mb * MIB, args.zero_fraction)
+        with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+            tar.add(lora, arcname="benchmark.safetensors")
+        lora_size = lora.stat().st_size
+        lora.unlink()
+        archive_size = archive.stat().st_size
+        print(
+            f"archive: {archive_size / MIB:.0f} MiB gzip holding a {lora_size / MIB:.0f} MiB LoRA "
+            f"(generated in {time.perf_counter() - start:.0f} s)"
+        )
+
+        rows = []
+        for label, traced in (("unpack", False), ("unpack under tracemalloc", True)):
+            output = work / label.replace(" ", "_")
+            output.mkdir()
+            command = [sys.executable, __file__, "--worker", str(archive), str(output)]
+            _, _, stdout = run_measured(command + (["--traced"] if traced else []))
+            facts = json.loads(stdout)
+            if facts["sha256"] != expected_sha256:
+                raise SystemExit(f"{label}: sha256 differs from the generated file")
+            (output / "benchmark.safetensors").unlink()
+            rows.append(
+                (label, facts["seconds"], facts["rss_peak"], facts["rss_before"], facts["traced_peak"])
+            )
+
+        extracted = work / "tar"
+        extracted.mkdir()
+        tar_seconds, tar_rss, _ = run_measured(["tar", "xzf", str(archive), "-C", str(extracted)])
+
+    unpack_seconds, unpack_rss, rss_before = rows[0][1], rows[0][2], rows[0][3]
+    print(f"{'':28}{'seconds':>9}{'MB/s':>9}{'peak RSS MB':>13}{'Python peak MB':>16}")
+    for label, seconds, rss, _, traced_peak in rows:
+        traced = f"{traced_peak / 1e6:16.1f}" if traced_peak is not None else f"{'':16}"
+        print(f"{label:28}{seconds:9.1f}{lora_size / 1e6 / seconds:9.0f}{rss / 1e6:13.1f}{traced}")
+    print(f"{'tar xzf':28}{tar_seconds:9.1f}{lora_size / 1e6 / tar_seconds:9.0f}{tar_rss / 1e6:13.1f}")
+    print(
+        f"unpack / tar xzf: {unpack_seconds / tar_seconds:.2f}x the time; "
+        f"RSS {unpack_rss / 1e6:.0f} MB of which {rss_before / 1e6:.0f} MB is the interpreter and imports "
+        f"(+{(unpack_rss - rss_before) / 1e6:.0f} MB for the unpack)"
+    )
+
+
+if __name__ == "__main__":
+    main()
