@@ -711,3 +711,7 @@ def test_an_empty_lr_scheduler_type_means_none() -> None:
     result = build('lr_scheduler_type = ""\n')
     assert result.problems == []
     assert result.effective is not None and "lr_scheduler_type" not in result.effective
+
+
+def test_an_empty_base_model_from_a_gui_export_is_dropped_quietly() -> None:
+    assert only('pretrained_model_name_or_path = ""\n', "CONFIG_EMPTY_KEY_DROPPED").severity is Severity.INFO

@@ -22,7 +22,7 @@ from typing import Any
 import tomli_w
 
 from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, ArgKind, ArgSpec, argument_specs
-from lora_pipeline.problems import Problem, Severity, define
+from lora_pipeline.problems import Problem, ProblemCode, Severity, define
 
 CONFIG_PARSE_ERROR = define(
     "CONFIG_PARSE_ERROR",
@@ -466,7 +466,7 @@ class _Builder:
         place = f" in [{table}]" if table else ""
         return f"`{key} = {_toml(value)}`{place}"
 
-    def report(self, code: Any, message: str, fix: str | None = None) -> None:
+    def report(self, code: ProblemCode, message: str, fix: str | None = None) -> None:
         self.problems.append(code.at(self.file, message, fix))
 
     # -- reading --
@@ -588,7 +588,7 @@ class _Builder:
                 self.report(
                     CONFIG_BAD_CHOICE,
                     f"{self.where('xformers', value)}: xformers must be true/false or one of the Kohya GUI "
-                    f"values {', '.join(repr(v) for v in _GUI_ATTENTION_VALUES)}.",
+                    f"values {', '.join(map(_toml, _GUI_ATTENTION_VALUES))}.",
                     "Remove xformers; the image uses sdpa = true.",
                 )
         attention_overrides = [
@@ -685,8 +685,8 @@ class _Builder:
         if key in SECRET_KEYS:
             self.report(
                 CONFIG_SECRET,
-                f"{shown}: config.toml must not hold secrets; it is copied to S3 with the run and the pipeline "
-                "never sends it anywhere.",
+                f"{shown}: a secret in {self.file} would be copied into the run's files and the job's "
+                "settings, and the pipeline has no use for it (nothing is sent to W&B or the Hugging Face hub).",
             )
         elif key in HUGGING_FACE_UPLOAD_KEYS:
             self.report(
@@ -1075,8 +1075,6 @@ class _Builder:
     def check_precision(self, effective: dict[str, Any]) -> None:
         """train_network.py: full_fp16 / full_bf16 / fp8_base need the matching mixed_precision."""
         precision = effective["mixed_precision"]
-        if effective.get("full_fp16") and effective.get("full_bf16"):
-            self.conflict("full_fp16 and full_bf16 are both true.", "Keep at most one of them.")
         for key, needed in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
             if effective.get(key) and precision != needed:
                 self.conflict(
