@@ -715,3 +715,9 @@ def test_an_empty_lr_scheduler_type_means_none() -> None:
 
 def test_an_empty_base_model_from_a_gui_export_is_dropped_quietly() -> None:
     assert only('pretrained_model_name_or_path = ""\n', "CONFIG_EMPTY_KEY_DROPPED").severity is Severity.INFO
+
+
+def test_prodigy_gets_its_own_learning_rate_default() -> None:
+    assert effective('optimizer_type = "prodigy"\n')["learning_rate"] == 1.0
+    assert effective('optimizer_type = "Prodigy"\nlearning_rate = 0.5\n')["learning_rate"] == 0.5
+    assert effective('optimizer_type = "AdamW"\n')["learning_rate"] == 1e-4

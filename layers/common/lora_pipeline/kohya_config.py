@@ -880,6 +880,9 @@ class _Builder:
                 "own default, Adafactor, comes with its own arguments).",
                 "Set optimizer_type next to optimizer_args.",
             )
+        if "learning_rate" not in config and str(effective["optimizer_type"]).lower() == "prodigy":
+            # Prodigy finds the step size itself; learning_rate scales it and 1.0 is its intended value.
+            effective["learning_rate"] = 1.0
         if "save_precision" not in config:
             effective["save_precision"] = "fp16" if effective["mixed_precision"] == "fp16" else "bf16"
         if "max_train_epochs" not in config and "max_train_steps" not in config:
@@ -1055,7 +1058,11 @@ class _Builder:
                 "Remove max_data_loader_n_workers = 0 or persistent_data_loader_workers.",
             )
         if on("min_timestep", 0) > on("max_timestep", 1000):
-            self.conflict("min_timestep is above max_timestep.", "Make min_timestep at most max_timestep.")
+            self.conflict(
+                f"min_timestep ({on('min_timestep')}) is above max_timestep ({on('max_timestep', 1000)}): "
+                "sd-scripts would silently train every step at max_timestep (train_util.get_timesteps).",
+                "Make min_timestep at most max_timestep.",
+            )
         if on("fused_backward_pass"):
             # Only get_optimizer's assertions read it; sdxl_train_network.py never fuses the backward pass.
             effective.pop("fused_backward_pass")
