@@ -525,11 +525,12 @@ def test_sampling_settings_come_with_pipeline_prompts() -> None:
     assert effective('sample_sampler = "k_euler"\n', sample_every=1)["sample_sampler"] == "k_euler"
 
 
-def test_sampling_settings_without_pipeline_prompts_are_removed() -> None:
-    text = 'sample_every_n_epochs = 1\nsample_sampler = "ddim"\n'
+def test_sampling_intervals_without_pipeline_prompts_are_removed() -> None:
+    text = 'sample_every_n_epochs = 1\nsample_at_first = true\nsample_sampler = "ddim"\n'
     assert len(problems(text, "CONFIG_PIPELINE_OWNED")) == 2
     config = effective(text)
-    assert "sample_every_n_epochs" not in config and "sample_sampler" not in config
+    assert "sample_every_n_epochs" not in config and "sample_at_first" not in config
+    assert config["sample_sampler"] == "ddim"
 
 
 def test_pipeline_sample_interval_wins() -> None:
@@ -645,6 +646,7 @@ def test_the_same_settings_in_working_combinations_pass(text: str) -> None:
         "no_metadata = true",
         "min_bucket_reso = 300",
         'optimizer_type = "Adafactor"\nlearning_rate = 0.001',
+        "max_train_epochs = 5\nmax_train_steps = 1600",
     ],
 )
 def test_settings_sd_scripts_ignores_or_adjusts_are_warnings(text: str) -> None:

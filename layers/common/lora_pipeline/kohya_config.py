@@ -524,16 +524,15 @@ class _Builder:
             )
         self.normalise_attention(config)
         self.normalise_conv_args(config)
-        for key, equivalent in (("vae_batch_size", 0), ("max_token_length", 75)):
-            if key in config and config[key] == equivalent and not isinstance(config[key], bool):
-                what = (
-                    "crashes latent caching in sd-scripts v0.10.1"
-                    if key == "vae_batch_size"
-                    else "is what sd-scripts does without it (75 tokens)"
-                )
+        gui_unset_values = {
+            "vae_batch_size": (0, "sd-scripts v0.10.1 crashes caching latents with it (its default is 1)"),
+            "max_token_length": (75, "75 tokens is what sd-scripts uses without the key"),
+        }
+        for key, (unset, why) in gui_unset_values.items():
+            if key in config and config[key] == unset and not isinstance(config[key], bool):
                 self.report(
                     CONFIG_GUI_KEY_NORMALISED,
-                    f"{self.where(key, config.pop(key))}: the Kohya GUI's 'unset' value {what}; dropped.",
+                    f"{self.where(key, config.pop(key))}: the Kohya GUI's default; {why}; dropped.",
                     f"Remove {key}.",
                 )
         if config.get("dynamo_backend") == "no" and not config.get("torch_compile"):
@@ -962,7 +961,8 @@ class _Builder:
     def set_sampling(self, effective: dict[str, Any], config: dict[str, Any]) -> None:
         """Sample prompts come from pipeline.toml; the container writes them to the sample_prompts file."""
         every = self.inputs.sample_every_n_epochs
-        sample_keys = ("sample_every_n_epochs", "sample_every_n_steps", "sample_at_first", "sample_sampler")
+        # sample_sampler alone is harmless and stays.
+        sample_keys = ("sample_every_n_epochs", "sample_every_n_steps", "sample_at_first")
         if every is None:
             for key in sample_keys:
                 if key in effective:
@@ -1062,6 +1062,14 @@ class _Builder:
                 f"min_timestep ({on('min_timestep')}) is above max_timestep ({on('max_timestep', 1000)}): "
                 "sd-scripts would silently train every step at max_timestep (train_util.get_timesteps).",
                 "Make min_timestep at most max_timestep.",
+            )
+        if "max_train_epochs" in user and "max_train_steps" in user:
+            # train_network.py: "override steps" from max_train_epochs.
+            self.report(
+                CONFIG_NO_EFFECT,
+                f"max_train_epochs = {user['max_train_epochs']} and max_train_steps = {user['max_train_steps']} "
+                "are both set: sd-scripts trains for max_train_epochs and ignores max_train_steps.",
+                "Remove max_train_steps.",
             )
         if on("fused_backward_pass"):
             # Only get_optimizer's assertions read it; sdxl_train_network.py never fuses the backward pass.
