@@ -113,8 +113,9 @@ def test_a_missing_archive_says_the_job_uploaded_nothing(s3):
 class DroppingClient:
     """The S3 client, except that the first GET body breaks after 1 MiB like a reset connection."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client, before_resume=lambda: None) -> None:
         self._client = client
+        self._before_resume = before_resume
         self.get_requests: list[dict] = []
 
     def __getattr__(self, name):
@@ -122,6 +123,8 @@ class DroppingClient:
 
     def get_object(self, **request):
         self.get_requests.append(request)
+        if len(self.get_requests) == 2:
+            self._before_resume()
         response = self._client.get_object(**request)
         if len(self.get_requests) == 1:
             response["Body"] = BreakingBody(response["Body"], 1024 * 1024)
@@ -155,6 +158,15 @@ def test_a_dropped_download_resumes_where_it_stopped_on_the_same_object_version(
     assert "Range" not in first
     assert resumed["Range"] == "bytes=1048576-"
     assert resumed["IfMatch"] == s3.head_object(Bucket=BUCKET, Key=ARCHIVE_KEY)["ETag"]
+
+
+def test_an_archive_replaced_during_the_download_is_not_spliced(s3):
+    put_archive(s3, [Member("bluebot.safetensors", BIG_LORA)])
+    second_version = [Member("bluebot.safetensors", BIG_LORA), Member("note.txt", b"second version")]
+    client = DroppingClient(s3, before_resume=lambda: put_archive(s3, second_version))
+    with pytest.raises(ModelArchiveError, match="replaced while it was read"):
+        run_unpack(s3, client=client)
+    assert model_keys(s3) == []
 
 
 def test_part_size_outside_s3_and_lambda_limits_is_refused(s3):

@@ -30,6 +30,7 @@ from lora_pipeline.safetensors_lora import (
     ByteReader,
     LoraFormatError,
     LoraSummary,
+    read_exact,
     read_safetensors_header,
     summarise_lora,
 )
@@ -45,9 +46,9 @@ _OTHER_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": 
 class UnpackLimits:
     """Upper bounds that make a wrong or hostile archive fail fast instead of filling a Lambda.
 
-    An SDXL LoRA is 20 MB at rank 4 in fp16 and about 3.5 GB at rank 256 in fp32, so 4 GiB per member
-    admits every real LoRA; 8 GiB in total bounds the work (a 1 GB Lambda streams roughly 100 MB/s, and
-    gives up after 15 minutes anyway).
+    An SDXL LoRA is about 29 MB at rank 4 in fp16 and 3.5 GB at rank 256 in fp32, so 4 GiB per member
+    admits every real LoRA; 8 GiB in total bounds the work a wrong archive can cause (the Lambda gives up
+    after 15 minutes anyway). `max_nesting` is how deep archives inside the archive are opened.
     """
 
     max_member_bytes: int = 4 * GIB
@@ -158,7 +159,7 @@ def unpack_model_archive(
 
 
 def _open_tar(stream: ByteReader, chunk_bytes: int, what: str) -> tarfile.TarFile:
-    magic = _read_exact(stream, 4)
+    magic = read_exact(stream, 4)
     if not magic:
         raise ModelArchiveError(f"{what} is empty", "The training job wrote nothing; see its logs")
     for prefix, name in _OTHER_COMPRESSIONS.items():
@@ -171,13 +172,6 @@ def _open_tar(stream: ByteReader, chunk_bytes: int, what: str) -> tarfile.TarFil
     if magic.startswith(b"\x1f\x8b"):
         plain = _GunzipStream(plain, chunk_bytes)
     return tarfile.open(fileobj=plain, mode="r|", bufsize=chunk_bytes, tarinfo=_BoundedTarInfo)
-
-
-def _read_exact(stream: ByteReader, count: int) -> bytes:
-    data = b""
-    while len(data) < count and (chunk := stream.read(count - len(data))):
-        data += chunk
-    return data
 
 
 class _PrefixedStream(io.RawIOBase):
@@ -425,7 +419,7 @@ def _check_member_kind(member: tarfile.TarInfo, path: str) -> None:
     name = PurePosixPath(member.name)
     if name.is_absolute() or ".." in name.parts or "\\" in member.name:
         raise ModelArchiveError(
-            "the path is absolute or climbs out with '..'",
+            "the path is absolute, climbs out with '..' or uses backslashes",
             "Refusing a path-traversal member: the archive was not written by the training container",
             path,
         )

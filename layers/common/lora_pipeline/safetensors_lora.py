@@ -100,7 +100,8 @@ class SafetensorsHeader:
         return 8 + self.header_size + self.data_size
 
 
-def _read_exact(stream: ByteReader, count: int) -> bytes:
+def read_exact(stream: ByteReader, count: int) -> bytes:
+    """`count` bytes, or fewer only at the end of the stream (a single read may return less)."""
     chunks: list[bytes] = []
     remaining = count
     while remaining:
@@ -120,7 +121,7 @@ def read_safetensors_header(
     `size` is the whole file's size when known: then the tensor data must fill the file exactly.
     Raises `SafetensorsHeaderError` naming the first problem found.
     """
-    prefix = _read_exact(stream, 8)
+    prefix = read_exact(stream, 8)
     if len(prefix) < 8:
         raise SafetensorsHeaderError(
             f"file is {len(prefix)} bytes long: too short for a safetensors file (8-byte header length first)"
@@ -136,7 +137,7 @@ def read_safetensors_header(
             f"header length field says {header_size} bytes but the file is only {size} bytes: truncated or "
             "not a safetensors file"
         )
-    raw = _read_exact(stream, header_size)
+    raw = read_exact(stream, header_size)
     if len(raw) < header_size:
         raise SafetensorsHeaderError(
             f"file ends inside the header ({len(raw)} of {header_size} bytes): the file is truncated"

@@ -55,9 +55,14 @@ class S3ObjectStream:
         try:
             response = self._client.get_object(**request)
         except ClientError as error:
-            if error_code(error) in ("NoSuchKey", "404"):
+            code = error_code(error)
+            if code in ("NoSuchKey", "404"):
                 raise ModelArchiveError(
                     f"{self.uri} does not exist", "The training job uploaded no model; see its logs"
+                ) from error
+            if code == "PreconditionFailed":
+                raise ModelArchiveError(
+                    f"{self.uri} was replaced while it was read", "Run the unpack again on the new archive"
                 ) from error
             raise
         self._etag = response["ETag"]
