@@ -33,8 +33,10 @@ def lambda_handler(event: S3EventNotificationEventBridgeModel, context: LambdaCo
         env.state_machine_arn,
         event.detail.bucket.name,
         key,
+        event.time,
         datetime.now(UTC),
     )
-    logger.info("upload recorded", extra={"key": key, "action": action})
-    metrics.add_metric(name=f"Uploads_{action}", unit=MetricUnit.Count, value=1)
-    return {"action": action}
+    outcome = action.value if action else "ignored"
+    logger.info("upload recorded", extra={"key": key, "action": outcome})
+    metrics.add_metric(name=f"Uploads_{outcome}", unit=MetricUnit.Count, value=1)
+    return {"action": outcome}

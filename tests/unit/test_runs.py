@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -49,12 +49,45 @@ def test_execution_name_fits_step_functions() -> None:
     assert len(name) <= 80 and name.endswith("-20261126-112430-3f9a")
 
 
-def test_ingest_action() -> None:
-    settling = runs.ActiveRun("r", settling=True, settle_token=None)
-    settled = runs.ActiveRun("r", settling=False, settle_token=None)
-    assert runs.ingest_action(settling, is_ready_marker=False) is runs.IngestAction.HEARTBEAT
-    assert runs.ingest_action(settling, is_ready_marker=True) is runs.IngestAction.READY
-    assert runs.ingest_action(settled, is_ready_marker=True) is runs.IngestAction.CHANGED_DURING_RUN
+T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+SEC = timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("state", "ready", "object_time", "expected"),
+    [
+        (runs.DatasetState(None, None), False, T0, runs.IngestAction.START),
+        (runs.DatasetState(None, T0), False, T0 + SEC, runs.IngestAction.START),
+        (runs.DatasetState(None, T0), False, T0, runs.IngestAction.STALE),
+        (runs.DatasetState(None, T0), True, T0 - SEC, runs.IngestAction.STALE),
+        (runs.DatasetState(runs.ActiveRun("r", True, None), None), False, T0, runs.IngestAction.HEARTBEAT),
+        (runs.DatasetState(runs.ActiveRun("r", True, "tok"), None), True, T0, runs.IngestAction.READY),
+        (
+            runs.DatasetState(runs.ActiveRun("r", False, None, T0), None),
+            False,
+            T0 + SEC,
+            runs.IngestAction.CHANGED_DURING_RUN,
+        ),
+        (
+            runs.DatasetState(runs.ActiveRun("r", False, None, T0), None),
+            True,
+            T0 - SEC,
+            runs.IngestAction.STALE,
+        ),
+    ],
+)
+def test_ingest_action(
+    state: runs.DatasetState, ready: bool, object_time: datetime, expected: runs.IngestAction
+) -> None:
+    assert runs.ingest_action(state, ready, object_time) is expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-11-26T12:00:00Z", "2026-11-26T12:00:00.000Z", "2026-11-26T12:00:00+00:00", "2026-11-26T12:00:00"],
+)
+def test_parse_time_accepts_s3_and_step_functions_formats(text: str) -> None:
+    assert runs.parse_time(text) == T0
 
 
 def test_job_facts_bill_spot_at_billable_seconds() -> None:

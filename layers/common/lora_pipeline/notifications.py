@@ -51,7 +51,9 @@ def duration(seconds: int) -> str:
 
 
 def _cost(value: float | None) -> str:
-    return f"${value:.2f}" if value is not None else "unknown (instance type not in the price table)"
+    if value is None:
+        return "unknown (instance type not in the price table)"
+    return f"${value:.2f}" if value >= 0.01 else "less than $0.01"
 
 
 def _plural(count: int, word: str) -> str:

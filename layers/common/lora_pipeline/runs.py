@@ -59,9 +59,11 @@ def training_job_name(dataset: str, run_id: str, attempt: int) -> str:
 
 
 class IngestAction(StrEnum):
+    START = "start"  # the dataset is idle: a new run
     HEARTBEAT = "heartbeat"  # still settling: the quiet period starts again
     READY = "ready"  # `_READY` while settling: stop waiting
-    CHANGED_DURING_RUN = "changed_during_run"  # the run has settled already: note it, start nothing
+    CHANGED_DURING_RUN = "changed_during_run"  # created after the run settled: note it, start nothing
+    STALE = "stale"  # a late or repeated event for an object older than the last settle or run end
 
 
 @dataclass(frozen=True)
@@ -71,13 +73,39 @@ class ActiveRun:
     run_id: str
     settling: bool
     settle_token: str | None
+    settled_at: datetime | None = None
 
 
-def ingest_action(active: ActiveRun, is_ready_marker: bool) -> IngestAction:
-    """What an upload means for a dataset whose run is already active."""
-    if not active.settling:
-        return IngestAction.CHANGED_DURING_RUN
-    return IngestAction.READY if is_ready_marker else IngestAction.HEARTBEAT
+@dataclass(frozen=True)
+class DatasetState:
+    active: ActiveRun | None
+    last_finished_at: datetime | None
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """An ISO 8601 time from S3, Step Functions or this package (`Z` or an offset; naive means UTC)."""
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def ingest_action(state: DatasetState, is_ready_marker: bool, object_time: datetime) -> IngestAction:
+    """What one S3 `Object Created` event means for its dataset.
+
+    EventBridge delivers at least once and in no particular order, so an event whose object is older than
+    the moment the current run settled (or the last run ended) describes something already seen.
+    """
+    active = state.active
+    if active is None:
+        if state.last_finished_at is not None and object_time <= state.last_finished_at:
+            return IngestAction.STALE
+        return IngestAction.START
+    if active.settling:
+        return IngestAction.READY if is_ready_marker else IngestAction.HEARTBEAT
+    if active.settled_at is not None and object_time <= active.settled_at:
+        return IngestAction.STALE
+    return IngestAction.CHANGED_DURING_RUN
 
 
 @dataclass(frozen=True)

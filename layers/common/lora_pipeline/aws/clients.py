@@ -10,11 +10,14 @@ import boto3  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
+# Presigned links need SigV4 (SSE-KMS objects, expiry up to 7 days).
+_S3_CONFIG = _CONFIG.merge(Config(signature_version="s3v4"))
 
 
 @cache
 def _client(service: str, region: str | None, endpoint: str | None) -> Any:
-    return boto3.client(service, region_name=region, endpoint_url=endpoint, config=_CONFIG)
+    config = _S3_CONFIG if service == "s3" else _CONFIG
+    return boto3.client(service, region_name=region, endpoint_url=endpoint, config=config)
 
 
 def client(service: str) -> Any:

@@ -2,8 +2,9 @@
 
 Items (partition key `pk`, sort key `sk`):
 - `DATASET#<name>` / `DATASET`: the dataset's lock. `active_run` is set while a run holds it, `phase` is
-  `settling` until the upload is settled, `settle_token` is the task token the state machine waits on,
-  `ready` is set by `_READY`, `changed_during_run` by uploads after settling.
+  `settling` until the upload is settled (`settled_at`), `settle_token` is the task token the state machine
+  waits on, `ready` is set by `_READY`, `changed_during_run` by uploads after settling; `last_finished_at`
+  is when the last run let go of the dataset.
 - `DATASET#<name>` / `RUN#<run_id>`: one run (status, execution, times) for people and the CLI.
 - `SLOTS` / `SLOTS`: `holders` (string set) are runs that hold a training slot, `queue` (list) the runs
   waiting for one, in order. The state machine acquires with one conditional update: it must be first in
@@ -16,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from lora_pipeline.aws.errors import ClientError, error_code
-from lora_pipeline.runs import ActiveRun
+from lora_pipeline.runs import ActiveRun, DatasetState, parse_time
 
 SLOTS_KEY = {"pk": {"S": "SLOTS"}, "sk": {"S": "SLOTS"}}
 PHASE_SETTLING = "settling"
@@ -28,6 +29,17 @@ def dataset_key(dataset: str) -> dict[str, Any]:
 
 def run_key(dataset: str, run_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"DATASET#{dataset}"}, "sk": {"S": f"RUN#{run_id}"}}
+
+
+def _active_run(item: dict[str, Any]) -> ActiveRun | None:
+    if "active_run" not in item:
+        return None
+    return ActiveRun(
+        run_id=item["active_run"]["S"],
+        settling=item.get("phase", {}).get("S") == PHASE_SETTLING,
+        settle_token=item.get("settle_token", {}).get("S"),
+        settled_at=parse_time(item.get("settled_at", {}).get("S")),
+    )
 
 
 def _conditional_failed(exc: ClientError) -> bool:
@@ -51,21 +63,43 @@ class RunTable:
         )
         return response
 
-    def try_start(self, dataset: str, run_id: str, execution_name: str, ready: bool, now: datetime) -> bool:
-        """Take the dataset's lock for a new run; False when another run holds it."""
+    def dataset_state(self, dataset: str) -> tuple[DatasetState, str | None]:
+        """The dataset's lock as it is now, and `last_finished_at` as stored (for `try_start`)."""
+        item = self._client.get_item(
+            TableName=self._table, Key=dataset_key(dataset), ConsistentRead=True
+        ).get("Item", {})
+        finished = item.get("last_finished_at", {}).get("S")
+        return DatasetState(active=_active_run(item), last_finished_at=parse_time(finished)), finished
+
+    def try_start(
+        self,
+        dataset: str,
+        run_id: str,
+        execution_name: str,
+        ready: bool,
+        now: datetime,
+        last_finished: str | None,
+    ) -> bool:
+        """Take the dataset's lock for a new run; False when the lock changed since `dataset_state`."""
+        values: dict[str, Any] = {
+            ":run": {"S": run_id},
+            ":now": {"S": now.isoformat()},
+            ":phase": {"S": PHASE_SETTLING},
+            ":ready": {"BOOL": ready},
+            ":one": {"N": "1"},
+        }
+        if last_finished is None:
+            unchanged = "attribute_not_exists(last_finished_at)"
+        else:
+            unchanged = "last_finished_at = :finished"
+            values[":finished"] = {"S": last_finished}
         try:
             self._update(
                 dataset_key(dataset),
                 "SET active_run = :run, active_since = :now, phase = :phase, last_object_at = :now, "
-                "#ready = :ready REMOVE changed_during_run, settle_token ADD objects :one",
-                {
-                    ":run": {"S": run_id},
-                    ":now": {"S": now.isoformat()},
-                    ":phase": {"S": PHASE_SETTLING},
-                    ":ready": {"BOOL": ready},
-                    ":one": {"N": "1"},
-                },
-                ConditionExpression="attribute_not_exists(active_run)",
+                "#ready = :ready REMOVE changed_during_run, settle_token, settled_at ADD objects :one",
+                values,
+                ConditionExpression=f"attribute_not_exists(active_run) AND {unchanged}",
                 ExpressionAttributeNames={"#ready": "ready"},
             )
         except ClientError as exc:
@@ -100,30 +134,27 @@ class RunTable:
                 raise
 
     def record_upload(self, dataset: str, ready: bool, now: datetime) -> ActiveRun | None:
-        """Count an upload to a dataset that a run holds; None when no run holds it (any more)."""
-        ready_clause = ", #ready = :ready" if ready else ""
+        """Count an upload to a dataset whose run is settling; None when it is not settling (any more)."""
+        names = {"#ready": "ready"} if ready else {}
         try:
             item = self._update(
                 dataset_key(dataset),
-                f"SET last_object_at = :now{ready_clause} ADD objects :one",
+                f"SET last_object_at = :now{', #ready = :yes' if ready else ''} ADD objects :one",
                 {
                     ":now": {"S": now.isoformat()},
                     ":one": {"N": "1"},
-                    **({":ready": {"BOOL": True}} if ready else {}),
+                    ":settling": {"S": PHASE_SETTLING},
+                    **({":yes": {"BOOL": True}} if ready else {}),
                 },
-                ConditionExpression="attribute_exists(active_run)",
+                ConditionExpression="attribute_exists(active_run) AND phase = :settling",
                 ReturnValues="ALL_NEW",
-                **({"ExpressionAttributeNames": {"#ready": "ready"}} if ready else {}),
+                **({"ExpressionAttributeNames": names} if names else {}),
             )["Attributes"]
         except ClientError as exc:
             if _conditional_failed(exc):
                 return None
             raise
-        return ActiveRun(
-            run_id=item["active_run"]["S"],
-            settling=item.get("phase", {}).get("S") == PHASE_SETTLING,
-            settle_token=item.get("settle_token", {}).get("S"),
-        )
+        return _active_run(item)
 
     def mark_changed_during_run(self, dataset: str, run_id: str) -> None:
         try:
@@ -151,8 +182,9 @@ class RunTable:
         try:
             self._update(
                 dataset_key(dataset),
-                "REMOVE active_run, active_since, phase, settle_token, #ready, changed_during_run",
-                {":run": {"S": run_id}},
+                "SET last_finished_at = :now "
+                "REMOVE active_run, active_since, phase, settle_token, settled_at, #ready, changed_during_run",
+                {":run": {"S": run_id}, ":now": {"S": now.isoformat()}},
                 ConditionExpression="active_run = :run",
                 ExpressionAttributeNames={"#ready": "ready"},
             )

@@ -32,7 +32,7 @@ from lora_pipeline.validate import validate_dataset
 
 # A settle token that no longer waits: the quiet period ended (or _READY came) just before this upload.
 _CLOSED_TOKEN_ERRORS = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
-_START_ATTEMPTS = 3
+_LOCK_ATTEMPTS = 5
 
 
 class RunInput(BaseModel):
@@ -44,16 +44,31 @@ class RunInput(BaseModel):
 
 
 def ingest_upload(
-    table: RunTable, sfn: Any, state_machine_arn: str, bucket: str, key: str, now: datetime
-) -> str:
-    """Record one `Object Created` under datasets/ and start, prolong or end the dataset's settling."""
+    table: RunTable,
+    sfn: Any,
+    state_machine_arn: str,
+    bucket: str,
+    key: str,
+    object_time: datetime,
+    now: datetime,
+) -> IngestAction | None:
+    """Record one `Object Created` under datasets/: start a run, prolong or end its settling, or note it.
+
+    Returns what was done (None for a key outside any dataset folder).
+    """
     obj = parse_dataset_key(key)
     if obj is None:
-        return "ignored"
-    for _ in range(_START_ATTEMPTS):
-        run_id = new_run_id(now)
-        name = execution_name(obj.dataset, run_id)
-        if table.try_start(obj.dataset, run_id, name, obj.is_ready_marker, now):
+        return None
+    for _ in range(_LOCK_ATTEMPTS):
+        state, last_finished = table.dataset_state(obj.dataset)
+        action = ingest_action(state, obj.is_ready_marker, object_time)
+        if action is IngestAction.STALE:
+            return action
+        if action is IngestAction.START:
+            run_id = new_run_id(now)
+            name = execution_name(obj.dataset, run_id)
+            if not table.try_start(obj.dataset, run_id, name, obj.is_ready_marker, now, last_finished):
+                continue
             run_input = RunInput(dataset=obj.dataset, run_id=run_id, bucket=bucket)
             try:
                 sfn.start_execution(
@@ -62,14 +77,15 @@ def ingest_upload(
             except Exception:
                 table.abandon_start(obj.dataset, run_id)
                 raise
-            return "started"
+            return action
+        if action is IngestAction.CHANGED_DURING_RUN:
+            assert state.active is not None
+            table.mark_changed_during_run(obj.dataset, state.active.run_id)
+            return action
         active = table.record_upload(obj.dataset, obj.is_ready_marker, now)
         if active is None:
-            continue  # the run ended between the two writes: this upload starts the next one
-        action = ingest_action(active, obj.is_ready_marker)
-        if action is IngestAction.CHANGED_DURING_RUN:
-            table.mark_changed_during_run(obj.dataset, active.run_id)
-        elif active.settle_token is not None:
+            continue  # settled or ended meanwhile: decide again
+        if active.settle_token is not None:
             try:
                 if action is IngestAction.READY:
                     sfn.send_task_success(taskToken=active.settle_token, output=json.dumps({"ready": True}))
@@ -78,10 +94,11 @@ def ingest_upload(
             except ClientError as exc:
                 if error_code(exc) not in _CLOSED_TOKEN_ERRORS:
                     raise
+                # The quiet period ended as this object arrived: it may have missed validation.
                 table.mark_changed_during_run(obj.dataset, active.run_id)
-                return IngestAction.CHANGED_DURING_RUN.value
-        return action.value
-    raise RuntimeError(f"dataset {obj.dataset}: the run lock kept changing; retry the event")
+                return IngestAction.CHANGED_DURING_RUN
+        return action
+    raise RuntimeError(f"dataset {obj.dataset}: its run lock kept changing; the event will be retried")
 
 
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
