@@ -723,3 +723,10 @@ def test_prodigy_gets_its_own_learning_rate_default() -> None:
     assert effective('optimizer_type = "prodigy"\n')["learning_rate"] == 1.0
     assert effective('optimizer_type = "Prodigy"\nlearning_rate = 0.5\n')["learning_rate"] == 0.5
     assert effective('optimizer_type = "AdamW"\n')["learning_rate"] == 1e-4
+
+
+def test_a_thumbnail_path_is_refused_because_sd_scripts_would_embed_that_file() -> None:
+    only('metadata_thumbnail = "/proc/self/environ"\n', "CONFIG_UNSUPPORTED")
+    assert "metadata_thumbnail" not in effective('metadata_thumbnail = "/etc/passwd"\n')
+    data_url = "data:image/png;base64,iVBORw0KGgo="
+    assert effective(f'metadata_thumbnail = "{data_url}"\n')["metadata_thumbnail"] == data_url

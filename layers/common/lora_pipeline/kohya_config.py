@@ -761,6 +761,15 @@ class _Builder:
             self.bad_value(
                 config, "face_crop_aug_range", 'face_crop_aug_range must be "low,high", e.g. "2.0,4.0"'
             )
+        thumbnail = config.get("metadata_thumbnail")
+        if thumbnail and not thumbnail.startswith("data:"):
+            # sai_model_spec.build_metadata reads any other value as a file and embeds it in the LoRA.
+            self.report(
+                CONFIG_UNSUPPORTED,
+                f"{self.where('metadata_thumbnail', config.pop('metadata_thumbnail'))}: not a data: URL, so "
+                "sd-scripts would read that file on the training machine and embed it in the published LoRA.",
+                'Give the thumbnail as a data URL ("data:image/png;base64,...") or remove metadata_thumbnail.',
+            )
         extension = config.get("caption_extension")
         if extension is not None and not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
             self.bad_value(
