@@ -146,6 +146,8 @@ class SmokeRun:
         return None
 
     def train(self, stop: Callable[[], bool]) -> int:
+        # The model is so small that thread hand-offs cost more than they save, badly so on a busy CPU.
+        torch.set_num_threads(1)
         started_at = time.time()
         parameters = self._add_lora()
         latents = self._latents()

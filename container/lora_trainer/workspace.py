@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +90,21 @@ def incomplete_states(checkpoints_dir: Path) -> list[Path]:
     if not checkpoints_dir.is_dir():
         return []
     return sorted(d for d in checkpoints_dir.glob("*-state") if d.is_dir() and read_saved_state(d) is None)
+
+
+def save_in_progress(checkpoints_dir: Path, quiet_seconds: float = 10.0) -> bool:
+    """An incomplete state directory written to within `quiet_seconds`: a save that must not be cut off."""
+    now = time.time()
+    return any(
+        now - _last_write(state_dir) < quiet_seconds for state_dir in incomplete_states(checkpoints_dir)
+    )
+
+
+def _last_write(directory: Path) -> float:
+    newest = 0.0
+    for path in [directory, *directory.rglob("*")]:
+        try:
+            newest = max(newest, path.stat().st_mtime)
+        except FileNotFoundError:  # removed while we looked (sd-scripts prunes old states)
+            continue
+    return newest

@@ -1,0 +1,316 @@
+"""The SageMaker training entrypoint: read the contract, run a trainer, and only report success with a LoRA.
+
+Exit codes: 0 the LoRA is in `model/`; 1 training failed (the reason is in `output/failure`); 2 the inputs do
+not fit the contract (reason in `output/failure`); 143 stopped by SIGTERM after letting a state save finish (a
+restarted spot job resumes from the newest complete state in `checkpoints/`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import lora_pipeline
+import lora_trainer
+from lora_pipeline.safetensors_lora import LoraFormatError, inspect_lora_file
+from lora_trainer.kohya_command import (
+    KohyaRun,
+    base_model_for,
+    build_kohya_command,
+    read_kohya_config,
+    write_training_config,
+)
+from lora_trainer.sagemaker_env import ContractError, JobInputs, OptMl, read_job_inputs
+from lora_trainer.trainer_output import TrainerOutput
+from lora_trainer.workspace import (
+    SavedState,
+    copy_dataset,
+    find_resume_state,
+    incomplete_states,
+    save_in_progress,
+    write_sample_prompts,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 143
+FAILURE_LIMIT = 1000  # SageMaker keeps about 1 KB of the failure file as FailureReason
+SD_SCRIPTS_DIR = Path(os.environ.get("SD_SCRIPTS_DIR", "/opt/sd-scripts"))
+TOKENIZER_CACHE_DIR = Path(os.environ.get("TOKENIZER_CACHE_DIR", "/opt/tokenizers"))
+SAVE_GRACE_SECONDS = 90.0  # how long SIGTERM waits for a save; spot gives two minutes
+KILL_GRACE_SECONDS = 20.0
+
+
+def log(message: str) -> None:
+    print(f"[entrypoint] {message}", flush=True)
+
+
+def count_gpus(device_dir: Path = Path("/dev")) -> int:
+    """NVIDIA device files: cheap, and correct inside SageMaker's GPU containers."""
+    return len([p for p in device_dir.glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name)])
+
+
+@dataclass(frozen=True)
+class Launch:
+    command: list[str]
+    environment: dict[str, str]
+    resumed_from: SavedState | None
+
+
+def _child_environment(inputs: JobInputs, threads: int, environ: Mapping[str, str]) -> dict[str, str]:
+    package_roots = {
+        str(Path(lora_trainer.__file__).parent.parent),
+        str(Path(lora_pipeline.__file__).parent.parent),
+    }
+    python_path = os.pathsep.join([*sorted(package_roots), environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    environment = {
+        **environ,
+        "PYTHONPATH": python_path,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": str(threads),
+    }
+    if inputs.base_model_file is not None or inputs.hyperparameters.trainer == "smoke":
+        environment["HF_HUB_OFFLINE"] = "1"
+    return environment
+
+
+def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) -> Launch:
+    """Prepare the scratch files and the trainer command; nothing runs yet."""
+    scratch = opt_ml.scratch_dir
+    copied = copy_dataset(inputs.dataset_dir, scratch / "dataset")
+    log(f"copied {copied} dataset files to {scratch / 'dataset'} (latent caches left behind)")
+    config = read_kohya_config(inputs.kohya_config_file)
+    config_file = write_training_config(config, scratch / "kohya.toml")
+    prompts = (
+        write_sample_prompts(inputs.sample_prompts_file, scratch / "prompts.txt")
+        if inputs.sample_prompts_file
+        else None
+    )
+    for broken in incomplete_states(opt_ml.checkpoints_dir):
+        log(f"ignoring {broken.name}: the save was cut off before it completed")
+    resume = find_resume_state(opt_ml.checkpoints_dir)
+    if resume is not None:
+        log(f"resuming from {resume.directory.name} (epoch {resume.epoch}, step {resume.step})")
+    hyperparameters = inputs.hyperparameters
+    gpus = count_gpus()
+    processes = max(1, gpus)
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    if hyperparameters.trainer == "smoke":
+        command = [sys.executable, "-m", "lora_trainer.smoke_trainer", "--config_file", str(config_file)]
+        command += ["--train_data_dir", str(scratch / "dataset"), "--output_dir", str(opt_ml.checkpoints_dir)]
+        command += ["--output_name", hyperparameters.output_name]
+        if hyperparameters.max_steps:
+            command += ["--max_train_steps", str(hyperparameters.max_steps)]
+        if resume is not None:
+            command += ["--resume", str(resume.directory)]
+        if prompts is not None:
+            command += ["--sample_prompts", str(prompts)]
+    else:
+        if gpus == 0:
+            log("WARNING: no GPU found; sd-scripts will train on the CPU, which takes days for SDXL")
+        run = KohyaRun(
+            sd_scripts_dir=SD_SCRIPTS_DIR,
+            train_data_dir=scratch / "dataset",
+            output_dir=opt_ml.checkpoints_dir,
+            output_name=hyperparameters.output_name,
+            logging_dir=opt_ml.logs_dir,
+            tokenizer_cache_dir=TOKENIZER_CACHE_DIR,
+            base_model=base_model_for(config, inputs.base_model_file, hyperparameters.base_model),
+            sample_prompts=prompts,
+            resume_dir=resume.directory if resume else None,
+            num_processes=processes,
+            cpu_threads_per_process=threads,
+        )
+        command = build_kohya_command(config_file, config, run)
+    return Launch(command, _child_environment(inputs, threads, environ), resume)
+
+
+class _Supervisor:
+    """Runs the trainer in its own process group; SIGTERM is passed on once no state save is being written."""
+
+    def __init__(self, checkpoints_dir: Path) -> None:
+        self.checkpoints_dir = checkpoints_dir
+        self.stop_requested_at: float | None = None
+        self.forwarded_at: float | None = None
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_requested_at is None:
+            log("SIGTERM received: stopping the trainer once no state save is in progress")
+            self.stop_requested_at = time.monotonic()
+
+    def run(self, launch: Launch, output: TrainerOutput) -> int | None:
+        """The trainer's exit code, or None when SIGTERM was passed on to it."""
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        process = subprocess.Popen(
+            launch.command,
+            env=launch.environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        reader = threading.Thread(target=_relay, args=(process.stdout.fileno(), output), daemon=True)
+        reader.start()
+        try:
+            while process.poll() is None:
+                self._tick(process)
+                time.sleep(0.2)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        reader.join(timeout=10)
+        return None if self.forwarded_at is not None else process.returncode
+
+    def _tick(self, process: subprocess.Popen[bytes]) -> None:
+        if self.stop_requested_at is None:
+            return
+        now = time.monotonic()
+        if self.forwarded_at is None:
+            if save_in_progress(self.checkpoints_dir) and now - self.stop_requested_at < SAVE_GRACE_SECONDS:
+                return
+            os.killpg(process.pid, signal.SIGTERM)
+            self.forwarded_at = now
+        elif now - self.forwarded_at > KILL_GRACE_SECONDS:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _relay(fd: int, output: TrainerOutput) -> None:
+    pending = b""
+    while chunk := os.read(fd, 65536):
+        *segments, pending = re.split(rb"[\r\n]", pending + chunk)
+        for segment in segments:
+            for line in output.lines_for(segment.decode("utf-8", errors="replace")):
+                print(line, flush=True)
+    for line in output.lines_for(pending.decode("utf-8", errors="replace")):
+        print(line, flush=True)
+
+
+_DIAGNOSES = (
+    (
+        "No data found",
+        "the trainer found no training images. The dataset needs subset folders named <repeats>_<class tokens> "
+        "(for example 10_bluebot/) directly inside the dataset folder, holding .png, .jpg, .jpeg, .webp or .bmp "
+        "images (lower or upper case). Rename the folders and upload the dataset again.",
+    ),
+    (
+        "out of memory",
+        "the GPU ran out of memory. Lower train_batch_size or resolution, set gradient_checkpointing = true in "
+        "config.toml, or choose an instance_type with more GPU memory in pipeline.toml.",
+    ),
+    (
+        "No space left on device",
+        "the training volume is full. Raise volume_size_gb in pipeline.toml.",
+    ),
+)
+
+
+def diagnose(tail: list[str]) -> str:
+    text = "\n".join(tail)
+    for marker, advice in _DIAGNOSES:
+        if marker.lower() in text.lower():
+            return advice
+    errors = [line.strip() for line in tail if re.match(r"^\s*\w*(Error|Exception)\b", line)]
+    last = errors[-1] if errors else (tail[-1].strip() if tail else "no output")
+    return (
+        f"the last error was: {last[:400]}. The whole log is in CloudWatch Logs under "
+        "/aws/sagemaker/TrainingJobs (or the run's output.tar.gz)."
+    )
+
+
+def write_failure(opt_ml: OptMl, reason: str) -> None:
+    opt_ml.failure_file.parent.mkdir(parents=True, exist_ok=True)
+    opt_ml.failure_file.write_text(reason[:FAILURE_LIMIT], encoding="utf-8")
+    log(f"FAILED: {reason}")
+
+
+def copy_samples(opt_ml: OptMl) -> int:
+    source = opt_ml.checkpoints_dir / "sample"
+    if not source.is_dir():
+        return 0
+    opt_ml.samples_dir.mkdir(parents=True, exist_ok=True)
+    images = [p for p in source.iterdir() if p.is_file()]
+    for image in images:
+        shutil.copyfile(image, opt_ml.samples_dir / image.name)
+    return len(images)
+
+
+def publish_model(opt_ml: OptMl, output_name: str, tail: list[str]) -> str | None:
+    """Copy the checked LoRA to `model/`; the failure reason when there is none to copy."""
+    produced = opt_ml.checkpoints_dir / f"{output_name}.safetensors"
+    if not produced.is_file():
+        return f"Training ended without writing {produced.name}: {diagnose(tail)}"
+    try:
+        _, summary = inspect_lora_file(produced)
+    except LoraFormatError as error:
+        return f"Training wrote {produced.name}, but it is not an SDXL LoRA in Kohya format: {error}."
+    opt_ml.model_dir.mkdir(parents=True, exist_ok=True)
+    partial = opt_ml.model_dir / f".{produced.name}.partial"
+    shutil.copyfile(produced, partial)
+    partial.replace(opt_ml.model_dir / produced.name)
+    log(
+        f"LoRA ok: {produced.name}, {summary.unet_modules} U-Net + {summary.te1_modules} + "
+        f"{summary.te2_modules} text encoder modules, rank {summary.network_dim}, alpha {summary.network_alpha}"
+    )
+    for warning in summary.warnings:
+        log(f"note: {warning}")
+    return None
+
+
+def main(environ: Mapping[str, str] = os.environ) -> int:
+    opt_ml = OptMl.from_environ(environ)
+    try:
+        return _train(opt_ml, environ)
+    except Exception as error:  # the failure file must say something, whatever broke
+        write_failure(opt_ml, f"The training entrypoint failed unexpectedly: {type(error).__name__}: {error}")
+        raise
+
+
+def _train(opt_ml: OptMl, environ: Mapping[str, str]) -> int:
+    try:
+        inputs = read_job_inputs(opt_ml)
+        for directory in (opt_ml.checkpoints_dir, opt_ml.model_dir, opt_ml.output_data_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        launch = plan_launch(opt_ml, inputs, environ)
+    except ContractError as error:
+        write_failure(opt_ml, str(error))
+        return EXIT_BAD_INPUT
+    hyperparameters = inputs.hyperparameters
+    log(
+        f"run {hyperparameters.run_id} of dataset {hyperparameters.dataset}: trainer {hyperparameters.trainer}"
+    )
+    log("command: " + " ".join(launch.command))
+    output = TrainerOutput(resumed_step=launch.resumed_from.step if launch.resumed_from else 0)
+    exit_code = _Supervisor(opt_ml.checkpoints_dir).run(launch, output)
+    samples = copy_samples(opt_ml)
+    if samples:
+        log(f"copied {samples} sample image(s) to {opt_ml.samples_dir}")
+    if exit_code is None:
+        saved = find_resume_state(opt_ml.checkpoints_dir)
+        where = (
+            f"from {saved.directory.name} (step {saved.step})"
+            if saved
+            else "from the start (no state was saved)"
+        )
+        log(f"stopped by SIGTERM; a restarted job resumes {where}")
+        return EXIT_STOPPED
+    tail = list(output.tail)
+    if exit_code != 0:
+        write_failure(
+            opt_ml, f"The {hyperparameters.trainer} trainer exited with code {exit_code}: {diagnose(tail)}"
+        )
+        return EXIT_FAILED
+    reason = publish_model(opt_ml, hyperparameters.output_name, tail)
+    if reason is not None:
+        write_failure(opt_ml, reason)
+        return EXIT_FAILED
+    return EXIT_OK
