@@ -730,3 +730,8 @@ def test_a_thumbnail_path_is_refused_because_sd_scripts_would_embed_that_file() 
     assert "metadata_thumbnail" not in effective('metadata_thumbnail = "/etc/passwd"\n')
     data_url = "data:image/png;base64,iVBORw0KGgo="
     assert effective(f'metadata_thumbnail = "{data_url}"\n')["metadata_thumbnail"] == data_url
+
+
+def test_arrays_of_tables_are_unknown_keys_shown_on_one_line() -> None:
+    problem = only("[[extra]]\nname = 1\n", "CONFIG_UNKNOWN_KEY")
+    assert "`extra = [{name = 1}]`" in problem.message

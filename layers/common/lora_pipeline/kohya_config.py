@@ -386,6 +386,8 @@ def _toml(value: Any) -> str:
     """`value` as it would be written in TOML, on one line, for messages."""
     if isinstance(value, list):
         return "[" + ", ".join(map(_toml, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {_toml(item)}" for key, item in value.items()) + "}"
     return tomli_w.dumps({"v": value}).removeprefix("v = ").strip()
 
 
