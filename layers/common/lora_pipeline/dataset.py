@@ -878,8 +878,7 @@ def _inspect(
             )
         )
     header = read_header(reader)
-    tail = reader.read(max(0, entry.size - TAIL_BYTES), min(entry.size, TAIL_BYTES))
-    cut = truncation(header, tail, entry.size)
+    cut = truncation(header, reader.tail(TAIL_BYTES), entry.size)
     if cut is not None:
         problems.append(IMAGE_TRUNCATED.at(path, f"{path} is cut off: {cut}."))
     if header.pixels > rules.max_pixels:

@@ -160,8 +160,7 @@ def inspect_image(read_range: ReadRange, size: int) -> ImageInspection:
     """
     reader = BlockReader(read_range, size)
     header = read_header(reader)
-    tail = reader.read(max(0, size - TAIL_BYTES), min(size, TAIL_BYTES))
-    return ImageInspection(header=header, truncation=truncation(header, tail, size))
+    return ImageInspection(header=header, truncation=truncation(header, reader.tail(TAIL_BYTES), size))
 
 
 def inspect_bytes(data: bytes) -> ImageInspection:
@@ -228,6 +227,19 @@ class BlockReader:
             chunks.append(piece)
             position += len(piece)
         return b"".join(chunks)
+
+    def tail(self, length: int) -> bytes:
+        """The last `length` bytes (all of a shorter file): from the cached blocks when they hold them,
+        otherwise with one exact read rather than a whole block."""
+        start = max(0, self.size - length)
+        if all(
+            index in self._blocks for index in range(start // HEAD_BLOCK, (self.size - 1) // HEAD_BLOCK + 1)
+        ):
+            return self.read(start, self.size - start)
+        data = self._read_range(start, self.size - start)
+        if len(data) != self.size - start:
+            raise ImageFormatError(f"the file is shorter than its listed size ({self.size:,} bytes)")
+        return data
 
     def _block(self, index: int) -> bytes:
         if index not in self._blocks:
