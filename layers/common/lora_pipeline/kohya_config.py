@@ -429,7 +429,7 @@ def _has_kind(spec: ArgSpec, value: Any) -> bool:
     return isinstance(value, list) and all(_is_number(item) for item in value)
 
 
-def _args_entry_problem(key: str, entry: str, literal_value: bool) -> str | None:
+def _args_entry_problem(entry: str, literal_value: bool) -> str | None:
     """Why `entry` of an *_args array would crash sd-scripts, or None."""
     # get_optimizer / get_scheduler_fix: `key, value = arg.split("=")` then ast.literal_eval(value);
     # train_network.py: `key, value = net_arg.split("=", 1)`.
@@ -795,7 +795,7 @@ class _Builder:
         for key, literal in (("optimizer_args", True), ("lr_scheduler_args", True), ("network_args", False)):
             broken = [
                 reason
-                for reason in (_args_entry_problem(key, entry, literal) for entry in config.get(key, []))
+                for reason in (_args_entry_problem(entry, literal) for entry in config.get(key, []))
                 if reason
             ]
             if broken:
