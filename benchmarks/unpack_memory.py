@@ -1,11 +1,10 @@
 """Peak memory and throughput of the model unpack on a generated ~1 GB model.tar.gz, next to `tar xzf`.
 
-    .venv/bin/python benchmarks/unpack_memory.py [--size-mb 1024] [--zero-fraction 0.25] [--keep DIR]
+    .venv/bin/python benchmarks/unpack_memory.py [--size-mb 1024] [--zero-fraction 0] [--keep DIR]
 
 The archive holds one SDXL LoRA (real module shapes, rank 4) padded by one more LoRA module to the
-requested size. Padding is written in 16 MiB blocks of normally distributed fp16 values (about as
-compressible as trained weights), with `--zero-fraction` of the blocks zero so that generation stays
-well under two minutes on two cores.
+requested size. Padding is 16 MiB blocks of normally distributed fp16 values (about as compressible as
+trained weights), `--zero-fraction` of them zero.
 
 Each measurement runs in its own process. Peak RSS is the process's VmHWM (unlike ru_maxrss it does not
 inherit the parent's size across fork+exec): the unpack reads its own, tar's is sampled every 20 ms. A
@@ -18,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import hashlib
 import json
+import math
 import subprocess
 import sys
 import tarfile
@@ -34,8 +35,12 @@ BLOCK = 16 * MIB
 PADDING_MODULE = "lora_unet_benchmark_padding"
 
 
-def write_padded_lora(path: Path, size_bytes: int, zero_fraction: float) -> str:
-    """Writes a LoRA of about `size_bytes` without holding it in memory; returns its sha256."""
+def write_archive(path: Path, size_bytes: int, zero_fraction: float) -> tuple[str, int]:
+    """Writes model.tar.gz holding a LoRA of about `size_bytes`; returns the LoRA's sha256 and size.
+
+    The gzip file has several members: each 16 MiB padding block is compressed once and its member
+    repeated, so generation takes seconds while decompression still inflates every byte.
+    """
     # Imported here so that the measured worker processes do not load numpy.
     import numpy as np
 
@@ -51,38 +56,39 @@ def write_padded_lora(path: Path, size_bytes: int, zero_fraction: float) -> str:
             "data_offsets": [offset, offset + array.nbytes],
         }
         offset += array.nbytes
-    padding_values = max(BLOCK, size_bytes - offset) // BLOCK * BLOCK // 2
+    blocks = max(1, (size_bytes - offset) // BLOCK)
     padding = {
-        f"{PADDING_MODULE}.lora_down.weight": (1, padding_values),
-        f"{PADDING_MODULE}.lora_up.weight": (1, 1),
-        f"{PADDING_MODULE}.alpha": (),
+        f"{PADDING_MODULE}.lora_down.weight": [1, blocks * BLOCK // 2],
+        f"{PADDING_MODULE}.lora_up.weight": [1, 1],
+        f"{PADDING_MODULE}.alpha": [],
     }
     for name, shape in padding.items():
-        nbytes = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        nbytes = math.prod(shape) * 2
+        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     encoded = json.dumps(header).encode()
     encoded += b" " * (-len(encoded) % 8)
+    lora_size = 8 + len(encoded) + offset
+    member = tarfile.TarInfo("benchmark.safetensors")
+    member.size = lora_size
 
-    digest = hashlib.sha256()
     random_block = np.random.default_rng(1).standard_normal(BLOCK // 2).astype(np.float16).tobytes()
-    zero_block = bytes(BLOCK)
+    compressed = {False: gzip.compress(random_block, 1), True: gzip.compress(bytes(BLOCK), 1)}
+    digest = hashlib.sha256()
     with open(path, "wb") as file:
-
-        def emit(data: bytes) -> None:
-            digest.update(data)
-            file.write(data)
-
-        emit(len(encoded).to_bytes(8, "little") + encoded)
-        for array in tensors.values():
-            emit(array.tobytes())
-        blocks = padding_values * 2 // BLOCK
+        head = len(encoded).to_bytes(8, "little") + encoded + b"".join(a.tobytes() for a in tensors.values())
+        digest.update(head)
+        file.write(gzip.compress(member.tobuf(tarfile.GNU_FORMAT) + head, 1))
         for index in range(blocks):
             # Spreads the zero blocks evenly: block i is zero when i * fraction crosses an integer.
             is_zero = int((index + 1) * zero_fraction) > int(index * zero_fraction)
-            emit(zero_block if is_zero else random_block)
-        emit(np.ones(2, np.float16).tobytes())  # lora_up (1x1) and alpha
-    return digest.hexdigest()
+            digest.update(bytes(BLOCK) if is_zero else random_block)
+            file.write(compressed[is_zero])
+        tail = np.ones(2, np.float16).tobytes()  # lora_up (1x1) and alpha
+        digest.update(tail)
+        end_of_archive = bytes(-lora_size % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE)
+        file.write(gzip.compress(tail + end_of_archive, 1))
+    return digest.hexdigest(), lora_size
 
 
 def peak_rss(pid: int | str = "self") -> int:
@@ -133,7 +139,7 @@ def main() -> None:
     )
     parser.add_argument("--size-mb", type=int, default=1024, help="size of the LoRA inside the archive")
     parser.add_argument(
-        "--zero-fraction", type=float, default=0.25, help="share of padding blocks that are zero"
+        "--zero-fraction", type=float, default=0.0, help="share of padding blocks that are zero"
     )
     parser.add_argument("--keep", type=Path, help="work in this folder and keep the archive")
     parser.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
@@ -145,13 +151,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.keep) as temporary:
         work = Path(temporary)
-        lora, archive = work / "benchmark.safetensors", (args.keep or work) / "model.tar.gz"
+        archive = (args.keep or work) / "model.tar.gz"
         start = time.perf_counter()
-        expected_sha256 = write_padded_lora(lora, args.size_mb * MIB, args.zero_fraction)
-        with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
-            tar.add(lora, arcname="benchmark.safetensors")
-        lora_size = lora.stat().st_size
-        lora.unlink()
+        expected_sha256, lora_size = write_archive(archive, args.size_mb * MIB, args.zero_fraction)
         archive_size = archive.stat().st_size
         print(
             f"archive: {archive_size / MIB:.0f} MiB gzip holding a {lora_size / MIB:.0f} MiB LoRA "
@@ -175,6 +177,9 @@ def main() -> None:
         extracted = work / "tar"
         extracted.mkdir()
         tar_seconds, tar_rss, _ = run_measured(["tar", "xzf", str(archive), "-C", str(extracted)])
+        with open(extracted / "benchmark.safetensors", "rb") as untarred:
+            if hashlib.file_digest(untarred, "sha256").hexdigest() != expected_sha256:
+                raise SystemExit("tar xzf extracted a different file")
 
     unpack_seconds, unpack_rss, rss_before = rows[0][1], rows[0][2], rows[0][3]
     print(f"{'':28}{'seconds':>9}{'MB/s':>9}{'peak RSS MB':>13}{'Python peak MB':>16}")
