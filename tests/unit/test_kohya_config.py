@@ -735,3 +735,9 @@ def test_a_thumbnail_path_is_refused_because_sd_scripts_would_embed_that_file() 
 def test_arrays_of_tables_are_unknown_keys_shown_on_one_line() -> None:
     problem = only("[[extra]]\nname = 1\n", "CONFIG_UNKNOWN_KEY")
     assert "`extra = [{name = 1}]`" in problem.message
+
+
+def test_an_empty_optimizer_type_means_not_chosen() -> None:
+    result = build('optimizer_type = ""\n')
+    assert result.problems == []
+    assert result.effective is not None and result.effective["optimizer_type"] == "Adafactor"

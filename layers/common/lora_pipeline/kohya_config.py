@@ -811,6 +811,8 @@ class _Builder:
                 else "sd-scripts imports network_module as Python code"
             )
             self.refuse(config, "network_module", reason, ALLOWED_NETWORK_MODULES)
+        if config.get("optimizer_type") == "":
+            config.pop("optimizer_type")  # sd-scripts reads "" as "not chosen"; so does the default below
         optimizer = config.get("optimizer_type")
         builtin = {name.lower() for name in BUILTIN_OPTIMIZERS}
         if optimizer is not None and optimizer.lower() not in builtin and optimizer not in TORCH_OPTIMIZERS:
