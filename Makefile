@@ -15,7 +15,9 @@ $(STAMP): requirements-dev.txt constraints.txt pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/lora-pipeline validate examples/datasets/bluebot
+	rm -rf build/examples/bluebot
+	$(BIN)/lora-pipeline example bluebot build/examples/bluebot
+	$(BIN)/lora-pipeline validate build/examples/bluebot
 
 lint: venv
 	$(BIN)/ruff check .
