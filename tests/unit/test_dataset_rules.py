@@ -17,6 +17,7 @@ from lora_pipeline.dataset import (
     parse_subset_folder,
     select_bucket,
 )
+from lora_pipeline.images import HEAD_BLOCK, TAIL_BYTES
 from lora_pipeline.problems import Problem, Severity, catalogue, has_errors
 from lora_pipeline.storage import FileEntry, LocalFolder
 from tests.corpus import (
@@ -63,7 +64,6 @@ def test_good_dataset_in_every_accepted_extension_has_no_problems(tmp_path: Path
 
 def test_good_mixed_dataset_with_buckets_has_no_problems(tmp_path: Path) -> None:
     make_subset(tmp_path, "10_bluebot", 2, ".png")
-    make_subset(tmp_path, "10_bluebot", 0)
     make_image(tmp_path / "10_bluebot" / "wide.jpg", (1536, 1024))
     write_caption(tmp_path / "10_bluebot" / "wide.caption", "bluebot on a beach\n")
     make_image(tmp_path / "3_bluebot" / "tall.webp", (832, 1216), mode="RGB")
@@ -88,6 +88,34 @@ def test_summary_counts_images_captions_bytes_and_buckets(tmp_path: Path) -> Non
     assert summary.skipped_folders == ["notes/"]
     assert [(b.width, b.height, b.image_count) for b in summary.buckets] == [(1024, 1024, 50)]
     assert summary.batches_per_epoch(4) == 13
+
+
+def test_only_headers_and_tails_are_read(tmp_path: Path) -> None:
+    (tmp_path / "10_bluebot").mkdir()
+    for index in range(4):
+        (tmp_path / "10_bluebot" / f"big{index}.jpg").write_bytes(
+            image_bytes("JPEG", (2048, 2048), noise=True)
+        )
+        write_caption(tmp_path / "10_bluebot" / f"big{index}.caption", "bluebot")
+    read: list[int] = []
+
+    class Counting(LocalFolder):
+        def read_range(self, path: str, start: int, length: int) -> bytes:
+            data = super().read_range(path, start, length)
+            read.append(len(data))
+            return data
+
+    _, problems = check_dataset(Counting(tmp_path), DatasetRules())
+    assert problems == []
+    assert sum(read) == 4 * (HEAD_BLOCK + TAIL_BYTES)
+    assert sum(read) * 10 < sum(p.stat().st_size for p in tmp_path.rglob("*.jpg"))
+
+
+def test_s3_folder_placeholders_are_not_files(tmp_path: Path) -> None:
+    make_good_dataset(tmp_path)
+    files = [*LocalFolder(tmp_path).list_files(), FileEntry("10_bluebot/", 0), FileEntry("empty/", 0)]
+    _, problems = check_dataset(LocalFolder(tmp_path), DatasetRules(), files=files)
+    assert problems == []
 
 
 def test_files_given_by_the_caller_are_used_instead_of_a_new_listing(tmp_path: Path) -> None:
@@ -246,6 +274,13 @@ def test_heic_is_an_unsupported_format(tmp_path: Path, name: str, data: bytes) -
     assert "skips" in problem.message and problem.fix is not None and "x.png" in problem.fix
 
 
+def test_jfif_is_skipped_by_sd_scripts_and_only_needs_a_rename(tmp_path: Path) -> None:
+    make_good_dataset(tmp_path)
+    make_image(tmp_path / "10_bluebot" / "download.jfif", fmt="JPEG")
+    problem = only(check(tmp_path)[1], "IMAGE_UNSUPPORTED_FORMAT")
+    assert problem.fix == "Rename it to download.jpg (the content is already JPEG)."
+
+
 @pytest.mark.parametrize("name", ["x.tif", "x.TIFF", "x.gif", "x.avif"])
 def test_other_formats_sd_scripts_skips_are_errors(tmp_path: Path, name: str) -> None:
     make_good_dataset(tmp_path)
@@ -341,6 +376,13 @@ def test_exif_rotation_is_a_warning_naming_the_orientation(tmp_path: Path) -> No
     make_image(tmp_path / "10_bluebot" / "img00.png").unlink()
     problem = only(check(tmp_path)[1], "IMAGE_EXIF_ROTATED")
     assert "orientation 6 (rotated 90° clockwise)" in problem.message and "1536x1024" in problem.message
+
+
+def test_16_bit_greyscale_png_is_an_error(tmp_path: Path) -> None:
+    make_good_dataset(tmp_path)
+    make_image(tmp_path / "10_bluebot" / "img00.png", mode="I;16")
+    problem = only(check(tmp_path)[1], "IMAGE_16BIT_GREYSCALE")
+    assert problem.severity is Severity.ERROR and "clips" in problem.message
 
 
 def test_cmyk_is_a_warning(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from lora_pipeline.images import (
     inspect_image,
 )
 from tests.corpus import (
+    bmp_bytes_with_alpha,
     heic_bytes,
     image_bytes,
     jpeg_with_long_header,
@@ -171,6 +172,11 @@ def test_jpeg_with_unexplained_bytes_after_the_end_marker_is_reported() -> None:
     assert "FFD9" in (inspect_bytes(data).truncation or "")
 
 
+def test_samsung_trailer_after_the_end_marker_is_complete() -> None:
+    data = image_bytes("JPEG", (64, 64)) + b"\x00" * 20 + b"Image_UTC_Data1700000000000SEFHSEFT"
+    assert inspect_bytes(data).truncation is None
+
+
 def test_motion_photo_with_appended_video_is_complete() -> None:
     jpeg = jpeg_with_xmp(image_bytes("JPEG", (64, 64)), b'<x:xmpmeta GCamera:MotionPhoto="1"/>')
     inspection = inspect_bytes(jpeg + b"\x00\x00\x00\x18ftypmp42 ...video data...")
@@ -211,3 +217,24 @@ def test_zero_sized_dimensions_are_rejected() -> None:
     data[16:20] = b"\x00\x00\x00\x00"  # IHDR width = 0
     with pytest.raises(ImageFormatError, match="impossible size"):
         inspect_bytes(bytes(data))
+
+
+def test_bmp_alpha_bit_mask_matches_pillow() -> None:
+    data = bmp_bytes_with_alpha(5, 3)
+    header = inspect_bytes(data).header
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "RGBA" == header.mode
+    assert header.has_alpha and (header.width, header.height) == (5, 3)
+
+
+def test_endless_jpeg_segments_stop_with_an_error() -> None:
+    comments = b"\xff\xfe\x00\x02" * 10_001
+    with pytest.raises(ImageFormatError, match="10000 JPEG segments"):
+        inspect_bytes(b"\xff\xd8" + comments + image_bytes("JPEG", (8, 8))[2:])
+
+
+def test_endless_png_chunks_stop_with_an_error() -> None:
+    png = image_bytes("PNG", (8, 8))
+    text_chunks = b"\x00\x00\x00\x00tEXt\x00\x00\x00\x00" * 10_001
+    with pytest.raises(ImageFormatError, match="10000 PNG chunks"):
+        inspect_bytes(png[:33] + text_chunks + png[33:])

@@ -76,6 +76,8 @@ UNSUPPORTED_IMAGE_EXTENSIONS = {
     ".gif": "GIF",
     ".avif": "AVIF",
     ".jxl": "JPEG XL",
+    ".jfif": "JPEG",  # what browsers on Windows often save JPEGs as
+    ".jpe": "JPEG",
 }
 # Files in the dataset root that other modules read: not part of the image layout.
 SETTINGS_FILES = frozenset({"config.toml", "pipeline.toml", "_READY"})
@@ -194,6 +196,12 @@ IMAGE_EXIF_ROTATED = define(
     Severity.WARNING,
     "The image has an EXIF orientation: viewers turn it, sd-scripts does not, so the LoRA learns it turned.",
     "Apply the rotation to the pixels: `magick mogrify -auto-orient FILE`, or Pillow `ImageOps.exif_transpose`.",
+)
+IMAGE_16BIT_GREYSCALE = define(
+    "IMAGE_16BIT_GREYSCALE",
+    Severity.ERROR,
+    "A 16-bit greyscale PNG: Pillow's convert('RGB') clips every value above 255, so it trains almost white.",
+    "Convert it to 8 bits: `magick FILE -depth 8 FILE`.",
 )
 IMAGE_CMYK = define(
     "IMAGE_CMYK",
@@ -537,6 +545,8 @@ class _Layout:
     def of(cls, listing: Iterable[FileEntry]) -> _Layout:
         layout = cls()
         for entry in listing:
+            if entry.path.endswith("/"):
+                continue  # an S3 "folder" placeholder object, not a file
             layout.paths.add(entry.path)
             parts = entry.path.split("/")
             if len(parts) == 1:
@@ -773,10 +783,15 @@ def _non_image_problem(
         )
     if ext.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
         kind = UNSUPPORTED_IMAGE_EXTENSIONS[ext.lower()]
+        stem = posixpath.splitext(name)[0]
+        fix = f"Convert it to PNG or JPEG (e.g. `magick {name} {stem}.png`) or remove it."
+        if kind == "JPEG":
+            fix = f"Rename it to {stem}.jpg (the content is already JPEG)."
         return IMAGE_UNSUPPORTED_FORMAT.at(
             path,
-            f"{path} is a {kind} file; sd-scripts only reads .png .jpg .jpeg .webp .bmp, so it skips this image.",
-            fix=f"Convert it to PNG or JPEG (e.g. `magick {name} {posixpath.splitext(name)[0]}.png`) or remove it.",
+            f"{path} has the extension {ext}; sd-scripts only reads .png .jpg .jpeg .webp .bmp, "
+            "so it skips this image.",
+            fix=fix,
         )
     if not _is_caption_like(path, rules):
         return FILE_IGNORED.at(
@@ -896,6 +911,14 @@ def _inspect(
                 f"{path} has EXIF orientation {header.orientation} ({ORIENTATION_MEANING[header.orientation]}): "
                 f"viewers show it turned, but sd-scripts trains on the stored {header.width}x{header.height} "
                 "pixels as they are.",
+            )
+        )
+    if header.mode == "I;16":
+        problems.append(
+            IMAGE_16BIT_GREYSCALE.at(
+                path,
+                f"{path} is a 16-bit greyscale PNG; sd-scripts' convert('RGB') clips its values to 255, "
+                "so the model sees an almost white image.",
             )
         )
     if header.is_cmyk:
