@@ -262,3 +262,32 @@ def test_local_sink_shows_the_file_only_after_close_and_leaves_nothing_after_abo
     assert files_in(tmp_path) == ["a.safetensors"]
     with pytest.raises(ValueError, match="plain file name"):
         sink.open("sub/c.safetensors")
+
+
+class FullDiskSink:
+    """A sink whose writes fail like a full disk; records what happened to the writer."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def open(self, name: str):
+        sink = self
+
+        class Writer:
+            def write(self, data: bytes) -> None:
+                raise OSError(28, "No space left on device")
+
+            def close(self) -> None:
+                sink.events.append("close")
+
+            def abort(self) -> None:
+                sink.events.append("abort")
+
+        return Writer()
+
+
+def test_a_failing_sink_is_aborted_and_its_error_is_not_blamed_on_the_archive():
+    sink = FullDiskSink()
+    with pytest.raises(OSError, match="No space left"):
+        unpack_model_archive(OneWayStream(tar_bytes([Member("a.safetensors", LORA)])), sink)
+    assert sink.events == ["abort"]

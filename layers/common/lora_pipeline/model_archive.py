@@ -301,7 +301,7 @@ class _Unpacker:
                     self._take_candidate(member, path, reader)
                 elif member.name.lower().endswith(_NESTED_SUFFIXES) and depth < self.limits.max_nesting:
                     self.scan(reader, f"nested archive {path!r}", f"{path}!/", depth + 1)
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        except (tarfile.TarError, EOFError, zlib.error) as error:
             raise ModelArchiveError(
                 f"the archive is truncated or corrupt ({error})",
                 "Re-run the job, or check its output: an upload cut short leaves a broken model.tar.gz",
