@@ -118,8 +118,10 @@ class S3MultipartWriter:
     def write(self, data: bytes) -> None:
         self._buffer += data
         while len(self._buffer) >= self._part_bytes:
-            self._upload_part(bytes(self._buffer[: self._part_bytes]))
+            with memoryview(self._buffer) as view:
+                part = bytes(view[: self._part_bytes])  # one copy (slicing the bytearray would add another)
             del self._buffer[: self._part_bytes]
+            self._upload_part(part)
 
     def _upload_part(self, data: bytes) -> None:
         if self._upload_id is None:
