@@ -110,6 +110,15 @@ def test_loha_lokr_and_dora_modules_are_accepted_and_counted():
     assert summary.ranks == [2, 4]
 
 
+def test_locon_conv_modules_with_4d_weights_are_accepted():
+    tensors = lora_tensors(module_limit=1)
+    tensors["lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight"] = np.zeros((4, 320, 3, 3), np.float16)
+    tensors["lora_unet_input_blocks_1_0_in_layers_2.lora_up.weight"] = np.zeros((320, 4, 1, 1), np.float16)
+    tensors["lora_unet_input_blocks_1_0_in_layers_2.alpha"] = np.array(1.0, np.float16)
+    summary = summary_of(tensors)
+    assert (summary.unet_modules, summary.ranks) == (2, [4])
+
+
 @pytest.mark.parametrize(
     ("keys", "expected"),
     [
