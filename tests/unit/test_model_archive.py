@@ -80,6 +80,14 @@ def test_a_model_tar_gz_inside_the_archive_is_unpacked(tmp_path):
     assert (tmp_path / "bluebot.safetensors").read_bytes() == LORA
 
 
+def test_archives_nested_deeper_than_the_limit_are_not_opened_and_the_error_says_so(tmp_path):
+    innermost = tar_bytes([Member("bluebot.safetensors", LORA)])
+    archive = tar_bytes([Member("model.tar.gz", tar_bytes([Member("again.tar.gz", innermost)]))])
+    with pytest.raises(ModelArchiveError, match=r"nested too deep.*model\.tar\.gz!/again\.tar\.gz"):
+        unpack(tmp_path, archive)
+    assert unpack(tmp_path, archive, limits=UnpackLimits(max_nesting=2)).member.count("!/") == 2
+
+
 def test_uncompressed_tar_multi_member_gzip_and_zero_padding_are_read(tmp_path):
     plain = tar_bytes([Member("a.safetensors", LORA)], compress=False)
     half = len(plain) // 2

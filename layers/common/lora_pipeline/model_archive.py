@@ -287,6 +287,8 @@ class _Unpacker:
     members: int = 0
     total_bytes: int = 0
     current: str | None = None
+    unopened: list[str] = field(default_factory=list)
+    """Archives nested deeper than `max_nesting`."""
 
     def scan(self, stream: ByteReader, what: str, prefix: str, depth: int) -> None:
         try:
@@ -299,8 +301,11 @@ class _Unpacker:
                 assert reader is not None  # regular files only reach here
                 if member.name.lower().endswith(".safetensors"):
                     self._take_candidate(member, path, reader)
-                elif member.name.lower().endswith(_NESTED_SUFFIXES) and depth < self.limits.max_nesting:
-                    self.scan(reader, f"nested archive {path!r}", f"{path}!/", depth + 1)
+                elif member.name.lower().endswith(_NESTED_SUFFIXES):
+                    if depth < self.limits.max_nesting:
+                        self.scan(reader, f"nested archive {path!r}", f"{path}!/", depth + 1)
+                    else:
+                        self.unopened.append(path)
         except (tarfile.TarError, EOFError, zlib.error) as error:
             raise ModelArchiveError(
                 f"the archive is truncated or corrupt ({error})",
@@ -388,8 +393,9 @@ class _Unpacker:
                 "Leave one LoRA with that name in the model folder",
             )
         if not self.candidates:
+            deeper = f" (archives nested too deep were not opened: {self.unopened})" if self.unopened else ""
             raise ModelArchiveError(
-                "no .safetensors file in the archive",
+                f"no .safetensors file in the archive{deeper}",
                 "Training saved no LoRA: check the job log for 'No data found' and that save_model_as is "
                 "safetensors",
             )
