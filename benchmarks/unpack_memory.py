@@ -9,8 +9,8 @@ trained weights), `--zero-fraction` of them zero.
 Each measurement runs in its own process. Peak RSS is the process's VmHWM (unlike ru_maxrss it does not
 inherit the parent's size across fork+exec): the unpack reads its own, tar's is sampled every 20 ms. A
 second unpack under tracemalloc gives the peak of Python allocations. Source and sink are local files
-here; in the Lambda they are an S3 GET body and a multipart upload, which adds one part buffer (16 MiB by
-default, twice while a part is sent).
+here, and a third run sends the LoRA through the S3 multipart sink to a client that discards the
+parts (the Lambda's sink without the network).
 """
 
 from __future__ import annotations
@@ -115,20 +115,46 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
         return seconds, sampled, stdout.read()
 
 
-def worker(archive: Path, output: Path, traced: bool) -> None:
+class DiscardingS3:
+    """Takes the multipart calls of `S3MultipartSink` and drops the data: the sink's own memory, no network."""
+
+    def create_multipart_upload(self, **_: object) -> dict[str, str]:
+        return {"UploadId": "benchmark"}
+
+    def upload_part(self, **request: object) -> dict[str, str]:
+        return {"ETag": f'"{request["PartNumber"]}"'}
+
+    def complete_multipart_upload(self, **_: object) -> None:
+        pass
+
+    put_object = abort_multipart_upload = complete_multipart_upload
+
+
+MODES = {
+    "local": "unpack to a local file",
+    "traced": "same, under tracemalloc",
+    "multipart": "unpack to a multipart sink",
+}
+
+
+def worker(archive: Path, output: Path, mode: str) -> None:
     """Runs one unpack and prints its facts as JSON (called in a child process)."""
     import tracemalloc
 
-    from lora_pipeline.model_archive import LocalFolderSink, unpack_model_archive
+    from lora_pipeline.aws.s3_model_io import S3MultipartSink
+    from lora_pipeline.model_archive import LocalFolderSink, ModelSink, unpack_model_archive
 
+    sink: ModelSink = LocalFolderSink(output)
+    if mode == "multipart":
+        sink = S3MultipartSink(DiscardingS3(), "bucket", "runs/benchmark/model/")
     rss_before = peak_rss()
-    if traced:
+    if mode == "traced":
         tracemalloc.start()
     start = time.perf_counter()
     with open(archive, "rb") as source:
-        result = unpack_model_archive(source, LocalFolderSink(output), output_name="benchmark")
+        result = unpack_model_archive(source, sink, output_name="benchmark")
     seconds = time.perf_counter() - start
-    traced_peak = tracemalloc.get_traced_memory()[1] if traced else None
+    traced_peak = tracemalloc.get_traced_memory()[1] if mode == "traced" else None
     facts = {"seconds": seconds, "rss_before": rss_before, "rss_peak": peak_rss(), "traced_peak": traced_peak}
     print(json.dumps(facts | {"sha256": result.sha256, "size": result.size}))
 
@@ -143,10 +169,10 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="work in this folder and keep the archive")
     parser.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, default="local", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(*args.worker, traced=args.traced)
+        worker(*args.worker, mode=args.mode)
         return
 
     with tempfile.TemporaryDirectory(dir=args.keep) as temporary:
@@ -161,15 +187,14 @@ def main() -> None:
         )
 
         rows = []
-        for label, traced in (("unpack", False), ("unpack under tracemalloc", True)):
-            output = work / label.replace(" ", "_")
+        for mode, label in MODES.items():
+            output = work / mode
             output.mkdir()
-            command = [sys.executable, __file__, "--worker", str(archive), str(output)]
-            _, _, stdout = run_measured(command + (["--traced"] if traced else []))
-            facts = json.loads(stdout)
+            command = [sys.executable, __file__, "--worker", str(archive), str(output), "--mode", mode]
+            facts = json.loads(run_measured(command)[2])
             if facts["sha256"] != expected_sha256:
                 raise SystemExit(f"{label}: sha256 differs from the generated file")
-            (output / "benchmark.safetensors").unlink()
+            (output / "benchmark.safetensors").unlink(missing_ok=True)
             rows.append(
                 (label, facts["seconds"], facts["rss_peak"], facts["rss_before"], facts["traced_peak"])
             )
@@ -182,15 +207,20 @@ def main() -> None:
                 raise SystemExit("tar xzf extracted a different file")
 
     unpack_seconds, unpack_rss, rss_before = rows[0][1], rows[0][2], rows[0][3]
-    print(f"{'':28}{'seconds':>9}{'MB/s':>9}{'peak RSS MB':>13}{'Python peak MB':>16}")
+    print(f"{'':30}{'seconds':>9}{'MB/s':>9}{'peak RSS MB':>13}{'Python peak MB':>16}")
     for label, seconds, rss, _, traced_peak in rows:
         traced = f"{traced_peak / 1e6:16.1f}" if traced_peak is not None else f"{'':16}"
-        print(f"{label:28}{seconds:9.1f}{lora_size / 1e6 / seconds:9.0f}{rss / 1e6:13.1f}{traced}")
-    print(f"{'tar xzf':28}{tar_seconds:9.1f}{lora_size / 1e6 / tar_seconds:9.0f}{tar_rss / 1e6:13.1f}")
+        print(f"{label:30}{seconds:9.1f}{lora_size / 1e6 / seconds:9.0f}{rss / 1e6:13.1f}{traced}")
+    print(f"{'tar xzf':30}{tar_seconds:9.1f}{lora_size / 1e6 / tar_seconds:9.0f}{tar_rss / 1e6:13.1f}")
     print(
         f"unpack / tar xzf: {unpack_seconds / tar_seconds:.2f}x the time; "
         f"RSS {unpack_rss / 1e6:.0f} MB of which {rss_before / 1e6:.0f} MB is the interpreter and imports "
         f"(+{(unpack_rss - rss_before) / 1e6:.0f} MB for the unpack)"
+    )
+    multipart = rows[2]
+    print(
+        f"multipart sink (16 MiB parts, upload discarded): RSS {multipart[2] / 1e6:.0f} MB, "
+        f"+{(multipart[2] - multipart[3]) / 1e6:.0f} MB for the unpack"
     )
 
 
