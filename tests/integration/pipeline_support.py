@@ -95,7 +95,7 @@ def redeliver_upload(stack: EmbeddedStack, key: str, time: datetime | None = Non
         },
     }
     response = stack.client("lambda").invoke(
-        FunctionName=stack.physical_id("IngestFunction"), Payload=json.dumps(event).encode()
+        FunctionName=stack.resources("AWS::Lambda::Function")["IngestFunction"], Payload=json.dumps(event).encode()
     )
     payload: dict[str, Any] = json.loads(response["Payload"].read())
     return payload

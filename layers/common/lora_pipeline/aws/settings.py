@@ -15,7 +15,8 @@ class _Env(BaseModel):
 
     @classmethod
     def from_environ(cls) -> Self:
-        return cls.model_validate(dict(os.environ))
+        names = [field.alias or name for name, field in cls.model_fields.items()]
+        return cls.model_validate({name: os.environ[name] for name in names if name in os.environ})
 
 
 class IngestEnv(_Env):
