@@ -189,10 +189,12 @@ def jpeg_with_xmp(jpeg: bytes, xmp: bytes) -> bytes:
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
-def bmp_bytes_with_alpha(width: int, height: int) -> bytes:
-    """A 32-bit BMP v5 with an alpha bit mask (Pillow reads it as RGBA but only writes alpha-less BMPs)."""
+def bmp_bytes_with_alpha(width: int, height: int, top_down: bool = False) -> bytes:
+    """A 32-bit BMP v5 with an alpha bit mask (Pillow reads it as RGBA but only writes alpha-less BMPs);
+    `top_down` stores the rows first to last, which a BMP says with a negative height."""
     pixels = b"\x40\x80\xc0\x80" * width * height
-    dib = struct.pack("<IiiHHIIiiII", 124, width, height, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)
+    stored_height = -height if top_down else height
+    dib = struct.pack("<IiiHHIIiiII", 124, width, stored_height, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)
     dib += struct.pack("<IIIII", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000, 0x73524742)
     dib += b"\x00" * (124 - len(dib))
     offset = 14 + len(dib)

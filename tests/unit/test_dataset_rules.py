@@ -249,7 +249,8 @@ def test_loose_root_images_and_files_are_reported(tmp_path: Path) -> None:
     ignored = {p.file: p for p in problems if p.code == "ROOT_FILE_IGNORED"}
     assert set(ignored) == {"Config.toml", "README.md"}
     assert all(p.severity is Severity.INFO for p in ignored.values())
-    assert ignored["Config.toml"].fix is not None and "config.toml" in ignored["Config.toml"].fix
+    assert "only config.toml (Kohya settings) and pipeline.toml" in ignored["Config.toml"].message
+    assert ignored["Config.toml"].fix is not None and "(lower case)" in ignored["Config.toml"].fix
 
 
 # --- image names -----------------------------------------------------------------------------------------
@@ -493,6 +494,19 @@ def test_multi_line_caption_is_a_warning_unless_wildcards_are_on(tmp_path: Path)
     assert check(tmp_path, enable_wildcard=True)[1] == []
 
 
+def test_old_mac_line_breaks_end_lines_too(tmp_path: Path) -> None:
+    make_good_dataset(tmp_path)
+    write_caption(tmp_path / "10_bluebot" / "img00.caption", "bluebot, red\rbluebot, blue")
+    assert "2 non-blank lines" in only(check(tmp_path)[1], "CAPTION_MULTILINE").message
+
+
+def test_wildcard_captions_use_every_non_blank_line(tmp_path: Path) -> None:
+    make_good_dataset(tmp_path)
+    write_caption(tmp_path / "10_bluebot" / "img00.caption", "\nbluebot, red\n\nbluebot, blue\n")
+    assert "CAPTION_EMPTY" in codes(check(tmp_path)[1])
+    assert check(tmp_path, enable_wildcard=True)[1] == []
+
+
 def test_trailing_newlines_and_crlf_are_one_line(tmp_path: Path) -> None:
     make_good_dataset(tmp_path)
     write_caption(tmp_path / "10_bluebot" / "img00.caption", "bluebot, red\r\n\r\n")
@@ -563,6 +577,14 @@ def test_face_crop_names_fall_back_to_the_short_caption_name(tmp_path: Path) -> 
         "10_bluebot/face_10_20_30_40.caption",
         "10_bluebot/face.caption",
     ]
+    summary, problems = check(tmp_path)
+    assert problems == [] and summary.subsets[0].captioned_image_count == 1
+
+
+def test_face_crop_fallback_can_reach_a_caption_in_the_root(tmp_path: Path) -> None:
+    # sd-scripts splits the whole path on "_": the subset folder's own "_" counts as one of the five parts.
+    make_image(tmp_path / "10_bluebot" / "a_1_2_3.png")
+    write_caption(tmp_path / "10.caption", "bluebot")
     summary, problems = check(tmp_path)
     assert problems == [] and summary.subsets[0].captioned_image_count == 1
 

@@ -219,12 +219,14 @@ def test_zero_sized_dimensions_are_rejected() -> None:
         inspect_bytes(bytes(data))
 
 
-def test_bmp_alpha_bit_mask_matches_pillow() -> None:
-    data = bmp_bytes_with_alpha(5, 3)
-    header = inspect_bytes(data).header
+@pytest.mark.parametrize("top_down", [False, True])
+def test_bmp_alpha_bit_mask_and_row_order_match_pillow(top_down: bool) -> None:
+    data = bmp_bytes_with_alpha(5, 3, top_down)
+    inspection = inspect_bytes(data)
     with Image.open(io.BytesIO(data)) as image:
-        assert image.mode == "RGBA" == header.mode
-    assert header.has_alpha and (header.width, header.height) == (5, 3)
+        assert image.mode == "RGBA" == inspection.header.mode
+        assert image.size == (inspection.header.width, inspection.header.height) == (5, 3)
+    assert inspection.header.has_alpha and inspection.truncation is None
 
 
 def test_endless_jpeg_segments_stop_with_an_error() -> None:
