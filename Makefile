@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit clean
+.PHONY: venv demo test lint typecheck unit clean image image-local
 
 venv: $(STAMP)
 
@@ -28,6 +28,15 @@ typecheck: venv
 
 test: lint typecheck
 	$(BIN)/pytest -q
+
+# The training image: built by the stack's CodeBuild project and pushed to its ECR repository (about 20 minutes).
+image: venv
+	@test -n "$(STACK)" || { echo "usage: make image STACK=<deployed stack name> [TAG=<image tag>]"; exit 2; }
+	$(BIN)/python -m lora_image_build --stack $(STACK) $(if $(TAG),--tag $(TAG))
+
+# The same image with the Docker engine on this machine (tag sdxl-lora-trainer:dev unless TAG is given).
+image-local: venv
+	$(BIN)/python -m lora_image_build --local $(if $(TAG),--tag $(TAG))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out .aws-sam
