@@ -21,9 +21,57 @@ from typing import Any
 
 LOG = logging.getLogger(__name__)
 
-# os.environ is process-wide, so invocations (each with its function's Environment) run one at a time.
-# Re-entrant: a handler may synchronously invoke another function.
-_INVOCATION_LOCK = threading.RLock()
+_thread_state = threading.local()
+_UNSET = object()
+
+
+class _PerThreadEnviron(os._Environ):  # type: ignore[type-arg]
+    """os.environ with a per-thread layer: while a handler runs in a thread, that thread sees its function's
+    Environment and nothing else changes, so invocations of different functions run concurrently."""
+
+    def _layer(self) -> dict[str, Any] | None:
+        return getattr(_thread_state, "environment", None)
+
+    def __getitem__(self, key: str) -> str:
+        layer = self._layer()
+        if layer is not None and key in layer:
+            if layer[key] is _UNSET:
+                raise KeyError(key)
+            return str(layer[key])
+        return super().__getitem__(key)  # type: ignore[no-any-return]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        layer = self._layer()
+        if layer is None:
+            super().__setitem__(key, value)
+        else:
+            layer[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        layer = self._layer()
+        if layer is None:
+            super().__delitem__(key)
+        elif key in self:
+            layer[key] = _UNSET
+        else:
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        layer = self._layer()
+        if layer is None:
+            yield from super().__iter__()
+            return
+        yield from (key for key in list(super().__iter__()) if key not in layer)
+        yield from (key for key, value in list(layer.items()) if value is not _UNSET)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _install_per_thread_environ() -> None:
+    if not isinstance(os.environ, _PerThreadEnviron):
+        # Changing the class keeps the object, so every existing reference to os.environ sees the layer.
+        os.environ.__class__ = _PerThreadEnviron
 
 
 @dataclass
@@ -65,16 +113,13 @@ class Invocation:
 
 @contextmanager
 def _environment(variables: dict[str, str]) -> Iterator[None]:
-    previous = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
+    """This thread sees `variables` over the process environment until the block ends."""
+    previous = getattr(_thread_state, "environment", None)
+    _thread_state.environment = dict(variables)
     try:
         yield
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _thread_state.environment = previous
 
 
 def _error_payload(error: BaseException, request_id: str, error_type: str | None = None) -> str:
@@ -89,11 +134,17 @@ def _error_payload(error: BaseException, request_id: str, error_type: str | None
 
 
 class LambdaHost:
-    """Loads each function's handler module fresh (its own module name, so every `app.py` coexists)."""
+    """Runs handlers like Lambda's execution environments: each concurrent invocation of a function gets its
+    own instance of the handler module (a cold start loads a fresh one, under its own module name, so every
+    `app.py` coexists); a finished instance is kept warm for the next invocation of that function."""
 
     def __init__(self, code_dirs: dict[str, Path], layer_dirs: list[Path]) -> None:
+        _install_per_thread_environ()
         self._code_dirs = code_dirs
-        self._handlers: dict[str, Callable[..., Any]] = {}
+        self._warm: dict[str, list[Callable[..., Any]]] = {}
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._cold_starts = 0
         self.invocations: list[Invocation] = []
         for layer in layer_dirs:
             # A Python layer's packages sit under python/ once built; a source folder holds them directly.
@@ -112,7 +163,10 @@ class LambdaHost:
     def _load_handler(self, function_name: str, handler: str, folder: Path) -> Callable[..., Any]:
         module_path, _, attribute = handler.rpartition(".")
         source = folder / (module_path.replace(".", "/") + ".py")
-        module_name = "_embedded_lambda_" + re.sub(r"\W", "_", f"{function_name}_{module_path}")
+        self._cold_starts += 1
+        module_name = "_embedded_lambda_" + re.sub(
+            r"\W", "_", f"{function_name}_{module_path}_{self._cold_starts}"
+        )
         spec = importlib.util.spec_from_file_location(module_name, source)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot load handler module {source}")
@@ -148,9 +202,10 @@ class LambdaHost:
             **{name: str(value) for name, value in function.environment_vars.items()},
         }
         error: str | None = None
-        with _INVOCATION_LOCK, _environment(variables):
+        handler = None
+        with _environment(variables):
             try:
-                handler = self._handler(function)
+                handler = self._acquire(function)
                 result = handler(event, context)
                 try:
                     payload = json.dumps(result)
@@ -160,16 +215,22 @@ class LambdaHost:
             except Exception as failure:  # the handler's error becomes the function error, as on Lambda
                 payload = _error_payload(failure, context.aws_request_id)
                 error = traceback.format_exc()
+            finally:
+                if handler is not None:
+                    with self._lock:
+                        self._warm[function.function_name].append(handler)
         if error:
             LOG.warning("function %s failed:\n%s", function.function_name, error)
         self.invocations.append(Invocation(function.function_name, event, payload, error))
         return payload, error is not None
 
-    def _handler(self, function: Any) -> Callable[..., Any]:
-        """The handler, loaded on first use (a cold start) and kept (warm starts); call under the lock."""
-        handler = self._handlers.get(function.function_name)
-        if handler is None:
-            folder = self._code_dir(function.code, function.function_name)
-            handler = self._load_handler(function.function_name, function.handler, folder)
-            self._handlers[function.function_name] = handler
-        return handler
+    def _acquire(self, function: Any) -> Callable[..., Any]:
+        """A warm handler instance of `function`, or a cold start (run in the invoking thread's environment)."""
+        with self._lock:
+            warm = self._warm.setdefault(function.function_name, [])
+            if warm:
+                return warm.pop()
+        folder = self._code_dir(function.code, function.function_name)
+        # Loading touches sys.path and sys.modules, which are process-wide.
+        with self._load_lock:
+            return self._load_handler(function.function_name, function.handler, folder)
