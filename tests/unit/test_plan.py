@@ -88,7 +88,7 @@ def test_unknown_instance_has_no_estimate():
 
 def test_runtime_shorter_than_estimate_is_an_error():
     _, problems = make_plan(
-        [SubsetCount("100_x", 100, 100)], {"max_train_epochs": 10}, job(max_runtime_hours=1), TABLE
+        [SubsetCount("10_x", 100, 10)], {"max_train_epochs": 3}, job(max_runtime_hours=1), TABLE
     )
     assert [p.code for p in problems] == ["PLAN_RUNTIME_TOO_SHORT"]
     assert "max_runtime_hours" in problems[0].message
@@ -100,3 +100,11 @@ def test_lora_size_matches_sdxl_module_shapes():
     assert 220e6 < expected_lora_bytes(32, True, "bf16") < 235e6
     assert expected_lora_bytes(32, False, "fp16") < expected_lora_bytes(32, True, "fp16")
     assert expected_lora_bytes(32, True, "float") == 2 * expected_lora_bytes(32, True, "fp16")
+
+
+def test_very_long_runs_get_a_warning():
+    _, problems = make_plan([SubsetCount("60_dog", 30, 60)], {"max_train_epochs": 10}, job(), TABLE)
+    assert [p.code for p in problems] == ["PLAN_MANY_STEPS"]
+    assert "18000 steps" in problems[0].message
+    _, problems = make_plan([SubsetCount("60_dog", 30, 60)], {"max_train_epochs": 2}, job(), TABLE)
+    assert problems == []

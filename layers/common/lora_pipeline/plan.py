@@ -31,6 +31,15 @@ PLAN_RUNTIME_TOO_SHORT = define(
     "Raise max_runtime_hours in pipeline.toml, or train fewer epochs/steps or fewer repeats.",
 )
 
+PLAN_MANY_STEPS = define(
+    "PLAN_MANY_STEPS",
+    Severity.WARNING,
+    "the run is much longer than SDXL LoRAs usually need, which costs money and tends to overfit",
+    "SDXL LoRAs usually converge in 1,500-4,000 steps: lower the folder repeats or max_train_epochs.",
+)
+# Above this many steps a LoRA of one subject is very likely overtrained (and the bill grows with it).
+MANY_STEPS = 6000
+
 
 @dataclass(frozen=True)
 class SubsetCount:
@@ -151,6 +160,14 @@ def make_plan(
 
 def _plan_problems(plan: Plan, job: JobSettings) -> list[Problem]:
     problems = []
+    if plan.total_steps > MANY_STEPS:
+        problems.append(
+            PLAN_MANY_STEPS.at(
+                "config.toml",
+                f"{plan.total_steps} steps ({plan.samples_per_epoch} images x repeats per epoch, {plan.epochs} epochs) "
+                f"is more than {MANY_STEPS}.",
+            )
+        )
     limit = job.max_runtime_hours * 3600
     if plan.estimated_seconds is not None and plan.estimated_seconds > limit:
         hours = plan.estimated_seconds / 3600
