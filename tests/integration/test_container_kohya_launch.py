@@ -1,0 +1,87 @@
+"""The Kohya path of the entrypoint, through a real `accelerate launch`, with a stand-in for sdxl_train_network.py.
+
+sd-scripts and a GPU are not available here: the stand-in records how it was called, draws sd-scripts' progress
+bar and writes an SDXL LoRA, so everything around the trainer runs for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lora_pipeline.training_metrics import parse_metric_line
+from tests.container_jobs import ENTRYPOINT, make_opt_ml
+from tests.lora_files import sdxl_lora_bytes
+
+pytestmark = pytest.mark.slow
+
+STAND_IN = """\
+import json, os, shutil, sys
+from pathlib import Path
+
+here = Path(__file__).parent
+argv = sys.argv[1:]
+options = {}
+for index, token in enumerate(argv):
+    if token.startswith("--"):
+        value = argv[index + 1] if index + 1 < len(argv) and not argv[index + 1].startswith("--") else None
+        options[token[2:]] = value
+seen = {name: os.environ.get(name) for name in ("HF_HUB_OFFLINE", "ACCELERATE_MIXED_PRECISION", "OMP_NUM_THREADS")}
+(here / "call.json").write_text(json.dumps({"options": options, "environment": seen}))
+print("epoch 1/1", flush=True)
+for step in (1, 2, 3):
+    sys.stderr.write(f"\\rsteps:  33%|###   | {step}/3 [00:0{step}<00:0{3 - step}, 1.00s/it, avr_loss=0.1{step}]")
+    sys.stderr.flush()
+output = Path(options["output_dir"])
+shutil.copyfile(here / "lora.safetensors", output / (options["output_name"] + ".safetensors"))
+(output / "sample").mkdir(exist_ok=True)
+(output / "sample" / "bluebot_000001_00.png").write_bytes(b"png")
+"""
+
+
+def test_kohya_job_runs_sd_scripts_through_accelerate_with_forced_paths(tmp_path: Path) -> None:
+    sd_scripts = tmp_path / "sd-scripts"
+    sd_scripts.mkdir()
+    (sd_scripts / "sdxl_train_network.py").write_text(STAND_IN)
+    (sd_scripts / "lora.safetensors").write_bytes(sdxl_lora_bytes(rank=4))
+    opt_ml = make_opt_ml(tmp_path / "opt_ml", prompts="a bluebot\n")
+    hyperparameters = opt_ml / "input/config/hyperparameters.json"
+    hyperparameters.write_text(json.dumps({**json.loads(hyperparameters.read_text()), "trainer": "kohya"}))
+    (opt_ml / "input/data/model").mkdir()
+    base_model = opt_ml / "input/data/model/sd_xl_base_1.0.safetensors"
+    base_model.write_bytes(b"base model")
+
+    result = subprocess.run(
+        [sys.executable, str(ENTRYPOINT)],
+        env={**os.environ, "OPT_ML": str(opt_ml), "SD_SCRIPTS_DIR": str(sd_scripts)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    call = json.loads((sd_scripts / "call.json").read_text())
+    options = call["options"]
+    assert options["pretrained_model_name_or_path"] == str(base_model)
+    assert options["train_data_dir"] == str(opt_ml / "scratch/dataset")
+    assert options["output_dir"] == str(opt_ml / "checkpoints")
+    assert options["tokenizer_cache_dir"] is not None and "sdpa" in options and "save_state" in options
+    assert options["sample_every_n_epochs"] == "1" and "resume" not in options
+    assert call["environment"]["HF_HUB_OFFLINE"] == "1", "a base model from S3 means no hub access"
+    assert call["environment"]["ACCELERATE_MIXED_PRECISION"] == "no", "started by accelerate launch"
+    progress = [p for line in result.stdout.splitlines() if (p := parse_metric_line(line))]
+    assert (
+        progress[-1].step == 3 and progress[-1].total_steps == 3 and progress[-1].loss == pytest.approx(0.13)
+    )
+    assert progress[-1].epoch == 1
+    assert "steps:" not in result.stdout, "progress bar redraws are replaced by metric lines"
+    assert (opt_ml / "model/bluebot.safetensors").read_bytes() == (
+        sd_scripts / "lora.safetensors"
+    ).read_bytes()
+    assert (opt_ml / "output/data/samples/bluebot_000001_00.png").exists()
