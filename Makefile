@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit clean image image-local
+.PHONY: venv demo test lint typecheck unit clean image image-local bench-validate
 
 venv: $(STAMP)
 
@@ -37,6 +37,10 @@ image: venv
 # The same image with the Docker engine on this machine (tag sdxl-lora-trainer:dev unless TAG is given).
 image-local: venv
 	$(BIN)/python -m lora_image_build --local $(if $(TAG),--tag $(TAG))
+
+# Times the dataset check on 1,000 generated images against decoding each one with Pillow.
+bench-validate: venv
+	$(BIN)/python benchmarks/validate_images.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out .aws-sam
