@@ -170,6 +170,15 @@ def test_folder_without_repeats_is_a_warning_when_other_subsets_remain(tmp_path:
     assert summary.skipped_folders == ["bluebot/"]
 
 
+def test_macos_zip_metadata_folder_gets_its_own_fix(tmp_path: Path) -> None:
+    make_good_dataset(tmp_path)
+    (tmp_path / "__MACOSX" / "10_bluebot").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "10_bluebot" / "._img00.png").write_bytes(b"\x00\x05\x16\x07")
+    problem = only(check(tmp_path)[1], "SUBSET_NO_REPEATS")
+    assert problem.fix == "It is metadata that macOS adds to zip files: delete it."
+    assert "image(s) are not trained" not in problem.message  # resource forks are not images
+
+
 def test_zero_repeats_is_reported_although_sd_scripts_is_silent(tmp_path: Path) -> None:
     make_good_dataset(tmp_path)
     make_subset(tmp_path, "0_bluebot", 1)

@@ -640,7 +640,8 @@ def _parse_subsets(layout: _Layout) -> tuple[list[_Subset], list[str]]:
 
 
 def _count_images(entries: Iterable[FileEntry]) -> int:
-    return sum(1 for e in entries if _looks_like_image(posixpath.basename(e.path)))
+    names = (posixpath.basename(e.path) for e in entries)
+    return sum(1 for name in names if not name.startswith(".") and _looks_like_image(name))
 
 
 def _skipped_folder_problems(layout: _Layout, skipped: list[str]) -> list[Problem]:
@@ -657,7 +658,9 @@ def _skipped_folder_problems(layout: _Layout, skipped: list[str]) -> list[Proble
             }
         )
         fix = None
-        if inner_subsets:
+        if folder == "__MACOSX":
+            fix = "It is metadata that macOS adds to zip files: delete it."
+        elif inner_subsets:
             fix = (
                 f"It contains {', '.join(s + '/' for s in inner_subsets)}, which look like subset folders: "
                 "move them up into the dataset root."
