@@ -1,6 +1,6 @@
 """Peak memory and throughput of the model unpack on a generated ~1 GB model.tar.gz, next to `tar xzf`.
 
-    .venv/bin/python benchmarks/unpack_memory.py [--size-mb 1024] [--zero-fraction 0] [--keep DIR]
+    .venv/bin/python benchmarks/unpack_memory.py [--size-mb 1024] [--zero-fraction 0] [--rounds 2] [--keep DIR]
 
 The archive holds one SDXL LoRA (real module shapes, rank 4) padded by one more LoRA module to the
 requested size. Padding is 16 MiB blocks of normally distributed fp16 values (about as compressible as
@@ -133,7 +133,7 @@ class DiscardingS3:
 MODES = {
     "local": "unpack to a local file",
     "traced": "same, under tracemalloc",
-    "multipart": "unpack to a multipart sink",
+    "multipart": "unpack to an S3 multipart sink",
 }
 
 
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument(
         "--zero-fraction", type=float, default=0.0, help="share of padding blocks that are zero"
     )
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each tool; the best time counts")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep the archive")
     parser.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=MODES, default="local", help=argparse.SUPPRESS)
@@ -186,42 +187,44 @@ def main() -> None:
             f"(generated in {time.perf_counter() - start:.0f} s)"
         )
 
-        rows = []
-        for mode, label in MODES.items():
-            output = work / mode
-            output.mkdir()
-            command = [sys.executable, __file__, "--worker", str(archive), str(output), "--mode", mode]
-            facts = json.loads(run_measured(command)[2])
-            if facts["sha256"] != expected_sha256:
-                raise SystemExit(f"{label}: sha256 differs from the generated file")
-            (output / "benchmark.safetensors").unlink(missing_ok=True)
-            rows.append(
-                (label, facts["seconds"], facts["rss_peak"], facts["rss_before"], facts["traced_peak"])
-            )
-
+        # Rounds alternate between the tools, so a busy machine slows them alike; each keeps its best time.
         extracted = work / "tar"
         extracted.mkdir()
-        tar_seconds, tar_rss, _ = run_measured(["tar", "xzf", str(archive), "-C", str(extracted)])
+        best: dict[str, dict[str, float]] = {}
+        for _ in range(args.rounds):
+            for mode, label in MODES.items():
+                output = work / mode
+                output.mkdir(exist_ok=True)
+                command = [sys.executable, __file__, "--worker", str(archive), str(output), "--mode", mode]
+                facts = json.loads(run_measured(command)[2])
+                if facts.pop("sha256") != expected_sha256:
+                    raise SystemExit(f"{label}: sha256 differs from the generated file")
+                (output / "benchmark.safetensors").unlink(missing_ok=True)
+                best[mode] = min(best.get(mode, facts), facts, key=lambda f: f["seconds"])
+            seconds, rss, _ = run_measured(["tar", "xzf", str(archive), "-C", str(extracted)])
+            best["tar"] = min(
+                best.get("tar", {"seconds": math.inf}),
+                {"seconds": seconds, "rss_peak": rss},
+                key=lambda f: f["seconds"],
+            )
         with open(extracted / "benchmark.safetensors", "rb") as untarred:
             if hashlib.file_digest(untarred, "sha256").hexdigest() != expected_sha256:
                 raise SystemExit("tar xzf extracted a different file")
 
-    unpack_seconds, unpack_rss, rss_before = rows[0][1], rows[0][2], rows[0][3]
+    print(f"best of {args.rounds} rounds")
     print(f"{'':30}{'seconds':>9}{'MB/s':>9}{'peak RSS MB':>13}{'Python peak MB':>16}")
-    for label, seconds, rss, _, traced_peak in rows:
-        traced = f"{traced_peak / 1e6:16.1f}" if traced_peak is not None else f"{'':16}"
-        print(f"{label:30}{seconds:9.1f}{lora_size / 1e6 / seconds:9.0f}{rss / 1e6:13.1f}{traced}")
-    print(f"{'tar xzf':30}{tar_seconds:9.1f}{lora_size / 1e6 / tar_seconds:9.0f}{tar_rss / 1e6:13.1f}")
-    print(
-        f"unpack / tar xzf: {unpack_seconds / tar_seconds:.2f}x the time; "
-        f"RSS {unpack_rss / 1e6:.0f} MB of which {rss_before / 1e6:.0f} MB is the interpreter and imports "
-        f"(+{(unpack_rss - rss_before) / 1e6:.0f} MB for the unpack)"
-    )
-    multipart = rows[2]
-    print(
-        f"multipart sink (16 MiB parts, upload discarded): RSS {multipart[2] / 1e6:.0f} MB, "
-        f"+{(multipart[2] - multipart[3]) / 1e6:.0f} MB for the unpack"
-    )
+    for mode, label in [*MODES.items(), ("tar", "tar xzf")]:
+        facts = best[mode]
+        traced = f"{facts['traced_peak'] / 1e6:16.1f}" if facts.get("traced_peak") else ""
+        throughput = lora_size / 1e6 / facts["seconds"]
+        print(f"{label:30}{facts['seconds']:9.1f}{throughput:9.0f}{facts['rss_peak'] / 1e6:13.1f}{traced}")
+    local, multipart = best["local"], best["multipart"]
+    print(f"unpack / tar xzf: {local['seconds'] / best['tar']['seconds']:.2f}x the time")
+    for label, facts in (("local file", local), ("multipart sink", multipart)):
+        print(
+            f"unpack to a {label}: RSS {facts['rss_peak'] / 1e6:.0f} MB, of which {facts['rss_before'] / 1e6:.0f}"
+            f" MB is the interpreter and imports (+{(facts['rss_peak'] - facts['rss_before']) / 1e6:.0f} MB)"
+        )
 
 
 if __name__ == "__main__":
