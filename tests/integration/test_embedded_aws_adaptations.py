@@ -1,0 +1,99 @@
+"""The moto adaptations fail loudly when moto changes, and the EventBridge input rules behave like AWS."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from embedded_aws import RealAwsRefused, adaptations, refuse_real_aws
+from embedded_aws.eventbridge import as_delivered_event, render_input_template, resolve_path, target_input
+
+EVENT: dict[str, Any] = {
+    "version": "0",
+    "id": "e-1",
+    "detail-type": "Dataset Rejected",
+    "source": "sdxl-lora-pipeline",
+    "account": "123456789012",
+    "time": 1795692000.0,
+    "region": "us-east-1",
+    "resources": [],
+    "detail": {"dataset": "cat", "problems": [{"code": "E1"}, {"code": "E2"}], "count": 2},
+    "ingestion-time": 1795692000.5,
+}
+
+
+def test_a_different_moto_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.3.0")
+    with pytest.raises(adaptations.AdaptationOutdated, match=r"moto==5\.2\.5, found moto==5\.3\.0"):
+        adaptations.check_moto_version()
+
+
+def test_an_adaptation_names_the_moto_attribute_that_disappeared() -> None:
+    class Moved:
+        pass
+
+    with pytest.raises(adaptations.AdaptationOutdated, match=r"run_lambda.*Moved\._invoke_lambda"):
+        adaptations._require(Moved, "_invoke_lambda", "run_lambda_handlers_in_process")
+
+
+def test_an_adaptation_for_something_moto_now_does_itself_asks_to_be_dropped() -> None:
+    class Fixed:
+        physical_resource_id = "bus"
+
+    with pytest.raises(adaptations.AdaptationOutdated, match="drop the adaptation"):
+        adaptations._require_absent(
+            Fixed, "physical_resource_id", "cloudformation_ref_of_event_bus_is_its_name"
+        )
+
+
+def test_install_applies_every_adaptation_once() -> None:
+    names = adaptations.install()
+    assert names == [adaptation.__name__ for adaptation in adaptations.ADAPTATIONS]
+    assert adaptations.install() == names
+
+
+def test_delivered_events_carry_iso_time_and_no_moto_internals() -> None:
+    delivered = as_delivered_event(EVENT)
+    assert delivered["time"] == "2026-11-26T11:20:00Z"
+    assert "ingestion-time" not in delivered
+
+
+def test_json_paths_resolve_like_eventbridge() -> None:
+    assert resolve_path("$.detail.problems[1].code", EVENT) == "E2"
+    assert resolve_path("$.detail.absent", EVENT) is None
+    assert resolve_path("$", EVENT) is EVENT
+
+
+def test_input_template_quotes_values_outside_strings_and_inlines_them_inside() -> None:
+    values = {"dataset": 'cat "two"', "count": 2, "problems": [{"code": "E1"}]}
+    rendered = render_input_template(
+        '{"text": "Dataset <dataset> has <count> problems", "dataset": <dataset>, "problems": <problems>}',
+        values,
+    )
+    assert json.loads(rendered) == {
+        "text": 'Dataset cat "two" has 2 problems',
+        "dataset": 'cat "two"',
+        "problems": [{"code": "E1"}],
+    }
+
+
+def test_target_input_prefers_input_then_input_path_then_transformer() -> None:
+    rule = ("arn:aws:events:us-east-1:123456789012:rule/bus/r", "r")
+    assert target_input({"Arn": "a", "Input": '{"fixed": 1}'}, EVENT, *rule) == '{"fixed": 1}'
+    assert json.loads(target_input({"Arn": "a", "InputPath": "$.detail.dataset"}, EVENT, *rule)) == "cat"
+    transformer = {
+        "InputPathsMap": {"d": "$.detail.dataset"},
+        "InputTemplate": '"<d> at <aws.events.rule-name>"',
+    }
+    assert target_input({"Arn": "a", "InputTransformer": transformer}, EVENT, *rule) == '"cat at r"'
+    assert json.loads(target_input({"Arn": "a"}, EVENT, *rule)) == EVENT
+
+
+def test_refuse_real_aws_blocks_requests_that_would_leave_the_machine() -> None:
+    refuse_real_aws()
+    with pytest.raises(RealAwsRefused, match="sts"):
+        boto3.client("sts", region_name="us-east-1").get_caller_identity()
