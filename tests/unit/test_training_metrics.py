@@ -1,6 +1,7 @@
 import re
 
 import pytest
+
 from lora_pipeline.training_metrics import (
     METRIC_DEFINITIONS,
     TrainingProgress,
