@@ -223,6 +223,8 @@ def sagemaker_training_jobs_run() -> None:
         job = self.training_jobs.get(training_job_name)
         if job is None:
             raise validation_error(f"Requested resource not found: training job {training_job_name}")
+        if job.training_job_status in {"Stopping", "Stopped"}:
+            return  # already stopping (e.g. by Step Functions when the execution stopped): nothing to do
         if job.training_job_status != "InProgress":
             raise validation_error(
                 f"The request was rejected because the training job is in status {job.training_job_status}."

@@ -127,5 +127,4 @@ def test_stop_training_job_terminates_the_container(tmp_path: Path) -> None:
         job = _wait_for_job(stack, "long-bluebot", timeout=60)
 
         assert job["TrainingJobStatus"] == "Stopped"
-        with pytest.raises(sagemaker.exceptions.ClientError, match="status Stopped"):
-            sagemaker.stop_training_job(TrainingJobName="long-bluebot")
+        sagemaker.stop_training_job(TrainingJobName="long-bluebot")  # stopping a stopped job is a no-op

@@ -6,6 +6,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,11 @@ MODEL_ARCHIVE = tar_gz({"lora.safetensors": b"weights"})
 
 def _upload(stack: EmbeddedStack, key: str, body: bytes = b"png") -> None:
     stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=body)
+
+
+def _request_of(job: dict[str, Any]) -> dict[str, Any]:
+    names = ("TrainingJobName", "AlgorithmSpecification", "RoleArn", "OutputDataConfig", "ResourceConfig")
+    return {name: job[name] for name in (*names, "StoppingCondition")}
 
 
 def test_an_upload_runs_ingest_state_machine_training_and_email() -> None:
@@ -70,6 +76,13 @@ def test_training_job_is_described_like_sagemaker() -> None:
         )
         assert train_output["TrainingJobStatus"] == "Completed"
         assert isinstance(train_output["CreationTime"], int)  # epoch millis, as Step Functions renders them
+        sagemaker = stack.client("sagemaker")
+        with pytest.raises(sagemaker.exceptions.ClientError, match="in status Completed"):
+            sagemaker.stop_training_job(TrainingJobName="fixture-cat")
+        with pytest.raises(sagemaker.exceptions.ClientError, match="must be unique"):
+            sagemaker.create_training_job(**_request_of(job))
+        with pytest.raises(sagemaker.exceptions.ClientError, match="Invalid TrainingJobName"):
+            sagemaker.create_training_job(**{**_request_of(job), "TrainingJobName": "no_underscores"})
 
 
 def test_handlers_get_their_environment_a_context_and_iso_event_times() -> None:
@@ -188,6 +201,7 @@ def test_stopping_an_execution_stops_its_job_and_emits_the_aborted_status_change
         assert stack.executions()[0].status == "ABORTED"
         (job,) = stack.training_jobs()
         assert job["TrainingJobStatus"] == "Stopped"
+        stack.client("sagemaker").stop_training_job(TrainingJobName="fixture-cat")  # a no-op once stopped
         statuses = [event.detail["status"] for event in stack.events(source="aws.states")]
         assert statuses == ["RUNNING", "ABORTED"]
         table = stack.client("dynamodb")
