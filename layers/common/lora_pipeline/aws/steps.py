@@ -205,20 +205,24 @@ def notify(
     return message.subject
 
 
-def _stop_training_jobs(sagemaker: Any, base_name: str) -> str | None:
-    """Stop the run's job if one is running; returns the job's name."""
-    jobs = sagemaker.list_training_jobs(NameContains=base_name, StatusEquals="InProgress").get(
-        "TrainingJobSummaries", []
-    )
-    stopped = None
-    for job in jobs:
+def _stop_training_job(sagemaker: Any, base_name: str) -> tuple[str | None, bool]:
+    """Stop the run's newest job if it still runs. Returns its name and whether it ended stopped
+    (Step Functions itself stops a `.sync` job when the execution is stopped, so it may be stopping already)."""
+    jobs = sagemaker.list_training_jobs(
+        NameContains=base_name, SortBy="CreationTime", SortOrder="Descending", MaxResults=10
+    ).get("TrainingJobSummaries", [])
+    if not jobs:
+        return None, False
+    name, status = jobs[0]["TrainingJobName"], jobs[0]["TrainingJobStatus"]
+    if status == "InProgress":
         try:
-            sagemaker.stop_training_job(TrainingJobName=job["TrainingJobName"])
-            stopped = job["TrainingJobName"]
+            sagemaker.stop_training_job(TrainingJobName=name)
+            status = "Stopping"
         except ClientError as exc:
             if error_code(exc) != "ValidationException":  # it ended meanwhile
                 raise
-    return stopped
+            status = sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
+    return name, status in ("Stopping", "Stopped")
 
 
 def clean_up_run(
@@ -227,7 +231,7 @@ def clean_up_run(
     """An execution ended without passing through its own clean-up (stopped, timed out or crashed):
     stop its training job, free its slot and its dataset, and say so."""
     run = RunInput.model_validate_json(run_input)
-    job = _stop_training_jobs(sagemaker, training_job_base_name(run.dataset, run.run_id))
+    job, stopped = _stop_training_job(sagemaker, training_job_base_name(run.dataset, run.run_id))
     table.release_slot(run.run_id)
     table.finish(run.dataset, run.run_id, "CANCELLED" if status != "FAILED" else "FAILED", now)
     # A FAILED execution has emitted `Training Failed` itself before failing.
@@ -240,7 +244,7 @@ def clean_up_run(
                 time=now,
                 execution_status=status,
                 training_job_name=job,
-                training_job_stopped=job is not None,
+                training_job_stopped=stopped,
             )
         )
     return job or ""
