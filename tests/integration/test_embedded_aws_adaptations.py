@@ -97,3 +97,14 @@ def test_refuse_real_aws_blocks_requests_that_would_leave_the_machine() -> None:
     refuse_real_aws()
     with pytest.raises(RealAwsRefused, match="sts"):
         boto3.client("sts", region_name="us-east-1").get_caller_identity()
+
+
+def test_a_definition_is_parsed_once_but_every_execution_gets_its_own_program() -> None:
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    adaptations.install()
+    definition = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
+    first_program, first_tree = AmazonStateLanguageParser.parse(definition)
+    second_program, second_tree = AmazonStateLanguageParser.parse(definition)
+    assert second_tree is first_tree
+    assert second_program is not first_program
