@@ -1,4 +1,4 @@
-"""`lora-pipeline`: command-line entry point."""
+"""`lora-pipeline`: command-line entry point (parsing and dispatch; the work lives in the sibling modules)."""
 
 from __future__ import annotations
 
@@ -7,35 +7,139 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import boto3
+
 from lora_pipeline.instances import load_instance_table
+from lora_pipeline.report import ValidationReport
+from lora_pipeline.s3_layout import DATASETS_PREFIX, parse_s3_uri
 from lora_pipeline.storage import LocalFolder
 from lora_pipeline.validate import validate_dataset
+from lora_pipeline_cli import local, progress, runs
 from lora_pipeline_cli.examples import write_broken_dataset, write_example_dataset
-from lora_pipeline_cli.render import render_report
+from lora_pipeline_cli.render import render_report, render_status
+from lora_pipeline_cli.stack import Stack, StackError, connect, stack_name_from
+from lora_pipeline_cli.upload import plan_upload, upload_dataset
 
-EXIT_TRAINABLE, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
     """Bad command-line input: printed without a traceback, exit code 2."""
 
 
-def _validate(args: argparse.Namespace) -> int:
-    folder = Path(args.path)
+def _stack(args: argparse.Namespace) -> Stack:
+    if args.local:
+        endpoint, name = local.running_endpoint()
+        return connect(
+            name, boto3.Session(region_name=local.REGION, **local.LOCAL_CREDENTIALS), endpoint_url=endpoint
+        )
+    return connect(stack_name_from(args.stack), boto3.Session(region_name=args.region))
+
+
+def _validate_folder(folder: Path, dataset: str, args: argparse.Namespace) -> ValidationReport:
     if not folder.is_dir():
         raise UsageError(
             f"{folder} is not a folder. Pass the dataset folder (the one holding <repeats>_<name>/)."
         )
-    report = validate_dataset(
-        LocalFolder(folder),
-        args.dataset or folder.resolve().name,
-        instances=load_instance_table(args.prices),
-    )
+    return validate_dataset(LocalFolder(folder), dataset, instances=load_instance_table(args.prices))
+
+
+def _print_report(report: ValidationReport, args: argparse.Namespace) -> None:
     if args.json:
         sys.stdout.write(report.model_dump_json(indent=2) + "\n")
     else:
         sys.stdout.write(render_report(report, max_per_code=sys.maxsize if args.all else 10))
-    return EXIT_TRAINABLE if report.trainable else EXIT_REJECTED
+
+
+def _validate(args: argparse.Namespace) -> int:
+    if args.path.startswith("s3://"):
+        from lora_pipeline.aws.s3_source import S3DatasetSource
+
+        bucket, key = parse_s3_uri(args.path)
+        dataset = key.removeprefix(DATASETS_PREFIX).strip("/")
+        if not key.startswith(DATASETS_PREFIX) or not dataset or "/" in dataset:
+            raise UsageError(
+                f"{args.path}: give a dataset folder of the pipeline bucket, s3://<bucket>/datasets/<name>/."
+            )
+        s3 = _stack(args).client("s3") if args.local else boto3.Session(region_name=args.region).client("s3")
+        report = validate_dataset(
+            S3DatasetSource(s3, bucket, dataset), dataset, instances=load_instance_table(args.prices)
+        )
+    else:
+        folder = Path(args.path)
+        report = _validate_folder(folder, args.dataset or folder.resolve().name, args)
+    _print_report(report, args)
+    return EXIT_OK if report.trainable else EXIT_REJECTED
+
+
+def _upload(args: argparse.Namespace) -> int:
+    folder = Path(args.path)
+    dataset = args.dataset or folder.resolve().name
+    report = _validate_folder(folder, dataset, args)
+    if not report.trainable:
+        _print_report(report, args)
+        if not args.force:
+            sys.stderr.write(
+                "Not uploaded: the dataset would be rejected. Fix the errors above, or pass --force.\n"
+            )
+            return EXIT_REJECTED
+    stack = _stack(args)
+    plan = plan_upload(folder)
+    for skipped in plan.skipped:
+        sys.stderr.write(f"skipped {skipped} (not part of a dataset)\n")
+    with progress.bytes_bar(f"Uploading {dataset}", plan.total_bytes) as advance:
+        keys = upload_dataset(stack.client("s3"), stack.bucket, folder, dataset, plan, args.start, advance)
+    where = f"s3://{stack.bucket}/{DATASETS_PREFIX}{dataset}/"
+    then = "the run starts now" if args.start else "the run starts once the upload has been quiet for a while"
+    sys.stdout.write(
+        f"Uploaded {len(keys)} files to {where}; {then}. Follow it with `lora-pipeline status {dataset}`.\n"
+    )
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    prices = load_instance_table(args.prices)
+    found = runs.list_runs(stack, args.dataset)[: args.limit]
+    sys.stdout.write(render_status([runs.run_status(stack, run, prices) for run in found]))
+    return EXIT_OK
+
+
+def _logs(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    run = runs.find_run(stack, args.run)
+    for line in runs.follow_logs(stack, run, follow=args.follow):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _download(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    run = runs.find_run(stack, args.run, succeeded_only=True)
+    target = Path(args.output or Path("out") / run.dataset)
+    model, manifest = runs.download_model(stack, run, target)
+    sys.stdout.write(f"{model} ({manifest.size_bytes:,} bytes, sha256 {manifest.sha256[:12]}…, verified)\n")
+    return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    run = runs.find_run(stack, args.run)
+    runs.cancel_run(stack, run)
+    sys.stdout.write(
+        f"Cancelling {run.dataset}/{run.run_id}: the training job is stopped and you get an email.\n"
+    )
+    return EXIT_OK
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    runs.retrain(stack, args.dataset)
+    sys.stdout.write(
+        f"Started a new run of {args.dataset}. Follow it with `lora-pipeline status {args.dataset}`.\n"
+    )
+    return EXIT_OK
 
 
 def _example(args: argparse.Namespace) -> int:
@@ -45,32 +149,74 @@ def _example(args: argparse.Namespace) -> int:
     writer = write_broken_dataset if args.name == "broken" else write_example_dataset
     writer(target)
     sys.stdout.write(f"Wrote the {args.name!r} example dataset to {target}\n")
-    return 0
+    return EXIT_OK
+
+
+def _local(args: argparse.Namespace) -> int:
+    local.serve(port=args.port, quiet_period_seconds=args.quiet_period)
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    target = common.add_argument_group("which stack")
+    target.add_argument("--stack", help="stack name (default: $LORA_PIPELINE_STACK or samconfig.toml)")
+    target.add_argument("--region", help="AWS region (default: your AWS configuration)")
+    target.add_argument(
+        "--local", action="store_true", help="use the embedded stack of `lora-pipeline local`"
+    )
+    target.add_argument("--prices", type=Path, help="instance price table (TOML) instead of the packaged one")
+
     parser = argparse.ArgumentParser(
         prog="lora-pipeline",
         description="Train SDXL LoRAs from a dataset folder, on AWS or on the embedded AWS.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    validate = commands.add_parser(
+
+    def command(
+        name: str, handler: object, help: str, description: str | None = None
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help, description=description or help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    validate = command(
         "validate",
-        help="pre-flight check of a dataset: what Kohya would do with it, what is wrong, what it will cost",
-        description="Exit code 0: trainable; 1: rejected (errors listed with their fixes); 2: usage error.",
+        _validate,
+        "pre-flight check of a dataset: what Kohya would do with it, what is wrong, what it will cost",
+        "Exit code 0: trainable; 1: rejected (errors listed with their fixes); 2: usage error.",
     )
-    validate.add_argument("path", help="the dataset folder")
+    validate.add_argument("path", help="dataset folder, or s3://<bucket>/datasets/<name>/")
     validate.add_argument("--dataset", help="dataset name (default: the folder name)")
-    validate.add_argument(
-        "--json", action="store_true", help="print the full report as JSON (validation.json)"
+    for sub in (validate, upload := command("upload", _upload, "validate, then upload a dataset folder")):
+        sub.add_argument(
+            "--json", action="store_true", help="print the full report as JSON (validation.json)"
+        )
+        sub.add_argument(
+            "--all", action="store_true", help="list every problem, not the first 10 of each kind"
+        )
+    upload.add_argument("path", help="the dataset folder")
+    upload.add_argument("--dataset", help="dataset name in S3 (default: the folder name)")
+    upload.add_argument("--start", action="store_true", help="write _READY: start now, no quiet period")
+    upload.add_argument(
+        "--force", action="store_true", help="upload even when validation rejects the dataset"
     )
-    validate.add_argument(
-        "--all", action="store_true", help="list every problem, not the first 10 of each kind"
+
+    status = command("status", _status, "runs with their state, stage, progress, ETA and cost so far")
+    status.add_argument("dataset", nargs="?", help="only this dataset's runs")
+    status.add_argument("--limit", type=int, default=20, help="at most this many runs (newest first)")
+    logs = command("logs", _logs, "print a run's training log")
+    logs.add_argument("run", help="<dataset>/<run-id>, a run id, or a dataset (its newest run)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    download = command("download", _download, "fetch a run's LoRA and manifest (sha256 checked)")
+    download.add_argument("run", help="a dataset (its newest successful run), <dataset>/<run-id> or a run id")
+    download.add_argument("-o", "--output", help="folder to write to (default: out/<dataset>)")
+    cancel = command(
+        "cancel", _cancel, "stop a run: its training job stops, its slot is freed, you get an email"
     )
-    validate.add_argument(
-        "--prices", type=Path, help="instance price table (TOML) instead of the packaged one"
-    )
-    validate.set_defaults(run=_validate)
+    cancel.add_argument("run", help="<dataset>/<run-id>, a run id, or a dataset (its newest run)")
+    retrain = command("retrain", _retrain, "start a new run of a dataset already in S3")
+    retrain.add_argument("dataset")
 
     example = commands.add_parser(
         "example", help="write a bundled example dataset (drawn procedurally) to a folder"
@@ -79,15 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
         "name", choices=["bluebot", "broken"], help="bluebot trains; broken shows a rejection"
     )
     example.add_argument("dir", help="folder to create")
-    example.set_defaults(run=_example)
+    example.set_defaults(handler=_example)
+    serve = commands.add_parser(
+        "local", help="run the whole stack on the embedded AWS until Ctrl-C (for --local)"
+    )
+    serve.add_argument("--port", type=int, default=local.DEFAULT_PORT)
+    serve.add_argument(
+        "--quiet-period", type=int, default=10, help="QuietPeriodSeconds of the embedded stack"
+    )
+    serve.set_defaults(handler=_local)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.run(args)
-    except UsageError as exc:
+        code: int = args.handler(args)
+    except (UsageError, StackError) as exc:
         sys.stderr.write(f"lora-pipeline: {exc}\n")
         return EXIT_USAGE
     return code

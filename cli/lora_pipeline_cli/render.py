@@ -7,6 +7,7 @@ from collections import defaultdict
 from lora_pipeline.plan import Plan
 from lora_pipeline.problems import Problem, Severity
 from lora_pipeline.report import ValidationReport
+from lora_pipeline_cli.runs import RunStatus
 
 DATASET_WIDE = "(whole dataset)"
 _ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
@@ -85,3 +86,26 @@ def render_plan(plan: Plan, output_name: str | None) -> list[str]:
             f"${plan.spot_usd:.2f} spot / ${plan.on_demand_usd:.2f} on-demand (prices: {plan.price_source})"
         )
     return lines
+
+
+def render_status(statuses: list[RunStatus]) -> str:
+    if not statuses:
+        return "No runs yet. Upload a dataset with `lora-pipeline upload FOLDER`.\n"
+    header = ("DATASET", "RUN", "STATUS", "STAGE", "PROGRESS", "ETA", "COST")
+    rows = [header]
+    for status in statuses:
+        progress = status.progress
+        done = (
+            f"step {progress.step}/{progress.total_steps} ({progress.fraction_done:.0%})"
+            + (f" loss {progress.loss:.4g}" if progress.loss is not None else "")
+            if progress
+            else (status.job_status or "")
+        )
+        eta = duration(progress.eta_seconds) if progress and progress.eta_seconds is not None else ""
+        cost = f"${status.cost_so_far_usd:.2f}" if status.cost_so_far_usd is not None else ""
+        stage = status.stage if status.run.status == "RUNNING" else ""
+        rows.append((status.run.dataset, status.run.run_id, status.run.status, stage or "", done, eta, cost))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows
+    )

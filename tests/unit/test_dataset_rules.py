@@ -12,7 +12,6 @@ from lora_pipeline.dataset import (
     bucket_resolutions,
     caption_candidates,
     check_dataset,
-    condense,
     parse_resolution,
     parse_subset_folder,
     select_bucket,
@@ -672,15 +671,6 @@ def test_select_bucket_picks_the_closest_aspect_and_scales_to_cover() -> None:
 
 
 # --- reporting -------------------------------------------------------------------------------------------
-
-
-def test_condense_keeps_a_few_of_each_code_and_counts_the_rest(tmp_path: Path) -> None:
-    make_subset(tmp_path, "10_bluebot", 12, caption=None)
-    _, problems = check(tmp_path)
-    assert codes(problems) == ["CAPTION_MISSING"] * 12
-    short = condense(problems, keep=5)
-    assert len(short) == 6
-    assert short[-1].file is None and "7 more" in short[-1].message and short[-1].code == "CAPTION_MISSING"
 
 
 def test_problems_are_ordered_by_file_with_dataset_level_first(tmp_path: Path) -> None:

@@ -14,8 +14,7 @@ rules follow it exactly, turning each silent skip into a problem:
 - images are opened with Pillow and `convert("RGB")`: EXIF orientation is not applied, alpha is dropped,
   CMYK is converted without its colour profile.
 
-Findings are one problem per file, so the JSON report is complete; `condense` shortens long runs of the
-same code for the text report. Images are checked from their headers and tails only (`images`), with a
+Findings are one problem per file, so the JSON report is complete (the CLI shortens long runs of one code). Images are checked from their headers and tails only (`images`), with a
 bounded thread pool because each check is one or two ranged reads.
 """
 
@@ -460,29 +459,6 @@ def _select_bucket_no_upscale(rules: DatasetRules, width: int, height: int) -> B
     else:
         resized = (width, height)
     return BucketChoice((resized[0] - resized[0] % steps, resized[1] - resized[1] % steps), resized)
-
-
-def condense(problems: list[Problem], keep: int = 5) -> list[Problem]:
-    """A shorter list for a text report: of each code seen more than `keep` times, the first `keep`
-    problems and one line saying how many more there are. The JSON report keeps the full list."""
-    counts = Counter(p.code for p in problems)
-    shown: Counter[str] = Counter()
-    condensed: list[Problem] = []
-    for problem in problems:
-        shown[problem.code] += 1
-        if shown[problem.code] <= keep:
-            condensed.append(problem)
-        elif shown[problem.code] == keep + 1:
-            more = counts[problem.code] - keep
-            condensed.append(
-                problem.model_copy(
-                    update={
-                        "file": None,
-                        "message": f"... and {more} more file(s) with {problem.code} (the JSON report lists them all)",
-                    }
-                )
-            )
-    return condensed
 
 
 def check_dataset(

@@ -1,0 +1,81 @@
+"""`lora-pipeline local`: the embedded stack served on loopback, so other commands can use it with --local.
+
+The embedded AWS is a development dependency (moto): it is imported only when `local` runs. The stack (real template, handlers in this process, training jobs run by the local container executor)
+lives in the `local` process; `--local` commands talk to it through moto's server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.error
+import urllib.request
+
+from lora_pipeline_cli.stack import StackError
+
+DEFAULT_PORT = 5055
+REGION = "us-east-1"
+STACK_NAME = "sdxl-lora-pipeline"
+ENDPOINT_ENV_VAR = "LORA_PIPELINE_LOCAL_ENDPOINT"
+# The embedded AWS accepts any credentials; these keep a --local command away from the user's real ones.
+LOCAL_CREDENTIALS = {
+    "aws_access_key_id": "local",
+    "aws_secret_access_key": "local",
+    "aws_session_token": "local",
+}
+
+
+def running_endpoint() -> tuple[str, str]:
+    """The endpoint and stack name of a running `lora-pipeline local`."""
+    endpoint = os.environ.get(ENDPOINT_ENV_VAR, f"http://127.0.0.1:{DEFAULT_PORT}")
+    try:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=3):
+            pass
+    except (urllib.error.URLError, OSError):
+        raise StackError(
+            f"No embedded stack answers at {endpoint}: start one with `lora-pipeline local` in another terminal."
+        ) from None
+    return endpoint, STACK_NAME
+
+
+def serve(
+    port: int,
+    quiet_period_seconds: int,
+    ready: threading.Event | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Bring the stack up, serve it on 127.0.0.1:`port` until `stop` is set or Ctrl-C."""
+    from moto.server import ThreadedMotoServer
+
+    from embedded_aws import EmbeddedStack
+    from embedded_aws.container_executor import ContainerExecutor
+    from lora_pipeline_cli.demo import TEMPLATE
+    from lora_pipeline_cli.timeline import Timeline, follow_states
+
+    stop = stop or threading.Event()
+    timeline = Timeline()
+    parameters = {"QuietPeriodSeconds": str(quiet_period_seconds)}
+    with EmbeddedStack.up(
+        TEMPLATE,
+        parameters,
+        executor=ContainerExecutor(),
+        stack_name=STACK_NAME,
+        region=REGION,
+        on_timeline=timeline.on_entry,
+    ) as stack:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        follower = threading.Thread(target=follow_states, args=(stack, timeline, stop), daemon=True)
+        follower.start()
+        timeline.say(
+            "ready", f"stack {STACK_NAME} on http://127.0.0.1:{port}; use `lora-pipeline --local ...`"
+        )
+        if ready is not None:
+            ready.set()
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            timeline.say("stopping", "Ctrl-C: stopping runs and the stack")
+        finally:
+            stop.set()
+            server.stop()

@@ -1,0 +1,237 @@
+"""Runs as the CLI shows them: status, stage, progress and cost, logs, download, cancel, retrain."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lora_pipeline.instances import InstanceTable
+from lora_pipeline.manifest import Manifest
+from lora_pipeline.runs import job_facts, training_job_base_name
+from lora_pipeline.s3_layout import READY_MARKER, RunLayout, dataset_prefix, parse_s3_uri
+from lora_pipeline.training_metrics import TrainingProgress, parse_metric_line
+from lora_pipeline_cli.stack import Stack, StackError
+
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+RUNNING, SUCCEEDED = "RUNNING", "SUCCEEDED"
+_JOB_ENDED = {"Completed", "Failed", "Stopped"}
+LOG_POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    dataset: str
+    run_id: str
+    status: str
+    execution_name: str
+    created_at: str
+    finished_at: str | None
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run: RunRecord
+    stage: str | None
+    training_job: str | None
+    job_status: str | None
+    progress: TrainingProgress | None
+    cost_so_far_usd: float | None
+
+
+def _record(item: dict[str, Any]) -> RunRecord:
+    return RunRecord(
+        dataset=item["dataset"]["S"],
+        run_id=item["run_id"]["S"],
+        status=item.get("status", {}).get("S", "UNKNOWN"),
+        execution_name=item.get("execution_name", {}).get("S", ""),
+        created_at=item.get("created_at", {}).get("S", ""),
+        finished_at=item.get("finished_at", {}).get("S"),
+    )
+
+
+def list_runs(stack: Stack, dataset: str | None = None) -> list[RunRecord]:
+    """Runs, newest first: one dataset's (a query) or every dataset's (a scan of run items)."""
+    dynamodb = stack.client("dynamodb")
+    if dataset:
+        pages = dynamodb.get_paginator("query").paginate(
+            TableName=stack.table_name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :run)",
+            ExpressionAttributeValues={":pk": {"S": f"DATASET#{dataset}"}, ":run": {"S": "RUN#"}},
+        )
+    else:
+        pages = dynamodb.get_paginator("scan").paginate(
+            TableName=stack.table_name,
+            FilterExpression="begins_with(sk, :run)",
+            ExpressionAttributeValues={":run": {"S": "RUN#"}},
+        )
+    runs = [_record(item) for page in pages for item in page.get("Items", [])]
+    return sorted(runs, key=lambda r: r.created_at, reverse=True)
+
+
+def find_run(stack: Stack, reference: str, succeeded_only: bool = False) -> RunRecord:
+    """A run by `<dataset>/<run-id>`, by run id alone, or a dataset name (its newest run, or newest success)."""
+    dataset, _, run_id = reference.rpartition("/") if "/" in reference else ("", "", reference)
+    for run in list_runs(stack, dataset or None):
+        if succeeded_only and run.status != SUCCEEDED and run.run_id != run_id:
+            continue
+        if run.run_id == run_id or (not dataset and run.dataset == reference):
+            return run
+    which = "successful run" if succeeded_only else "run"
+    raise StackError(
+        f"No {which} {reference!r} in stack {stack.name}: `lora-pipeline status` lists the runs."
+    )
+
+
+def _execution_arn(stack: Stack, execution_name: str) -> str:
+    machine = stack.output("StateMachineArn")
+    return machine.replace(":stateMachine:", ":execution:") + f":{execution_name}"
+
+
+def _current_stage(stack: Stack, run: RunRecord) -> str | None:
+    events = stack.client("stepfunctions").get_execution_history(
+        executionArn=_execution_arn(stack, run.execution_name), reverseOrder=True, maxResults=50
+    )["events"]
+    for event in events:
+        details = event.get("stateEnteredEventDetails")
+        if details:
+            return str(details["name"])
+    return None
+
+
+def latest_training_job(stack: Stack, run: RunRecord) -> dict[str, Any] | None:
+    sagemaker = stack.client("sagemaker")
+    jobs = sagemaker.list_training_jobs(
+        NameContains=training_job_base_name(run.dataset, run.run_id),
+        SortBy="CreationTime",
+        SortOrder="Descending",
+    )["TrainingJobSummaries"]
+    if not jobs:
+        return None
+    description: dict[str, Any] = sagemaker.describe_training_job(TrainingJobName=jobs[0]["TrainingJobName"])
+    return description
+
+
+def training_log_lines(stack: Stack, job_name: str, start_time: int | None = None) -> list[tuple[int, str]]:
+    """(timestamp ms, message) of every log line of the job, oldest first."""
+    logs = stack.client("logs")
+    kwargs: dict[str, Any] = {"logGroupName": TRAINING_LOG_GROUP, "logStreamNamePrefix": f"{job_name}/"}
+    if start_time is not None:
+        kwargs["startTime"] = start_time
+    lines = []
+    try:
+        for page in logs.get_paginator("filter_log_events").paginate(**kwargs):
+            lines += [(e["timestamp"], e["message"]) for e in page.get("events", [])]
+    except logs.exceptions.ResourceNotFoundException:
+        return []
+    return sorted(lines)
+
+
+def follow_logs(
+    stack: Stack, run: RunRecord, follow: bool, poll_seconds: float = LOG_POLL_SECONDS
+) -> Iterator[str]:
+    """The training job's log lines; with `follow`, keeps polling until the job has ended."""
+    job = latest_training_job(stack, run)
+    if job is None:
+        raise StackError(f"Run {run.dataset}/{run.run_id} has not started a training job (yet).")
+    name = job["TrainingJobName"]
+    since: int | None = None
+    while True:
+        ended = (
+            stack.client("sagemaker").describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
+            in _JOB_ENDED
+        )
+        lines = training_log_lines(stack, name, start_time=since)
+        yield from (message for _, message in lines)
+        if lines:
+            since = lines[-1][0] + 1
+        if ended or not follow:
+            return
+        time.sleep(poll_seconds)
+
+
+def _latest_progress(lines: list[tuple[int, str]]) -> TrainingProgress | None:
+    for _, message in reversed(lines):
+        progress = parse_metric_line(message)
+        if progress is not None:
+            return progress
+    return None
+
+
+def _cost_so_far(job: dict[str, Any], prices: InstanceTable) -> float | None:
+    """Billable time once SageMaker reports it (spot savings included), else the elapsed time at the plan's rate."""
+    if job.get("BillableTimeInSeconds") is not None:
+        return job_facts(job, prices).estimated_cost_usd
+    instance = prices.get(job.get("ResourceConfig", {}).get("InstanceType", ""))
+    started = job.get("TrainingStartTime")
+    if instance is None or started is None:
+        return None
+    hours = (datetime.now(UTC) - started.astimezone(UTC)).total_seconds() / 3600
+    discount = prices.spot_discount if job.get("EnableManagedSpotTraining") else 0.0
+    return round(hours * instance.on_demand_usd_per_hour * (1 - discount), 2)
+
+
+def run_status(stack: Stack, run: RunRecord, prices: InstanceTable) -> RunStatus:
+    job = latest_training_job(stack, run)
+    progress = None
+    if job is not None:
+        progress = _latest_progress(training_log_lines(stack, job["TrainingJobName"]))
+    return RunStatus(
+        run=run,
+        stage=_current_stage(stack, run) if run.execution_name else None,
+        training_job=job["TrainingJobName"] if job else None,
+        job_status=job.get("TrainingJobStatus") if job else None,
+        progress=progress,
+        cost_so_far_usd=_cost_so_far(job, prices) if job else None,
+    )
+
+
+def download_model(stack: Stack, run: RunRecord, target: Path) -> tuple[Path, Manifest]:
+    """Fetch the run's LoRA and manifest into `target`, checking the sha256 the manifest records."""
+    if run.status != SUCCEEDED:
+        raise StackError(f"Run {run.dataset}/{run.run_id} is {run.status}: only a succeeded run has a model.")
+    s3 = stack.client("s3")
+    manifest_key = RunLayout(run.dataset, run.run_id).manifest_key
+    manifest = Manifest.model_validate_json(
+        s3.get_object(Bucket=stack.bucket, Key=manifest_key)["Body"].read()
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    model_path = target / manifest.file_name
+    bucket, key = parse_s3_uri(manifest.model_uri)
+    s3.download_file(bucket, key, str(model_path))
+    digest = hashlib.sha256()
+    with model_path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != manifest.sha256:
+        model_path.unlink()
+        raise StackError(f"{model_path.name} does not match the sha256 in manifest.json; download it again.")
+    (target / "manifest.json").write_bytes(manifest.to_json())
+    return model_path, manifest
+
+
+def cancel_run(stack: Stack, run: RunRecord) -> None:
+    """Stop the run's execution; the pipeline then stops the training job, frees the slot and emails."""
+    if run.status != RUNNING:
+        raise StackError(f"Run {run.dataset}/{run.run_id} is {run.status}; there is nothing to cancel.")
+    stack.client("stepfunctions").stop_execution(
+        executionArn=_execution_arn(stack, run.execution_name),
+        error="Cancelled",
+        cause="lora-pipeline cancel",
+    )
+
+
+def retrain(stack: Stack, dataset: str) -> None:
+    """Start a new run on the dataset as it is in S3: writing `_READY` starts it without a quiet period."""
+    s3 = stack.client("s3")
+    listing = s3.list_objects_v2(Bucket=stack.bucket, Prefix=dataset_prefix(dataset), MaxKeys=1)
+    if not listing.get("KeyCount"):
+        raise StackError(f"No dataset {dataset!r} in s3://{stack.bucket}/datasets/: upload it first.")
+    active = [r for r in list_runs(stack, dataset) if r.status == RUNNING]
+    if active:
+        raise StackError(f"{dataset} has a run in progress ({active[0].run_id}); cancel it or wait for it.")
+    s3.put_object(Bucket=stack.bucket, Key=dataset_prefix(dataset) + READY_MARKER, Body=b"")

@@ -1,0 +1,91 @@
+"""Finding the deployed stack (or the embedded one) and talking to its resources."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+
+STACK_ENV_VAR = "LORA_PIPELINE_STACK"
+SAMCONFIG = Path("samconfig.toml")
+
+
+class StackError(Exception):
+    """Cannot reach the stack; the message says what to do."""
+
+
+def stack_name_from(explicit: str | None, samconfig: Path = SAMCONFIG) -> str:
+    """--stack, else $LORA_PIPELINE_STACK, else samconfig.toml's deploy stack_name."""
+    if explicit:
+        return explicit
+    if os.environ.get(STACK_ENV_VAR):
+        return os.environ[STACK_ENV_VAR]
+    if samconfig.is_file():
+        config = tomllib.loads(samconfig.read_text(encoding="utf-8"))
+        name = config.get("default", {}).get("deploy", {}).get("parameters", {}).get("stack_name")
+        if isinstance(name, str) and name:
+            return name
+    raise StackError(
+        f"No stack given: pass --stack NAME, set {STACK_ENV_VAR}, or run from the folder with samconfig.toml."
+    )
+
+
+@dataclass
+class Stack:
+    """A deployed pipeline stack: its outputs and clients bound to its region (and endpoint, when embedded)."""
+
+    name: str
+    outputs: dict[str, str]
+    session: boto3.Session
+    endpoint_url: str | None = None
+    _clients: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = self.session.client(service, endpoint_url=self.endpoint_url)
+        return self._clients[service]
+
+    def output(self, key: str) -> str:
+        try:
+            return self.outputs[key]
+        except KeyError:
+            raise StackError(
+                f"Stack {self.name} has no output {key}: is it an sdxl-lora-pipeline stack?"
+            ) from None
+
+    @property
+    def bucket(self) -> str:
+        return self.output("BucketName")
+
+    @property
+    def table_name(self) -> str:
+        return self.output("TableName")
+
+
+def connect(name: str, session: boto3.Session | None = None, endpoint_url: str | None = None) -> Stack:
+    session = session or boto3.Session()
+    if session.get_credentials() is None:
+        raise StackError(
+            "No AWS credentials found: run `aws configure` (or `aws sso login`) or set AWS_PROFILE."
+        )
+    if session.region_name is None:
+        raise StackError("No AWS region set: pass --region, set AWS_REGION, or configure a default region.")
+    cloudformation = session.client("cloudformation", endpoint_url=endpoint_url)
+    try:
+        described = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+    except botocore.exceptions.ClientError as exc:
+        if "does not exist" in str(exc):
+            raise StackError(
+                f"Stack {name!r} not found in {session.region_name}: deploy it with `sam build && sam deploy "
+                "--guided`, or pass the right --stack / --region."
+            ) from None
+        raise
+    except botocore.exceptions.NoCredentialsError:
+        raise StackError("No AWS credentials found: run `aws configure` or set AWS_PROFILE.") from None
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+    return Stack(name=name, outputs=outputs, session=session, endpoint_url=endpoint_url)

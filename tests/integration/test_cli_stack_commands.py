@@ -1,0 +1,110 @@
+"""The `lora-pipeline` commands that talk to a stack, against the real template on the embedded AWS."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from embedded_aws import ArchiveExecutor, HeldExecutor
+from lora_pipeline_cli.main import main
+from tests.integration.pipeline_support import dataset, lora_archive, pipeline
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of one command. The in-process Lambda handlers log JSON lines to
+    stdout (their CloudWatch stream); those are dropped so that only the command's own output remains."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    out = "".join(line for line in captured.out.splitlines(keepends=True) if not line.startswith("{"))
+    return code, out, captured.err
+
+
+def test_upload_status_download_and_retrain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = dataset(tmp_path, "bluebot", ready=False)
+    with pipeline(ArchiveExecutor(lora_archive("bluebot"))) as stack:
+        code, out, _ = run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--start")
+        assert code == 0, out
+        assert f"s3://{stack.bucket}/datasets/bluebot/" in out
+        keys = {o["Key"] for o in stack.s3.list_objects_v2(Bucket=stack.bucket)["Contents"]}
+        assert "datasets/bluebot/_READY" in keys
+        assert "datasets/bluebot/10_bluebot/img_000.png" in keys or any(k.endswith(".png") for k in keys)
+        stack.wait_until_idle(timeout=60)
+
+        code, out, _ = run_cli(capsys, "status", "--stack", stack.stack_name)
+        assert code == 0
+        header, row = out.splitlines()[:2]
+        assert header.split()[:3] == ["DATASET", "RUN", "STATUS"]
+        assert row.split()[0] == "bluebot" and "SUCCEEDED" in row
+
+        target = tmp_path / "downloaded"
+        code, out, _ = run_cli(capsys, "download", "bluebot", "--stack", stack.stack_name, "-o", str(target))
+        assert code == 0, out
+        manifest = json.loads((target / "manifest.json").read_text())
+        model = target / manifest["file_name"]
+        assert model.stat().st_size == manifest["size_bytes"]
+        assert "verified" in out
+
+        code, out, _ = run_cli(capsys, "retrain", "bluebot", "--stack", stack.stack_name)
+        assert code == 0, out
+        stack.wait_until_idle(timeout=60)
+        code, out, _ = run_cli(capsys, "status", "bluebot", "--stack", stack.stack_name)
+        assert [line.split()[2] for line in out.splitlines()[1:]] == ["SUCCEEDED", "SUCCEEDED"]
+
+
+def test_upload_refuses_a_rejected_dataset_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = dataset(tmp_path, "bluebot", ready=False)
+    (folder / "pipeline.toml").write_text("volume_size_gb = 10\n")
+    with pipeline(ArchiveExecutor(lora_archive("bluebot"))) as stack:
+        code, _, err = run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name)
+        assert code == 1
+        assert "Not uploaded" in err
+        assert stack.s3.list_objects_v2(Bucket=stack.bucket).get("KeyCount", 0) == 0
+        code, _, _ = run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--force", "--start")
+        assert code == 0
+        stack.wait_until_idle(timeout=60)
+        code, out, _ = run_cli(capsys, "status", "--stack", stack.stack_name)
+        assert "REJECTED" in out
+        code, _, err = run_cli(capsys, "download", "bluebot", "--stack", stack.stack_name)
+        assert code == 2 and "No successful run" in err
+
+
+def test_validate_reads_a_dataset_in_s3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = dataset(tmp_path, "bluebot", ready=False)
+    with pipeline(ArchiveExecutor(lora_archive("bluebot")), QuietPeriodSeconds="600") as stack:
+        run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name)
+        code, out, _ = run_cli(capsys, "validate", f"s3://{stack.bucket}/datasets/bluebot/")
+        assert code == 0, out
+        assert "TRAINABLE" in out and f"s3://{stack.bucket}/datasets/bluebot/" in out
+        code, _, err = run_cli(capsys, "validate", f"s3://{stack.bucket}/elsewhere/bluebot/")
+        assert code == 2 and "datasets/<name>" in err
+
+
+def test_cancel_stops_the_job_and_reports_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    held = HeldExecutor(ArchiveExecutor(lora_archive("bluebot")))
+    folder = dataset(tmp_path, "bluebot")
+    with pipeline(held) as stack:
+        run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--start")
+        for _ in range(200):
+            if held.running():
+                break
+            time.sleep(0.1)
+        assert held.running(), "the training job never started"
+        code, out, _ = run_cli(capsys, "cancel", "bluebot", "--stack", stack.stack_name)
+        assert code == 0, out
+        stack.wait_until_idle(timeout=60)
+        code, out, _ = run_cli(capsys, "status", "--stack", stack.stack_name)
+        assert "CANCELLED" in out.splitlines()[1]
+        code, _, err = run_cli(capsys, "cancel", "bluebot", "--stack", stack.stack_name)
+        assert code == 2 and "nothing to cancel" in err
+
+
+def test_unknown_stack_says_how_to_deploy(capsys: pytest.CaptureFixture[str]) -> None:
+    with pipeline(None) as _:
+        code, _, err = run_cli(capsys, "status", "--stack", "no-such-stack")
+    assert code == 2
+    assert "not found" in err and "sam deploy --guided" in err
