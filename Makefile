@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit clean image image-local bench-validate
+.PHONY: venv demo test lint typecheck unit clean image image-local bench-validate template-check
 
 venv: $(STAMP)
 
@@ -26,8 +26,20 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck template-check
 	$(BIN)/pytest -q
+
+# The SAM CLI gets its own venv (its pins clash with the main venv's pydantic). `sam validate --lint` runs
+# offline and needs no credentials; cfn-lint from the main venv checks the same template with our pins.
+SAM_VENV := .venv-sam
+$(SAM_VENV)/.installed:
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==1.170.0
+	touch $@
+
+template-check: venv $(SAM_VENV)/.installed
+	SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 $(SAM_VENV)/bin/sam validate --lint --template-file template.yaml
+	$(BIN)/cfn-lint template.yaml
 
 # The training image: built by the stack's CodeBuild project and pushed to its ECR repository (about 20 minutes).
 image: venv
@@ -43,4 +55,4 @@ bench-validate: venv
 	$(BIN)/python benchmarks/validate_images.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out .aws-sam
+	rm -rf $(VENV) $(SAM_VENV) .pytest_cache .mypy_cache .ruff_cache out .aws-sam
