@@ -34,6 +34,8 @@ class Runtime:
         self.event_listeners: list[Callable[[RecordedEvent], None]] = []
         self._lock = threading.Lock()
         self._busy = 0
+        self.stopping = threading.Event()
+        self.followers: list[threading.Thread] = []
 
     def record_event(self, bus: str, entry: dict[str, Any]) -> None:
         event = RecordedEvent(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from .sagemaker import TrainingJobRunner, TrainingUpdate
 from .training import NoExecutor, TrainingExecutor
 
 _IDLE_POLL_SECONDS = 0.02
+_TIMELINE_POLL_SECONDS = 0.2
 
 
 class StackDeployFailed(RuntimeError):
@@ -64,9 +66,9 @@ class ExecutionRecord:
 
 @dataclass(frozen=True)
 class TimelineEntry:
-    """One thing the demo's live timeline shows: an event put on a bus, or a training job update."""
+    """One thing the demo's live timeline shows: a state entered, an event put on a bus, a training update."""
 
-    kind: str  # "event" | "training-status" | "training-log"
+    kind: str  # "state" | "event" | "training-status" | "training-log"
     text: str
     payload: Any
 
@@ -322,7 +324,8 @@ class EmbeddedStack:
         return list(self.runtime.deliveries.failures)
 
     def on_timeline(self, callback: Callable[[TimelineEntry], None]) -> None:
-        """Call `callback` for every event put on a bus and every training status change or log line."""
+        """Call `callback` (from other threads) for every state an execution enters, every event put on a bus
+        and every training status change or log line (metric lines included)."""
 
         def from_event(event: RecordedEvent) -> None:
             callback(TimelineEntry("event", f"{event.source}: {event.detail_type}", event))
@@ -332,10 +335,40 @@ class EmbeddedStack:
 
         self.runtime.event_listeners.append(from_event)
         self.runtime.training.listeners.append(from_training)
+        follower = threading.Thread(
+            target=self._follow_states, args=(callback,), name="timeline", daemon=True
+        )
+        self.runtime.followers.append(follower)
+        follower.start()
+
+    def _follow_states(self, callback: Callable[[TimelineEntry], None]) -> None:
+        """Report every state an execution enters (from the execution histories, polled)."""
+        sfn = self.client("stepfunctions")
+        read: dict[str, int] = {}
+        finished: set[str] = set()
+        stopping = False
+        while not stopping:
+            stopping = self.runtime.stopping.wait(_TIMELINE_POLL_SECONDS)  # then one last pass
+            for machine in self._state_machine_arns():
+                for execution in sfn.list_executions(stateMachineArn=machine, maxResults=1000)["executions"]:
+                    arn = execution["executionArn"]
+                    if arn in finished:
+                        continue
+                    history = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+                    for event in history[read.get(arn, 0) :]:
+                        if event["type"].endswith("StateEntered"):
+                            state = event["stateEnteredEventDetails"]["name"]
+                            callback(TimelineEntry("state", f"{execution['name']}: {state}", event))
+                    read[arn] = len(history)
+                    if execution["status"] != "RUNNING":
+                        finished.add(arn)
 
 
 def _stop_everything(state: Runtime, region: str) -> None:
     """Stop running executions and jobs so no thread calls moto after the mock is gone."""
+    state.stopping.set()
+    for follower in state.followers:
+        follower.join()
     sfn = client("stepfunctions", region)
     for machine in sfn.list_state_machines()["stateMachines"]:
         for execution in sfn.list_executions(

@@ -17,6 +17,7 @@ from embedded_aws import (
     FailingExecutor,
     FlakyExecutor,
     HeldExecutor,
+    TimelineEntry,
     tar_gz,
 )
 
@@ -49,6 +50,23 @@ def test_an_upload_runs_ingest_state_machine_training_and_email() -> None:
             Bucket=stack.bucket, Key="runs/cat/output/fixture-cat/output/model.tar.gz"
         )
         assert stored["Body"].read() == MODEL_ARCHIVE
+
+
+def test_the_timeline_reports_states_events_and_training_progress() -> None:
+    timeline: list[TimelineEntry] = []
+    executor = ArchiveExecutor(MODEL_ARCHIVE)
+    with EmbeddedStack.up(
+        FIXTURE, {"QuietPeriodSeconds": "0"}, executor, on_timeline=timeline.append
+    ) as stack:
+        _upload(stack, "datasets/cat/1_cat/a.png")
+        stack.wait_until_idle(timeout=30)
+
+    texts = [(entry.kind, entry.text) for entry in timeline]
+    assert [text for kind, text in texts if kind == "state"] == [
+        f"run-cat: {state}" for state in ("Settle", "Validate", "IsValid", "Train", "EmitSucceeded")
+    ]
+    assert ("event", "fixture-pipeline: Training Succeeded") in texts
+    assert ("training-status", "fixture-cat: Uploading: Uploading generated training model") in texts
 
 
 def test_training_job_is_described_like_sagemaker() -> None:
