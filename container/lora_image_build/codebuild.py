@@ -83,7 +83,7 @@ def follow_build(
     reported: set[str] = set()
     started = time.monotonic()
     while True:
-        build = codebuild.batch_get_builds(ids=[build_id])["builds"][0]
+        build: dict[str, Any] = codebuild.batch_get_builds(ids=[build_id])["builds"][0]
         for phase in build.get("phases", []):
             name = phase["phaseType"]
             if name not in reported:

@@ -21,23 +21,24 @@ from peft import LoraConfig, inject_adapter_in_model
 from PIL import Image
 from safetensors.torch import save_file
 
+from lora_pipeline.training_metrics import TrainingProgress, format_metric_line
 from lora_trainer.kohya_format import kohya_state_dict, peft_lora_weights
-from lora_trainer.smoke_trainer import (
-    DEFAULT_STEPS,
-    MAX_BATCH,
-    MAX_RANK,
-    SAVE_DTYPES,
-    TEXT_ENCODER_TARGETS,
-    UNET_TARGETS,
-    TrainingImage,
-    metadata_for,
-    progress_line,
-    state_dir_name,
-)
+from lora_trainer.smoke_metadata import metadata_for
+from lora_trainer.smoke_trainer import TrainingImage
 from lora_trainer.tiny_sdxl import IMAGE_SIZE, SCHEDULER_CONFIG, UNET_CONFIG, build_tiny_sdxl
-from lora_trainer.workspace import TRAIN_STATE_FILE
+from lora_trainer.workspace import TRAIN_STATE_FILE, state_dir_name
 
 EXIT_STOPPED = 143
+DEFAULT_STEPS = 10
+MAX_RANK = 8
+MAX_BATCH = 4
+UNET_TARGETS = (
+    r".*attentions\.\d+\.(proj_in|proj_out"
+    r"|transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)"
+    r"|transformer_blocks\.\d+\.ff\.net\.(0\.proj|2))"
+)
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+SAVE_DTYPES = {"float": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _PROMPT_OPTION = re.compile(r"\s--\w+.*$")
 
 
@@ -181,12 +182,16 @@ class SmokeRun:
             loss_average = loss.item() if step == start else 0.9 * loss_average + 0.1 * loss.item()
             progress.update(epoch=step // self.steps_per_epoch + 1, step=done)
             sec_per_step = (time.monotonic() - step_started) / (done - start)
-            print(
-                progress_line(
-                    done, self.total_steps, progress["epoch"], loss_average, self.learning_rate, sec_per_step
-                ),
-                flush=True,
+            metrics = TrainingProgress(
+                step=done,
+                total_steps=self.total_steps,
+                epoch=progress["epoch"],
+                loss=loss_average,
+                lr=self.learning_rate,
+                sec_per_step=sec_per_step,
+                eta_seconds=round(sec_per_step * (self.total_steps - done)),
             )
+            print(format_metric_line(metrics), flush=True)
             if state_name := self._state_to_save(done):
                 print(f"saving state at step {done}: {state_name}", flush=True)
                 accelerator.save_state(str(self.args.output_dir / state_name))

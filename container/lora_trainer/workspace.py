@@ -60,6 +60,13 @@ class SavedState:
 TRAIN_STATE_FILE = "train_state.json"
 
 
+def state_dir_name(output_name: str, *, epoch: int | None = None, step: int | None = None) -> str:
+    """sd-scripts' names: `<name>-<epoch:06d>-state` for epoch saves, `<name>-step<step:08d>-state` for steps."""
+    if step is not None:
+        return f"{output_name}-step{step:08d}-state"
+    return f"{output_name}-{epoch:06d}-state"
+
+
 def _is_complete(state_dir: Path) -> bool:
     # accelerate writes the random states last, after the hook that writes train_state.json and after the
     # weights and optimiser: a directory without them was cut off mid-save.
