@@ -324,8 +324,8 @@ class EmbeddedStack:
         return list(self.runtime.deliveries.failures)
 
     def on_timeline(self, callback: Callable[[TimelineEntry], None]) -> None:
-        """Call `callback` (from other threads) for every state an execution enters, every event put on a bus
-        and every training status change or log line (metric lines included)."""
+        """Call `callback` (from other threads) for every event put on a bus and every training status change
+        or log line (metric lines included). `follow_states` adds the states executions enter."""
 
         def from_event(event: RecordedEvent) -> None:
             callback(TimelineEntry("event", f"{event.source}: {event.detail_type}", event))
@@ -335,14 +335,15 @@ class EmbeddedStack:
 
         self.runtime.event_listeners.append(from_event)
         self.runtime.training.listeners.append(from_training)
-        follower = threading.Thread(
-            target=self._follow_states, args=(callback,), name="timeline", daemon=True
-        )
+
+    def follow_states(self, callback: Callable[[TimelineEntry], None]) -> None:
+        """Call `callback` with a "state" entry for every state an execution enters (histories polled in a
+        thread, reading only running executions; a last pass runs when the stack goes down)."""
+        follower = threading.Thread(target=self._follow_states, args=(callback,), name="states", daemon=True)
         self.runtime.followers.append(follower)
         follower.start()
 
     def _follow_states(self, callback: Callable[[TimelineEntry], None]) -> None:
-        """Report every state an execution enters (from the execution histories, polled)."""
         sfn = self.client("stepfunctions")
         read: dict[str, int] = {}
         finished: set[str] = set()

@@ -58,6 +58,7 @@ def test_the_timeline_reports_states_events_and_training_progress() -> None:
     with EmbeddedStack.up(
         FIXTURE, {"QuietPeriodSeconds": "0"}, executor, on_timeline=timeline.append
     ) as stack:
+        stack.follow_states(timeline.append)
         _upload(stack, "datasets/cat/1_cat/a.png")
         stack.wait_until_idle(timeout=30)
 
