@@ -95,14 +95,19 @@ def redeliver_upload(stack: EmbeddedStack, key: str, time: datetime | None = Non
         },
     }
     response = stack.client("lambda").invoke(
-        FunctionName=stack.resources("AWS::Lambda::Function")["IngestFunction"], Payload=json.dumps(event).encode()
+        FunctionName=stack.resources("AWS::Lambda::Function")["IngestFunction"],
+        Payload=json.dumps(event).encode(),
     )
     payload: dict[str, Any] = json.loads(response["Payload"].read())
     return payload
 
 
 def table_item(stack: EmbeddedStack, pk: str, sk: str) -> dict[str, Any]:
-    item: dict[str, Any] = stack.client("dynamodb").get_item(
-        TableName=stack.outputs["TableName"], Key={"pk": {"S": pk}, "sk": {"S": sk}}, ConsistentRead=True
-    ).get("Item", {})
+    item: dict[str, Any] = (
+        stack.client("dynamodb")
+        .get_item(
+            TableName=stack.outputs["TableName"], Key={"pk": {"S": pk}, "sk": {"S": sk}}, ConsistentRead=True
+        )
+        .get("Item", {})
+    )
     return item

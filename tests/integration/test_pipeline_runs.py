@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from embedded_aws.stack import EmbeddedStack
-from embedded_aws.training import ArchiveExecutor, HeldExecutor, TrainingExecutor, TrainingProgress, TrainingResult
+from embedded_aws.training import (
+    ArchiveExecutor,
+    HeldExecutor,
+    TrainingExecutor,
+    TrainingProgress,
+    TrainingResult,
+)
 from lora_pipeline.s3_layout import RunLayout
 from tests.integration.pipeline_support import (
     dataset,
@@ -40,7 +46,11 @@ def held_jobs(executor: HeldExecutor, count: int) -> Callable[[], bool]:
 
 
 def running_job_datasets(stack: EmbeddedStack) -> set[str]:
-    return {job["HyperParameters"]["dataset"] for job in stack.training_jobs() if job["TrainingJobStatus"] == "InProgress"}
+    return {
+        job["HyperParameters"]["dataset"]
+        for job in stack.training_jobs()
+        if job["TrainingJobStatus"] == "InProgress"
+    }
 
 
 def test_slow_upload_spanning_the_quiet_period_is_one_run_with_every_file(tmp_path: Path) -> None:
@@ -49,7 +59,9 @@ def test_slow_upload_spanning_the_quiet_period_is_one_run_with_every_file(tmp_pa
     with pipeline(ArchiveExecutor(lora_archive()), QuietPeriodSeconds="3") as stack:
         for path in files:  # about 11 files, 0.8 s apart: the upload takes longer than the quiet period
             stack.s3.put_object(
-                Bucket=stack.bucket, Key=f"datasets/bluebot/{path.relative_to(folder).as_posix()}", Body=path.read_bytes()
+                Bucket=stack.bucket,
+                Key=f"datasets/bluebot/{path.relative_to(folder).as_posix()}",
+                Body=path.read_bytes(),
             )
             time.sleep(0.8)
         stack.wait_until_idle(timeout=90)
@@ -57,7 +69,9 @@ def test_slow_upload_spanning_the_quiet_period_is_one_run_with_every_file(tmp_pa
         (execution,) = stack.executions()
         assert execution.status == "SUCCEEDED"
         layout = RunLayout("bluebot", execution.input["run_id"])
-        report = json.loads(stack.s3.get_object(Bucket=stack.bucket, Key=layout.validation_key)["Body"].read())
+        report = json.loads(
+            stack.s3.get_object(Bucket=stack.bucket, Key=layout.validation_key)["Body"].read()
+        )
         assert report["summary"]["total_images"] == 5
         assert "LoRA ready: bluebot" in emails(stack)
 
@@ -73,8 +87,12 @@ def test_duplicate_late_and_mid_run_events(tmp_path: Path) -> None:
             assert redeliver_upload(stack, key)["action"] == "stale"
         # A new object after the settle is a change: noted, no second run (S3 event times have whole seconds).
         time.sleep(1.1)
-        stack.s3.put_object(Bucket=stack.bucket, Key="datasets/bluebot/10_bluebot/late.caption", Body=b"bluebot")
-        wait_for(lambda: table_item(stack, "DATASET#bluebot", "DATASET").get("changed_during_run") is not None)
+        stack.s3.put_object(
+            Bucket=stack.bucket, Key="datasets/bluebot/10_bluebot/late.caption", Body=b"bluebot"
+        )
+        wait_for(
+            lambda: table_item(stack, "DATASET#bluebot", "DATASET").get("changed_during_run") is not None
+        )
         held.release()
         stack.wait_until_idle(timeout=60)
 
@@ -125,7 +143,9 @@ class ConcurrencyProbe:
 
 
 def test_twenty_datasets_with_a_cap_of_two_all_finish_once(tmp_path: Path) -> None:
-    probe = ConcurrencyProbe(ArchiveExecutor(lambda request: lora_archive(request["HyperParameters"]["output_name"])), 0.5)
+    probe = ConcurrencyProbe(
+        ArchiveExecutor(lambda request: lora_archive(request["HyperParameters"]["output_name"])), 0.5
+    )
     names = [f"set{i:02d}" for i in range(20)]
     with pipeline(probe, MaxConcurrentTrainingJobs="2") as stack:
         for name in names:
@@ -144,7 +164,9 @@ def test_twenty_datasets_with_a_cap_of_two_all_finish_once(tmp_path: Path) -> No
 
 
 def test_cancel_stops_the_job_and_frees_the_slot_and_the_queue(tmp_path: Path) -> None:
-    held = HeldExecutor(ArchiveExecutor(lambda request: lora_archive(request["HyperParameters"]["output_name"])))
+    held = HeldExecutor(
+        ArchiveExecutor(lambda request: lora_archive(request["HyperParameters"]["output_name"]))
+    )
     with pipeline(held, MaxConcurrentTrainingJobs="1") as stack:
         sfn = stack.client("stepfunctions")
         upload(stack, dataset(tmp_path, "first"))
@@ -167,8 +189,30 @@ def test_cancel_stops_the_job_and_frees_the_slot_and_the_queue(tmp_path: Path) -
         statuses = {j["HyperParameters"]["dataset"]: j["TrainingJobStatus"] for j in stack.training_jobs()}
         assert statuses == {"first": "Stopped", "third": "Completed"}
         assert [e["dataset"] for e in pipeline_events(stack, "Training Succeeded")] == ["third"]
-        assert {"Training cancelled: first", "Training cancelled: second", "LoRA ready: third"} <= set(emails(stack))
+        assert {"Training cancelled: first", "Training cancelled: second", "LoRA ready: third"} <= set(
+            emails(stack)
+        )
         for name in ("first", "second", "third"):
             assert "active_run" not in table_item(stack, f"DATASET#{name}", "DATASET")
         slots = table_item(stack, "SLOTS", "SLOTS")
         assert "holders" not in slots and slots["queue"]["L"] == []
+
+
+def test_waiting_runs_train_in_the_order_they_arrived(tmp_path: Path) -> None:
+    held = HeldExecutor(
+        ArchiveExecutor(lambda request: lora_archive(request["HyperParameters"]["output_name"]))
+    )
+    order = ["d3", "d1", "d4", "d2"]
+    with pipeline(held, MaxConcurrentTrainingJobs="1") as stack:
+        upload(stack, dataset(tmp_path, "first"))
+        wait_for(held_jobs(held, 1))
+        for count, name in enumerate(order, start=1):
+            upload(stack, dataset(tmp_path, name))
+            wait_for(
+                lambda n=count: len(table_item(stack, "SLOTS", "SLOTS").get("queue", {}).get("L", [])) == n
+            )
+        held.release()
+        stack.wait_until_idle(timeout=120)
+
+        jobs = sorted(stack.training_jobs(), key=lambda job: job["CreationTime"])
+        assert [job["HyperParameters"]["dataset"] for job in jobs] == ["first", *order]
