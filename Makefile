@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit clean image image-local bench-validate template-check
+.PHONY: venv demo demo-reject test lint typecheck unit clean image image-local bench-validate template-check
 
 venv: $(STAMP)
 
@@ -14,10 +14,13 @@ $(STAMP): requirements-dev.txt constraints.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The whole pipeline on the embedded AWS: upload -> settle -> validate -> train (smoke) -> unpack -> email.
 demo: venv
-	rm -rf build/examples/bluebot
-	$(BIN)/lora-pipeline example bluebot build/examples/bluebot
-	$(BIN)/lora-pipeline validate build/examples/bluebot
+	$(BIN)/python -m lora_pipeline_cli.demo bluebot
+
+# The broken example: every mistake is caught before a GPU is rented, and the rejection email lists the fixes.
+demo-reject: venv
+	$(BIN)/python -m lora_pipeline_cli.demo broken
 
 lint: venv
 	$(BIN)/ruff check .

@@ -8,16 +8,21 @@ unpack, events, email); the email is printed as SNS sends it and the LoRA is cop
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shutil
 import sys
 import threading
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 
-from embedded_aws import EmbeddedStack
+from embedded_aws import EmbeddedStack, SnsMessage
 from embedded_aws.container_executor import ContainerExecutor
+from lora_pipeline.manifest import Manifest
 from lora_pipeline_cli import runs
 from lora_pipeline_cli.examples import write_broken_dataset, write_example_dataset
 from lora_pipeline_cli.progress import bytes_bar
@@ -33,16 +38,29 @@ EXAMPLES: dict[str, Callable[[Path], Path]] = {
 }
 
 
-def run_demo(example: str, work: Path, out: Path, quiet_period_seconds: int, timeout: float) -> int:
+@dataclass(frozen=True)
+class DemoResult:
+    emails: list[SnsMessage]
+    model: Path | None
+    manifest: Manifest | None
+
+
+def run_demo(example: str, work: Path, out: Path, quiet_period_seconds: int, timeout: float) -> DemoResult:
+    """Draw the example, bring the stack up, upload, let the pipeline run; returns the emails and the LoRA."""
     folder = work / example
     shutil.rmtree(folder, ignore_errors=True)
     EXAMPLES[example](folder)
     timeline = Timeline()
     timeline.say("setup", f"example dataset {example!r} drawn in {folder}")
     parameters = {"QuietPeriodSeconds": str(quiet_period_seconds), "NotificationEmail": "you@example.com"}
-    with EmbeddedStack.up(
-        TEMPLATE, parameters, executor=ContainerExecutor(), on_timeline=timeline.on_entry
-    ) as stack:
+    lambda_log = work / "lambda.log"
+    timeline.say("setup", f"Lambda logs (their CloudWatch streams) go to {lambda_log}")
+    executor = ContainerExecutor()
+    with (
+        lambda_log.open("w") as log,
+        contextlib.redirect_stdout(log),
+        EmbeddedStack.up(TEMPLATE, parameters, executor=executor, on_timeline=timeline.on_entry) as stack,
+    ):
         timeline.say("setup", f"stack {stack.stack_name} is up on the embedded AWS (bucket {stack.bucket})")
         stop = threading.Event()
         follower = threading.Thread(target=follow_states, args=(stack, timeline, stop), daemon=True)
@@ -58,18 +76,22 @@ def run_demo(example: str, work: Path, out: Path, quiet_period_seconds: int, tim
         finally:
             stop.set()
             follower.join()
-        for message in stack.sns_messages():
-            sys.stdout.write(
-                f"\n---- email ----\nSubject: {message.subject}\n\n{message.message}\n---------------\n"
-            )
+        emails = stack.sns_messages()
         cli_stack = Stack(stack.stack_name, stack.outputs, boto3.Session(region_name=stack.region))
         succeeded = [r for r in runs.list_runs(cli_stack, example) if r.status == runs.SUCCEEDED]
         if not succeeded:
-            timeline.say("done", "no model: the email above says why")
-            return 1
+            timeline.say("done", "no model: the email below says why")
+            return DemoResult(emails, None, None)
         model, manifest = runs.download_model(cli_stack, succeeded[0], out / example)
-        timeline.say("done", f"LoRA {model} ({manifest.size_bytes:,} bytes, sha256 {manifest.sha256[:12]}…)")
-    return 0
+        timeline.say("done", f"LoRA copied to {model} ({manifest.size_bytes:,} bytes, sha256 verified)")
+    return DemoResult(emails, model, manifest)
+
+
+def print_emails(emails: list[SnsMessage]) -> None:
+    for message in emails:
+        sys.stdout.write(
+            f"\n---- email ----\nSubject: {message.subject}\n\n{message.message}\n---------------\n"
+        )
 
 
 def main() -> None:
@@ -84,9 +106,15 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=900, help="give up after this many seconds")
     args = parser.parse_args()
-    code = run_demo(args.example, args.work, args.out, args.quiet_period, args.timeout)
+    # moto says which template resources it only records (bucket policy, CodeBuild...): not news for a demo.
+    logging.getLogger("moto").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="moto")
+    result = run_demo(args.example, args.work, args.out, args.quiet_period, args.timeout)
+    print_emails(result.emails)
+    if result.model is not None:
+        sys.stdout.write(f"\nYour LoRA: {result.model}\n")
     # The broken example is meant to be rejected: that is its success.
-    sys.exit(0 if (code == 0) != (args.example == "broken") else 1)
+    sys.exit(0 if (result.model is not None) != (args.example == "broken") else 1)
 
 
 if __name__ == "__main__":
