@@ -114,6 +114,7 @@ class Deliveries:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedded-eventbridge")
         self._lock = threading.Lock()
         self._pending = 0
+        self._closed = False
         self.failures: list[FailedDelivery] = []
 
     def pending(self) -> int:
@@ -122,11 +123,17 @@ class Deliveries:
 
     def submit(self, target: dict[str, Any], payload: str) -> None:
         with self._lock:
+            if self._closed:
+                LOG.info("stack going down: not delivering to %s", target["Arn"])
+                return
             self._pending += 1
         self._pool.submit(self._deliver, target, payload)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Refuse new deliveries, finish the ones in flight."""
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=True)
 
     def _deliver(self, target: dict[str, Any], payload: str) -> None:
         arn = str(target["Arn"])

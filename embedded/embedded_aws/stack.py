@@ -25,6 +25,7 @@ from .training import NoExecutor, TrainingExecutor
 
 _IDLE_POLL_SECONDS = 0.02
 _TIMELINE_POLL_SECONDS = 0.2
+_SHUTDOWN_SECONDS = 10.0
 
 
 class StackDeployFailed(RuntimeError):
@@ -370,16 +371,24 @@ def _stop_everything(state: Runtime, region: str) -> None:
     state.stopping.set()
     for follower in state.followers:
         follower.join()
+    state.deliveries.close()
     sfn = client("stepfunctions", region)
-    for machine in sfn.list_state_machines()["stateMachines"]:
-        for execution in sfn.list_executions(
-            stateMachineArn=machine["stateMachineArn"], statusFilter="RUNNING"
-        )["executions"]:
-            sfn.stop_execution(executionArn=execution["executionArn"])
+    machines = [machine["stateMachineArn"] for machine in sfn.list_state_machines()["stateMachines"]]
+
+    def running() -> list[str]:
+        return [
+            execution["executionArn"]
+            for machine in machines
+            for execution in sfn.list_executions(stateMachineArn=machine, statusFilter="RUNNING")[
+                "executions"
+            ]
+        ]
+
+    for execution_arn in running():
+        sfn.stop_execution(executionArn=execution_arn)
     sagemaker = client("sagemaker", region)
     for job in sagemaker.list_training_jobs(StatusEquals="InProgress")["TrainingJobSummaries"]:
         sagemaker.stop_training_job(TrainingJobName=job["TrainingJobName"])
-    state.deliveries.close()
-    deadline = time.monotonic() + 10
-    while state.training.active() and time.monotonic() < deadline:
+    deadline = time.monotonic() + _SHUTDOWN_SECONDS
+    while (running() or state.training.active()) and time.monotonic() < deadline:
         time.sleep(_IDLE_POLL_SECONDS)

@@ -236,3 +236,15 @@ def test_a_failed_async_delivery_is_reported_by_wait_until_idle() -> None:
         with pytest.raises(DeliveryFailed, match="ingest refused datasets/cat/_FAIL"):
             stack.wait_until_idle(timeout=30)
         assert stack.failed_deliveries()[0].target_arn.endswith(stack.physical_id("IngestFunction"))
+
+
+def test_leaving_the_stack_stops_running_executions_and_jobs() -> None:
+    executor = HeldExecutor(then=ArchiveExecutor(MODEL_ARCHIVE))
+    with EmbeddedStack.up(FIXTURE, {"QuietPeriodSeconds": "0"}, executor) as stack:
+        _upload(stack, "datasets/cat/1_cat/a.png")
+        deadline = time.monotonic() + 10
+        while not executor.running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert executor.running() == {"fixture-cat"}
+
+    assert executor.running() == set()
