@@ -20,16 +20,17 @@ class StackError(Exception):
 
 
 def stack_name_from(explicit: str | None, samconfig: Path = SAMCONFIG) -> str:
-    """--stack, else $LORA_PIPELINE_STACK, else samconfig.toml's deploy stack_name."""
+    """--stack, else $LORA_PIPELINE_STACK, else samconfig.toml's stack_name (deploy, then global)."""
     if explicit:
         return explicit
     if os.environ.get(STACK_ENV_VAR):
         return os.environ[STACK_ENV_VAR]
     if samconfig.is_file():
-        config = tomllib.loads(samconfig.read_text(encoding="utf-8"))
-        name = config.get("default", {}).get("deploy", {}).get("parameters", {}).get("stack_name")
-        if isinstance(name, str) and name:
-            return name
+        environment = tomllib.loads(samconfig.read_text(encoding="utf-8")).get("default", {})
+        for command in ("deploy", "global"):
+            name = environment.get(command, {}).get("parameters", {}).get("stack_name")
+            if isinstance(name, str) and name:
+                return name
     raise StackError(
         f"No stack given: pass --stack NAME, set {STACK_ENV_VAR}, or run from the folder with samconfig.toml."
     )
