@@ -219,6 +219,14 @@ class LambdaHost:
                 if handler is not None:
                     with self._lock:
                         self._warm[function.function_name].append(handler)
+        if context.get_remaining_time_in_millis() == 0:
+            # A thread cannot be killed; the result of a handler that ran past its Timeout is discarded instead.
+            message = (
+                f"RequestId: {context.aws_request_id} "
+                f"Error: Task timed out after {context.timeout_seconds:.2f} seconds"
+            )
+            payload = json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": message})
+            error = message
         if error:
             LOG.warning("function %s failed:\n%s", function.function_name, error)
         self.invocations.append(Invocation(function.function_name, event, payload, error))

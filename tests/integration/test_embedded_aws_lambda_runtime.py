@@ -28,6 +28,10 @@ def lambda_handler(event, context):
         release.wait(5)
     if event.get("raise"):
         raise KeyError("missing thing")
+    if event.get("sleep"):
+        import time
+
+        time.sleep(event["sleep"])
     if event.get("unserialisable"):
         return {"value": object()}
     return {
@@ -118,3 +122,15 @@ def test_errors_come_back_as_lambda_function_errors(tmp_path: Path) -> None:
     assert json.loads(raised)["errorMessage"] == "'missing thing'"
     assert json.loads(unserialisable)["errorType"] == "Runtime.MarshalError"
     assert [call.error is not None for call in host.invocations] == [True, True]
+
+
+def test_a_handler_that_outlives_its_timeout_is_a_sandbox_timeout(tmp_path: Path) -> None:
+    hello, code = _function(tmp_path, "hello", "hi")
+    hello.timeout = 1
+    host = LambdaHost(code, [])
+
+    payload, failed = host.invoke(hello, {"sleep": 1.1})
+
+    assert failed
+    assert json.loads(payload)["errorType"] == "Sandbox.Timedout"
+    assert "Task timed out after 1.00 seconds" in json.loads(payload)["errorMessage"]
