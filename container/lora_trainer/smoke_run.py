@@ -69,7 +69,7 @@ class SmokeRun:
         self.save_every_n_steps = int(config.get("save_every_n_steps") or 0)
         self.save_every_n_epochs = int(config.get("save_every_n_epochs") or 0)
         with tempfile.TemporaryDirectory() as tokenizer_dir:
-            self.model = build_tiny_sdxl(self.seed, Path(tokenizer_dir))
+            self.model = build_tiny_sdxl(self.seed, Path(tokenizer_dir), [image.caption for image in images])
         self.noise_scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
 
     def _add_lora(self) -> list[torch.nn.Parameter]:

@@ -9,6 +9,8 @@ are tiny, so the smoke trainer's LoRA keys are real SDXL Kohya keys (`input_bloc
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 IMAGE_SIZE = 64
 TEXT_HIDDEN = 32
 TIME_EMBED_DIM = 8
+MAX_CAPTION_WORDS = 2000
 
 UNET_CONFIG: dict[str, Any] = {
     "sample_size": IMAGE_SIZE // 2,
@@ -84,18 +87,41 @@ def _byte_symbols() -> list[str]:
     return symbols
 
 
-def build_tokenizer(directory: Path) -> CLIPTokenizer:
-    """A CLIP tokenizer with a byte vocabulary and no merges: every caption tokenizes, letter by letter.
+def _word_merges(captions: Iterable[str]) -> list[tuple[str, str]]:
+    """BPE merges that join each caption word letter by letter, so known words become single tokens.
 
-    Its 514 ids (bytes, bytes ending a word, start and end markers) fit TEXT_ENCODER_CONFIG's vocabulary.
+    CLIP's pre-tokenizer cuts text into runs of letters, single digits and punctuation; only lower-case ASCII
+    letter runs get merges (anything else still tokenizes, byte by byte).
+    """
+    words = sorted({word for caption in captions for word in re.findall(r"[a-z]+", caption.lower())})
+    merges: dict[tuple[str, str], None] = {}
+    for word in words[:MAX_CAPTION_WORDS]:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        joined = pieces[0]
+        for piece in pieces[1:]:
+            merges[(joined, piece)] = None
+            joined += piece
+    return list(merges)
+
+
+def build_tokenizer(directory: Path, captions: Iterable[str] = ()) -> CLIPTokenizer:
+    """A CLIP tokenizer made here: a byte vocabulary (every text tokenizes) plus the captions' words.
+
+    Ids 0-511 are the bytes alone and ending a word, 512 and 513 the start and end markers, then one id per
+    merge; TEXT_ENCODER_CONFIG's marker ids rely on that order.
     """
     symbols = _byte_symbols()
+    merges = _word_merges(captions)
     tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
+    tokens += [first + second for first, second in merges]
     directory.mkdir(parents=True, exist_ok=True)
     vocab_file = directory / "vocab.json"
     merges_file = directory / "merges.txt"
     vocab_file.write_text(json.dumps({token: index for index, token in enumerate(tokens)}), encoding="utf-8")
-    merges_file.write_text("#version: 0.2\n", encoding="utf-8")
+    merges_file.write_text(
+        "\n".join(["#version: 0.2", *(f"{first} {second}" for first, second in merges)]) + "\n",
+        encoding="utf-8",
+    )
     return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
 
 
@@ -120,12 +146,11 @@ class TinySdxl:
         )
 
 
-def build_tiny_sdxl(seed: int, tokenizer_dir: Path) -> TinySdxl:
-    """Random weights from `seed`: the same seed gives the same model."""
+def build_tiny_sdxl(seed: int, tokenizer_dir: Path, captions: Iterable[str] = ()) -> TinySdxl:
+    """Random weights from `seed`: the same seed and captions give the same model."""
+    tokenizer = build_tokenizer(tokenizer_dir, captions)
     torch.manual_seed(seed)
-    vocab_size = 514
-    text_config = CLIPTextConfig(vocab_size=vocab_size, **TEXT_ENCODER_CONFIG)
-    tokenizer = build_tokenizer(tokenizer_dir)
+    text_config = CLIPTextConfig(vocab_size=len(tokenizer), **TEXT_ENCODER_CONFIG)
     return TinySdxl(
         unet=UNet2DConditionModel(**UNET_CONFIG),
         vae=AutoencoderKL(**VAE_CONFIG),

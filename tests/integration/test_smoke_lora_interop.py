@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from lora_pipeline.safetensors_lora import inspect_lora_file
 from lora_trainer.kohya_format import original_unet_path
-from lora_trainer.tiny_sdxl import UNET_CONFIG, build_tiny_sdxl
+from lora_trainer.tiny_sdxl import UNET_CONFIG, build_tiny_sdxl, build_tokenizer
 from tests.corpus import make_good_dataset
 
 pytestmark = pytest.mark.slow
@@ -84,3 +84,19 @@ def test_diffusers_loads_every_module_where_kohya_names_it_and_the_output_change
         assert torch.equal(lora_up, weights[f"{kohya}.lora_up.weight"]), module
     after = _render(pipeline)
     assert np.abs(after - before).max() > 1e-4, "the LoRA must change what the pipeline draws"
+
+
+def test_tokenizer_made_from_the_captions_keeps_their_words_whole(tmp_path: Path) -> None:
+    tokenizer = build_tokenizer(tmp_path, ["bluebot, a small blue robot", "bluebot at night"])
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("Bluebot at night, zq").input_ids)
+    assert tokens == [
+        "<|startoftext|>",
+        "bluebot</w>",
+        "at</w>",
+        "night</w>",
+        ",</w>",
+        "z",
+        "q</w>",
+        "<|endoftext|>",
+    ]
+    assert tokenizer.bos_token_id == 512 and tokenizer.eos_token_id == 513
