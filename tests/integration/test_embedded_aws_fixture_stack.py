@@ -248,3 +248,17 @@ def test_leaving_the_stack_stops_running_executions_and_jobs() -> None:
         assert executor.running() == {"fixture-cat"}
 
     assert executor.running() == set()
+
+
+def test_wait_for_execution_returns_the_finished_execution_with_its_history() -> None:
+    with EmbeddedStack.up(FIXTURE, {"QuietPeriodSeconds": "0"}, ArchiveExecutor(MODEL_ARCHIVE)) as stack:
+        started = stack.client("stepfunctions").start_execution(
+            stateMachineArn=stack.outputs["StateMachineArn"],
+            name="direct",
+            input=json.dumps({"dataset": "nothing-here", "job_name": "unused", "quiet_period_seconds": 1}),
+        )
+        record = stack.wait_for_execution(started["executionArn"], timeout=30)
+
+        assert record.status == "SUCCEEDED"
+        assert record.states_entered() == ["Settle", "Validate", "IsValid", "EmitRejected"]
+        assert record.output["Entries"][0]["EventId"]
