@@ -99,6 +99,7 @@ def record_put_events() -> None:
     from moto.events.models import EventsBackend
 
     shipped = _require(EventsBackend, "put_events", "record_put_events")
+    _require(EventsBackend, "_normalize_event_bus_arn", "record_put_events")
 
     def put_events(self: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entries = shipped(self, events)
@@ -344,8 +345,9 @@ def step_functions_parse_each_definition_once() -> None:
 
 
 def dynamodb_atomic_writes() -> None:
-    """DynamoDB: moto checks a ConditionExpression and writes without a lock; make each write atomic, as
-    DynamoDB guarantees (concurrent ingest calls and slot acquisitions race on purpose in the tests)."""
+    """DynamoDB: moto checks a ConditionExpression and then writes, unlocked, so two threads can both pass
+    the check; make each item write (and item read) atomic, as DynamoDB guarantees (concurrent ingest calls
+    and slot acquisitions race in the pipeline)."""
     from moto.dynamodb.models import DynamoDBBackend
 
     write_lock = threading.RLock()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sys
+import threading
 from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
+from moto import mock_aws
 
 from embedded_aws import RealAwsRefused, adaptations, refuse_real_aws
 from embedded_aws.eventbridge import as_delivered_event, render_input_template, resolve_path, target_input
@@ -108,3 +112,50 @@ def test_a_definition_is_parsed_once_but_every_execution_gets_its_own_program() 
     second_program, second_tree = AmazonStateLanguageParser.parse(definition)
     assert second_tree is first_tree
     assert second_program is not first_program
+
+
+def test_conditional_dynamodb_writes_are_atomic_under_concurrency() -> None:
+    adaptations.install()
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches between moto's condition check and its write, if unlocked
+    try:
+        with mock_aws():
+            dynamodb = boto3.client(
+                "dynamodb", region_name="us-east-1", config=Config(max_pool_connections=20)
+            )
+            dynamodb.create_table(
+                TableName="slots",
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            winners_per_round = [_race_for_one_slot(dynamodb, f"slot-{round_}") for round_ in range(10)]
+    finally:
+        sys.setswitchinterval(previous_interval)
+    assert winners_per_round == [1] * 10
+
+
+def _race_for_one_slot(dynamodb: Any, key: str, contenders: int = 12) -> int:
+    start = threading.Barrier(contenders)
+    winners: list[int] = []
+
+    def acquire(contender: int) -> None:
+        start.wait()
+        try:
+            dynamodb.update_item(
+                TableName="slots",
+                Key={"pk": {"S": key}},
+                UpdateExpression="ADD holders :one",
+                ConditionExpression="attribute_not_exists(holders) OR holders < :cap",
+                ExpressionAttributeValues={":one": {"N": "1"}, ":cap": {"N": "1"}},
+            )
+            winners.append(contender)
+        except dynamodb.exceptions.ConditionalCheckFailedException:
+            pass
+
+    threads = [threading.Thread(target=acquire, args=(contender,)) for contender in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(winners)
