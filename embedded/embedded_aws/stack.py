@@ -310,8 +310,11 @@ class EmbeddedStack:
     def training_jobs(self) -> list[dict[str, Any]]:
         """DescribeTrainingJob of every job created so far."""
         sagemaker = self.client("sagemaker")
-        summaries = sagemaker.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]
-        return [sagemaker.describe_training_job(TrainingJobName=job["TrainingJobName"]) for job in summaries]
+        return [
+            sagemaker.describe_training_job(TrainingJobName=job["TrainingJobName"])
+            for page in sagemaker.get_paginator("list_training_jobs").paginate()
+            for job in page["TrainingJobSummaries"]
+        ]
 
     def lambda_invocations(self, function_name: str | None = None) -> list[Invocation]:
         """Every in-process handler call (event, payload, traceback if it raised)."""
