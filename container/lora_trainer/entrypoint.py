@@ -107,15 +107,15 @@ def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) ->
     processes = max(1, gpus)
     threads = max(1, (os.cpu_count() or 1) // processes)
     if hyperparameters.trainer == "smoke":
+        optional = {
+            "--max_train_steps": hyperparameters.max_steps,
+            "--resume": resume.directory if resume else None,
+            "--sample_prompts": prompts,
+        }
         command = [sys.executable, "-m", "lora_trainer.smoke_trainer", "--config_file", str(config_file)]
         command += ["--train_data_dir", str(scratch / "dataset"), "--output_dir", str(opt_ml.checkpoints_dir)]
         command += ["--output_name", hyperparameters.output_name]
-        if hyperparameters.max_steps:
-            command += ["--max_train_steps", str(hyperparameters.max_steps)]
-        if resume is not None:
-            command += ["--resume", str(resume.directory)]
-        if prompts is not None:
-            command += ["--sample_prompts", str(prompts)]
+        command += [str(token) for option, value in optional.items() if value for token in (option, value)]
     else:
         if gpus == 0:
             log("WARNING: no GPU found; sd-scripts will train on the CPU, which takes days for SDXL")
