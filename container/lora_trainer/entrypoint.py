@@ -278,13 +278,21 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
 def _train(opt_ml: OptMl, environ: Mapping[str, str]) -> int:
     try:
         inputs = read_job_inputs(opt_ml)
-        for directory in (opt_ml.checkpoints_dir, opt_ml.model_dir, opt_ml.output_data_dir):
-            directory.mkdir(parents=True, exist_ok=True)
-        launch = plan_launch(opt_ml, inputs, environ)
     except ContractError as error:
         write_failure(opt_ml, str(error))
         return EXIT_BAD_INPUT
     hyperparameters = inputs.hyperparameters
+    for directory in (opt_ml.checkpoints_dir, opt_ml.model_dir, opt_ml.output_data_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    # A spot restart can come after the final save: the restored checkpoints then hold the finished LoRA.
+    finished = opt_ml.checkpoints_dir / f"{hyperparameters.output_name}.safetensors"
+    if finished.is_file() and publish_model(opt_ml, hyperparameters.output_name, tail=[]) is None:
+        log(
+            f"an earlier attempt of this job already wrote {finished.name}: published it without training again"
+        )
+        copy_samples(opt_ml)
+        return EXIT_OK
+    launch = plan_launch(opt_ml, inputs, environ)
     log(
         f"run {hyperparameters.run_id} of dataset {hyperparameters.dataset}: trainer {hyperparameters.trainer}"
     )

@@ -13,6 +13,7 @@ from lora_pipeline.safetensors_lora import inspect_lora_file
 from lora_pipeline.training_metrics import parse_metric_line
 from tests.container_jobs import SMOKE_KOHYA_TOML, make_opt_ml, run_entrypoint, start_entrypoint
 from tests.corpus import make_image, write_caption
+from tests.lora_files import sdxl_lora_bytes
 
 
 def _metric_steps(stdout: str) -> list[int]:
@@ -127,3 +128,17 @@ def test_interrupted_job_resumes_from_its_last_saved_state(tmp_path: Path) -> No
     assert f"resuming from bluebot-step{saved_step:08d}-state" in second.stdout
     assert _metric_steps(second.stdout) == list(range(saved_step + 1, 9))
     assert (opt_ml / "model/bluebot.safetensors").is_file()
+
+
+def test_restart_after_the_final_save_publishes_without_training_again(tmp_path: Path) -> None:
+    opt_ml = make_opt_ml(tmp_path)
+    (opt_ml / "checkpoints").mkdir()
+    (opt_ml / "checkpoints/bluebot.safetensors").write_bytes(sdxl_lora_bytes(rank=4))
+
+    result = run_entrypoint(opt_ml)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "without training again" in result.stdout and not _metric_steps(result.stdout)
+    assert (opt_ml / "model/bluebot.safetensors").read_bytes() == (
+        opt_ml / "checkpoints/bluebot.safetensors"
+    ).read_bytes()
