@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-import urllib.error
-import urllib.request
-
-from lora_pipeline_cli.stack import StackError
 
 DEFAULT_PORT = 5055
 REGION = "us-east-1"
@@ -26,16 +22,8 @@ LOCAL_CREDENTIALS = {
 
 
 def running_endpoint() -> tuple[str, str]:
-    """The endpoint and stack name of a running `lora-pipeline local`."""
-    endpoint = os.environ.get(ENDPOINT_ENV_VAR, f"http://127.0.0.1:{DEFAULT_PORT}")
-    try:
-        with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=3):
-            pass
-    except (urllib.error.URLError, OSError):
-        raise StackError(
-            f"No embedded stack answers at {endpoint}: start one with `lora-pipeline local` in another terminal."
-        ) from None
-    return endpoint, STACK_NAME
+    """The endpoint and stack name of `lora-pipeline local` (connecting tells whether it runs)."""
+    return os.environ.get(ENDPOINT_ENV_VAR, f"http://127.0.0.1:{DEFAULT_PORT}"), STACK_NAME
 
 
 def serve(

@@ -88,5 +88,13 @@ def connect(name: str, session: boto3.Session | None = None, endpoint_url: str |
         raise
     except botocore.exceptions.NoCredentialsError:
         raise StackError("No AWS credentials found: run `aws configure` or set AWS_PROFILE.") from None
+    except botocore.exceptions.EndpointConnectionError:
+        if endpoint_url:
+            raise StackError(
+                f"No embedded stack answers at {endpoint_url}: start one with `lora-pipeline local` in another terminal."
+            ) from None
+        raise StackError(
+            f"Cannot reach AWS in {session.region_name}: check the network and the region."
+        ) from None
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
     return Stack(name=name, outputs=outputs, session=session, endpoint_url=endpoint_url)
