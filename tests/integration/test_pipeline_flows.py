@@ -36,20 +36,34 @@ def test_happy_path_from_upload_to_email(tmp_path: Path) -> None:
         assert execution.status == "SUCCEEDED"
         run_id = execution.input["run_id"]
         layout = RunLayout("bluebot", run_id)
-        keys = {o["Key"] for o in stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=layout.prefix)["Contents"]}
-        assert {layout.validation_key, layout.kohya_toml_key, layout.model_key("bluebot"), layout.manifest_key} <= keys
-        manifest = json.loads(stack.s3.get_object(Bucket=stack.bucket, Key=layout.manifest_key)["Body"].read())
+        keys = {
+            o["Key"] for o in stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=layout.prefix)["Contents"]
+        }
+        assert {
+            layout.validation_key,
+            layout.kohya_toml_key,
+            layout.model_key("bluebot"),
+            layout.manifest_key,
+        } <= keys
+        manifest = json.loads(
+            stack.s3.get_object(Bucket=stack.bucket, Key=layout.manifest_key)["Body"].read()
+        )
         assert manifest["run"]["run_id"] == run_id
 
         (job,) = stack.training_jobs()
         assert job["TrainingJobName"] == f"bluebot-{run_id}-0"
         assert job["EnableManagedSpotTraining"] is True
-        assert job["StoppingCondition"]["MaxWaitTimeInSeconds"] >= job["StoppingCondition"]["MaxRuntimeInSeconds"]
+        assert (
+            job["StoppingCondition"]["MaxWaitTimeInSeconds"]
+            >= job["StoppingCondition"]["MaxRuntimeInSeconds"]
+        )
         assert job["CheckpointConfig"] == {
             "S3Uri": f"s3://{stack.bucket}/{layout.checkpoints_prefix}",
             "LocalPath": "/opt/ml/checkpoints",
         }
-        channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
+        channels = {
+            c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]
+        }
         assert channels == {
             "train": f"s3://{stack.bucket}/datasets/bluebot/",
             "config": f"s3://{stack.bucket}/{layout.config_prefix}",
@@ -57,7 +71,9 @@ def test_happy_path_from_upload_to_email(tmp_path: Path) -> None:
         tags = stack.client("sagemaker").list_tags(ResourceArn=job["TrainingJobArn"])["Tags"]
         assert {"Key": "dataset", "Value": "bluebot"} in tags and {"Key": "run", "Value": run_id} in tags
 
-        assert [e["training_job_name"] for e in pipeline_events(stack, "Training Started")] == [job["TrainingJobName"]]
+        assert [e["training_job_name"] for e in pipeline_events(stack, "Training Started")] == [
+            job["TrainingJobName"]
+        ]
         (succeeded,) = pipeline_events(stack, "Training Succeeded")
         assert succeeded["model_uri"] == f"s3://{stack.bucket}/{layout.model_key('bluebot')}"
         assert succeeded["sha256"] == manifest["sha256"] and succeeded["changed_during_run"] is False
@@ -78,7 +94,9 @@ def test_happy_path_from_upload_to_email(tmp_path: Path) -> None:
 
 def test_rejected_dataset_gets_every_problem_and_no_training_job(tmp_path: Path) -> None:
     folder = dataset(tmp_path)
-    (folder / "pipeline.toml").write_text('trainer = "smoke"\ninstance_type = "ml.p5.48xlarge"\nvolume_size_gb = 20\n')
+    (folder / "pipeline.toml").write_text(
+        'trainer = "smoke"\ninstance_type = "ml.p5.48xlarge"\nvolume_size_gb = 20\n'
+    )
     (folder / "10_bluebot" / "img00.caption").write_text("")
     with pipeline(ArchiveExecutor(lora_archive())) as stack:
         upload(stack, folder)
@@ -88,7 +106,9 @@ def test_rejected_dataset_gets_every_problem_and_no_training_job(tmp_path: Path)
         (rejected,) = pipeline_events(stack, "Dataset Rejected")
         codes = {p["code"] for p in rejected["problems"]}
         assert {"JOB_INSTANCE_NOT_ALLOWED", "JOB_VOLUME_TOO_SMALL"} <= codes
-        assert rejected["error_count"] == len([p for p in rejected["problems"] if p["severity"] == "error"]) >= 3
+        assert (
+            rejected["error_count"] == len([p for p in rejected["problems"] if p["severity"] == "error"]) >= 3
+        )
         subject = f"Dataset rejected: bluebot ({rejected['error_count']} problems)"
         body = emails(stack)[subject]
         for problem in rejected["problems"]:
@@ -129,7 +149,9 @@ def test_unpack_failure_is_a_failed_run_at_the_unpack_stage(tmp_path: Path) -> N
         assert "Training failed: bluebot (unpack)" in emails(stack)
         assert pipeline_events(stack, "Training Succeeded") == []
         run_id = stack.executions()[0].input["run_id"]
-        listed = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=RunLayout("bluebot", run_id).model_prefix)
+        listed = stack.s3.list_objects_v2(
+            Bucket=stack.bucket, Prefix=RunLayout("bluebot", run_id).model_prefix
+        )
         assert listed.get("KeyCount", 0) == 0
 
 
