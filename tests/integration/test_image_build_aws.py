@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
+from moto import mock_aws
+
 from lora_image_build import SOURCE_KEY, source_zip
 from lora_image_build.codebuild import ImageBuildError, build_in_codebuild, follow_build
-from moto import mock_aws
 
 REGION = "us-east-1"
 BUCKET = "pipeline-bucket"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from lora_image_build import context_files, source_zip, stage_context
 
 CONTAINER = Path(__file__).resolve().parents[2] / "container"
