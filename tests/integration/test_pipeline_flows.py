@@ -26,8 +26,12 @@ pytestmark = pytest.mark.slow
 
 def test_happy_path_from_upload_to_email(tmp_path: Path) -> None:
     with pipeline(ArchiveExecutor(lora_archive()), QuietPeriodSeconds="300") as stack:
+        folder = dataset(tmp_path)
+        (folder / "pipeline.toml").write_text(
+            'trainer = "smoke"\nsample_prompts = ["bluebot on a beach --d 7"]\n'
+        )
         started = time.monotonic()
-        upload(stack, dataset(tmp_path))
+        upload(stack, folder)
         stack.wait_until_idle(timeout=120)
         # _READY ends the settling at once: nobody waited for the 300 s quiet period.
         assert time.monotonic() - started < 120
@@ -39,12 +43,15 @@ def test_happy_path_from_upload_to_email(tmp_path: Path) -> None:
         keys = {
             o["Key"] for o in stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=layout.prefix)["Contents"]
         }
-        assert {
+        written = {
             layout.validation_key,
             layout.kohya_toml_key,
+            layout.prompts_key,
             layout.model_key("bluebot"),
-            layout.manifest_key,
-        } <= keys
+        }
+        assert written | {layout.manifest_key} <= keys
+        prompts = stack.s3.get_object(Bucket=stack.bucket, Key=layout.prompts_key)["Body"].read().decode()
+        assert prompts.startswith("bluebot on a beach --d 7")
         manifest = json.loads(
             stack.s3.get_object(Bucket=stack.bucket, Key=layout.manifest_key)["Body"].read()
         )

@@ -7,6 +7,7 @@ import pytest
 
 from lora_pipeline import runs, s3_layout
 from lora_pipeline.instances import load_instance_table
+from lora_pipeline.job_settings import JobSettings
 
 JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 
@@ -148,3 +149,44 @@ def test_parse_s3_uri() -> None:
     assert s3_layout.parse_s3_uri("s3://b/k/x.safetensors") == ("b", "k/x.safetensors")
     with pytest.raises(ValueError):
         s3_layout.parse_s3_uri("https://b/k")
+
+
+def _job(**overrides: object) -> JobSettings:
+    fields: dict[str, object] = {
+        "instance_type": "ml.g5.2xlarge",
+        "volume_size_gb": 50,
+        "max_runtime_hours": 2.5,
+        "spot": True,
+        "trainer": "kohya",
+        "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
+    }
+    fields.update(overrides)
+    return JobSettings.model_validate(fields)
+
+
+def test_training_job_spec_channels_and_spot_stopping_condition() -> None:
+    spec = runs.training_job_spec("bkt", "blue bot", "20261126-112430-3f9a", _job(), "blue", 1.23)
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in spec.input_data_config}
+    assert channels == {
+        "train": "s3://bkt/datasets/blue bot/",
+        "config": "s3://bkt/runs/blue bot/20261126-112430-3f9a/config/",
+    }
+    assert spec.stopping_condition == {"MaxRuntimeInSeconds": 9000, "MaxWaitTimeInSeconds": 18000}
+    assert spec.checkpoint_uri == "s3://bkt/runs/blue bot/20261126-112430-3f9a/checkpoints/"
+    assert spec.output_path == "s3://bkt/runs/blue bot/20261126-112430-3f9a/output/"
+    assert spec.name == "blue-bot-20261126-112430-3f9a"
+    assert spec.hyperparameters == {
+        "trainer": "kohya",
+        "output_name": "blue",
+        "dataset": "blue bot",
+        "run_id": "20261126-112430-3f9a",
+        "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
+    }
+
+
+def test_an_s3_base_model_is_the_model_channel_and_on_demand_has_no_max_wait() -> None:
+    uri = "s3://models/sdxl/base.safetensors"
+    spec = runs.training_job_spec("bkt", "d", "r", _job(base_model=uri, spot=False), "d", None)
+    assert spec.input_data_config[-1]["ChannelName"] == "model"
+    assert spec.input_data_config[-1]["DataSource"]["S3DataSource"]["S3Uri"] == uri
+    assert spec.stopping_condition == {"MaxRuntimeInSeconds": 9000}
