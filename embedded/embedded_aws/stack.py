@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from moto import mock_aws
+from moto.cloudformation.parsing import get_model_map
 from moto.core import DEFAULT_ACCOUNT_ID
 
 from . import adaptations, runtime, sam
@@ -93,6 +95,8 @@ class EmbeddedStack:
         self.outputs = outputs
         self.account_id = DEFAULT_ACCOUNT_ID
         self.s3 = self.client("s3")
+        # Template resource types moto's CloudFormation skips (created nowhere, e.g. a CodeBuild project).
+        self.unemulated_resource_types: list[str] = []
 
     @classmethod
     @contextmanager
@@ -147,19 +151,25 @@ class EmbeddedStack:
         sam.upload_artifacts(packaged, client("s3", region))
         translated = sam.translate(packaged.template, parameters, region)
         cloudformation = client("cloudformation", region)
-        cloudformation.create_stack(
-            StackName=stack_name,
-            TemplateBody=json.dumps(translated),
-            Parameters=[{"ParameterKey": key, "ParameterValue": value} for key, value in parameters.items()],
-            Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
-        )
-        described = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
+        with _unemulated_resources_quiet():
+            cloudformation.create_stack(
+                StackName=stack_name,
+                TemplateBody=json.dumps(translated),
+                Parameters=[
+                    {"ParameterKey": key, "ParameterValue": value} for key, value in parameters.items()
+                ],
+                Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
+            )
+            described = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
         if described["StackStatus"] != "CREATE_COMPLETE":
             raise StackDeployFailed(
                 f"{stack_name}: {described['StackStatus']} {described.get('StackStatusReason')}"
             )
         outputs = {output["OutputKey"]: output["OutputValue"] for output in described.get("Outputs", [])}
-        return cls(stack_name, region, state, outputs)
+        stack = cls(stack_name, region, state, outputs)
+        resource_types = {resource["Type"] for resource in translated.get("Resources", {}).values()}
+        stack.unemulated_resource_types = sorted(resource_types - set(get_model_map()))
+        return stack
 
     # --- clients and resources -------------------------------------------------------------------------
     def client(self, service: str) -> Any:
@@ -168,14 +178,16 @@ class EmbeddedStack:
 
     def physical_id(self, logical_id: str) -> str:
         """The name/ARN CloudFormation gave a template resource (e.g. "IngestFunction")."""
-        resource = self.client("cloudformation").describe_stack_resource(
-            StackName=self.stack_name, LogicalResourceId=logical_id
-        )
+        with _unemulated_resources_quiet():
+            resource = self.client("cloudformation").describe_stack_resource(
+                StackName=self.stack_name, LogicalResourceId=logical_id
+            )
         return str(resource["StackResourceDetail"]["PhysicalResourceId"])
 
     def resources(self, resource_type: str | None = None) -> dict[str, str]:
         """Logical id -> physical id of the stack's resources, optionally of one CloudFormation type."""
-        listed = self.client("cloudformation").list_stack_resources(StackName=self.stack_name)
+        with _unemulated_resources_quiet():
+            listed = self.client("cloudformation").list_stack_resources(StackName=self.stack_name)
         return {
             item["LogicalResourceId"]: item["PhysicalResourceId"]
             for item in listed["StackResourceSummaries"]
@@ -367,6 +379,15 @@ class EmbeddedStack:
                     read[arn] = len(history)
                     if execution["status"] != "RUNNING":
                         finished.add(arn)
+
+
+@contextmanager
+def _unemulated_resources_quiet() -> Iterator[None]:
+    """moto warns about each resource it cannot create, on every stack call; `unemulated_resource_types`
+    reports them once instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Tried to parse .* not supported by moto", UserWarning)
+        yield
 
 
 def _stop_everything(state: Runtime, region: str) -> None:

@@ -18,6 +18,8 @@ def test_the_real_template_deploys_with_executable_state_machine_and_local_handl
             stack.outputs
         )
         assert stack.outputs["BucketName"] == stack.bucket
+        assert "AWS::Lambda::Function" not in stack.unemulated_resource_types
+        assert "AWS::CodeBuild::Project" in stack.unemulated_resource_types  # image builds are AWS-only
 
         sfn = stack.client("stepfunctions")
         definition = sfn.describe_state_machine(stateMachineArn=stack.outputs["StateMachineArn"])[
