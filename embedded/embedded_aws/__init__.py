@@ -13,11 +13,13 @@
 What runs: the SAM template is translated offline and created by CloudFormation; Lambda handlers run in this
 process with their Environment; S3 EventBridge notifications and EventBridge rules reach Lambda, SNS and Step
 Functions targets; state machines execute (DefinitionSubstitutions applied) including
-`sagemaker:createTrainingJob.sync`, whose jobs a TrainingExecutor completes. `adaptations.py` lists every
+`sagemaker:createTrainingJob.sync`, whose jobs a TrainingExecutor completes (ContainerExecutor runs the
+training container's entrypoint; the others in `training` are for tests). `adaptations.py` lists every
 change made to moto. `refuse_real_aws()` guarantees no request leaves the machine.
 """
 
 from .adaptations import AdaptationOutdated
+from .container_executor import ContainerExecutor
 from .eventbridge import FailedDelivery
 from .guard import RealAwsRefused, refuse_real_aws
 from .lambda_runtime import Invocation
@@ -50,6 +52,7 @@ __all__ = [
     "CAPACITY_FAILURE_REASON",
     "AdaptationOutdated",
     "ArchiveExecutor",
+    "ContainerExecutor",
     "DeliveryFailed",
     "EmbeddedStack",
     "ExecutionRecord",
