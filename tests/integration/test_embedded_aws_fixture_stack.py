@@ -208,11 +208,7 @@ def test_step_functions_target_starts_an_execution_with_the_input_path() -> None
 def test_stopping_an_execution_stops_its_job_and_emits_the_aborted_status_change() -> None:
     executor = HeldExecutor(then=ArchiveExecutor(MODEL_ARCHIVE))
     with EmbeddedStack.up(FIXTURE, {"QuietPeriodSeconds": "0"}, executor) as stack:
-        _upload(stack, "datasets/cat/1_cat/a.png")
-        deadline = time.monotonic() + 10
-        while not executor.running() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert executor.running() == {"fixture-cat"}
+        assert _jobs_of_one_held_run(stack, executor) == {"fixture-cat"}
         (execution,) = stack.executions()
         stack.client("stepfunctions").stop_execution(executionArn=execution.arn)
         stack.wait_until_idle(timeout=30)
@@ -241,11 +237,7 @@ def test_a_failed_async_delivery_is_reported_by_wait_until_idle() -> None:
 def test_leaving_the_stack_stops_running_executions_and_jobs() -> None:
     executor = HeldExecutor(then=ArchiveExecutor(MODEL_ARCHIVE))
     with EmbeddedStack.up(FIXTURE, {"QuietPeriodSeconds": "0"}, executor) as stack:
-        _upload(stack, "datasets/cat/1_cat/a.png")
-        deadline = time.monotonic() + 10
-        while not executor.running() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert executor.running() == {"fixture-cat"}
+        assert _jobs_of_one_held_run(stack, executor) == {"fixture-cat"}
 
     assert executor.running() == set()
 
@@ -262,3 +254,39 @@ def test_wait_for_execution_returns_the_finished_execution_with_its_history() ->
         assert record.status == "SUCCEEDED"
         assert record.states_entered() == ["Settle", "Validate", "IsValid", "EmitRejected"]
         assert record.output["Entries"][0]["EventId"]
+
+
+def test_a_stop_training_job_task_stops_the_job() -> None:
+    executor = HeldExecutor(then=ArchiveExecutor(MODEL_ARCHIVE))
+    definition = {
+        "StartAt": "Stop",
+        "States": {
+            "Stop": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::sagemaker:stopTrainingJob",
+                "Parameters": {"TrainingJobName.$": "$.job"},
+                "End": True,
+            }
+        },
+    }
+    with EmbeddedStack.up(FIXTURE, {"QuietPeriodSeconds": "0"}, executor) as stack:
+        (job,) = _jobs_of_one_held_run(stack, executor)
+        sfn = stack.client("stepfunctions")
+        machine = sfn.create_state_machine(
+            name="stopper", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/sfn"
+        )
+        started = sfn.start_execution(
+            stateMachineArn=machine["stateMachineArn"], name="stop-it", input=json.dumps({"job": job})
+        )
+
+        assert stack.wait_for_execution(started["executionArn"]).status == "SUCCEEDED"
+        stack.wait_until_idle(timeout=30)
+        assert [described["TrainingJobStatus"] for described in stack.training_jobs()] == ["Stopped"]
+
+
+def _jobs_of_one_held_run(stack: EmbeddedStack, executor: HeldExecutor) -> set[str]:
+    _upload(stack, "datasets/cat/1_cat/a.png")
+    deadline = time.monotonic() + 10
+    while not executor.running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return executor.running()
