@@ -87,7 +87,7 @@ def test_happy_path_from_upload_to_email(tmp_path: Path) -> None:
 
         body = emails(stack)["LoRA ready: bluebot"]
         assert f"Model: s3://{stack.bucket}/{layout.model_key('bluebot')}" in body
-        assert "Download (expires " in body and "X-Amz-Signature=" in body
+        assert "Download (expires " in body and "X-Amz-Signature=" in body and "X-Amz-Expires=43200" in body
         assert "temporary credentials" in body
         assert "Billable: 42 s (managed spot, ml.m5.xlarge)" in body
         assert "Estimated cost: less than $0.01" in body

@@ -59,7 +59,8 @@ class UnpackEnv(_Env):
 
 class NotifyEnv(_Env):
     topic_arn: str = Field(alias="TOPIC_ARN")
-    link_expiry_seconds: int = Field(43200, alias="LINK_EXPIRY_SECONDS")
+    # SigV4 presigned URLs live at most 7 days.
+    link_expiry_seconds: int = Field(43200, alias="LINK_EXPIRY_SECONDS", ge=60, le=604800)
 
 
 class CancelEnv(_Env):
