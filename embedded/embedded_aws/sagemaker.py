@@ -8,6 +8,7 @@ import datetime
 import functools
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ TERMINAL_STATUSES: Final = frozenset({"Completed", "Failed", "Stopped"})
 # Step Functions names every SageMaker API error of an optimized integration this way (the API's error code
 # is in the cause), e.g. a throttled or over-quota CreateTrainingJob.
 API_ERROR_NAME: Final = "SageMaker.AmazonSageMakerException"
+_SYNC_POLL_SECONDS: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -265,9 +267,15 @@ class StateTaskServiceSageMaker(StateTaskServiceCallback):
 
         return resolve
 
-    def _eval_sync(self, env: Any, sync_resolver: Any, *args: Any, **kwargs: Any) -> Any:
-        outcome = super()._eval_sync(env, sync_resolver, *args, **kwargs)
-        if not env.is_running() and self._job_name:
+    def _eval_sync(self, env: Any, sync_resolver: Callable[[], Any], **_callback_endpoints: Any) -> Any:
+        # moto polls every 0.5 s and listens for a task token; SageMaker .sync has no task token, and a short
+        # poll keeps runs that train in milliseconds from waiting.
+        while env.is_running():
+            outcome = sync_resolver()
+            if outcome:
+                return outcome
+            time.sleep(_SYNC_POLL_SECONDS)
+        if self._job_name:
             # A stopped execution stops the job it was waiting for, as Step Functions does for .sync tasks.
             try:
                 client("sagemaker", env.aws_execution_details.region).stop_training_job(
@@ -275,4 +283,4 @@ class StateTaskServiceSageMaker(StateTaskServiceCallback):
                 )
             except ClientError as refused:
                 LOG.info("best-effort stop of %s refused: %s", self._job_name, refused)
-        return outcome
+        return None
