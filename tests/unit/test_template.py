@@ -1,0 +1,114 @@
+"""The stack's safety properties, read from template.yaml (what a reviewer would check by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from embedded_aws.sam import load_template
+
+TEMPLATE = load_template(Path(__file__).resolve().parents[2] / "template.yaml")
+RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
+
+
+def props(name: str) -> dict[str, Any]:
+    properties: dict[str, Any] = RESOURCES[name]["Properties"]
+    return properties
+
+
+def test_bucket_is_private_encrypted_versioned_tls_only_and_notifies_eventbridge() -> None:
+    bucket = props("Bucket")
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert bucket["NotificationConfiguration"] == {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}
+    assert (
+        "ServerSideEncryptionByDefault" in bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    )
+    (statement,) = props("BucketPolicy")["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Condition"] == {
+        "Bool": {"aws:SecureTransport": "false"}
+    }
+    rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
+    assert (
+        rules["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]
+        <= 7
+    )
+    assert rules["expire-old-run-file-versions"]["Prefix"] == "runs/"
+
+
+def test_only_datasets_trigger_the_pipeline() -> None:
+    pattern = props("IngestFunction")["Events"]["DatasetObjectCreated"]["Properties"]["Pattern"]
+    assert pattern["source"] == ["aws.s3"] and pattern["detail-type"] == ["Object Created"]
+    assert pattern["detail"]["object"]["key"] == [{"prefix": "datasets/"}]
+
+
+def test_table_topic_and_state_machine_settings() -> None:
+    table = props("Table")
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props("Topic")["KmsMasterKeyId"] == "alias/aws/sns"
+    assert RESOURCES["EmailSubscription"]["Condition"] == "HasEmail"
+    machine = props("StateMachine")
+    assert machine["Tracing"] == {"Enabled": True} and machine["Logging"]["Destinations"]
+
+
+def test_functions_run_python312_on_arm64_with_tracing() -> None:
+    function_globals = TEMPLATE["Globals"]["Function"]
+    assert function_globals["Runtime"] == "python3.12" and function_globals["Architectures"] == ["arm64"]
+    assert function_globals["Tracing"] == "Active"
+    functions = {name for name, r in RESOURCES.items() if r["Type"] == "AWS::Serverless::Function"}
+    assert functions == {
+        "IngestFunction",
+        "ValidateFunction",
+        "UnpackFunction",
+        "NotifyFunction",
+        "CancelFunction",
+    }
+    for name in functions:
+        assert props(name)["CodeUri"] == f"functions/{name.removesuffix('Function').lower()}/"
+
+
+def _statements(policies: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for policy in policies:
+        document = policy.get("PolicyDocument", policy)
+        for statement in document.get("Statement", []):
+            if isinstance(statement, dict) and "Fn::If" in statement:
+                statement = statement["Fn::If"][1]
+            if isinstance(statement, dict) and "Effect" in statement:
+                found.append(statement)
+    return found
+
+
+def test_sagemaker_role_is_scoped_to_this_bucket_and_repository() -> None:
+    role = props("SageMakerExecutionRole")
+    assert "ManagedPolicyArns" not in role
+    for statement in _statements(role["Policies"]):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        assert not any(action.endswith(":*") or action == "*" for action in actions), statement
+        if any(action.startswith("s3:") for action in actions) and statement.get("Sid") != "ReadBaseModel":
+            resources = (
+                statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            )
+            assert all("Bucket" in str(resource) for resource in resources), statement
+        if statement["Resource"] == "*":
+            assert actions in (["ecr:GetAuthorizationToken"], ["cloudwatch:PutMetricData"]), statement
+
+
+def test_outputs_the_cli_and_the_image_build_rely_on() -> None:
+    assert set(TEMPLATE["Outputs"]) == {
+        "BucketName",
+        "TrainingImageRepositoryUri",
+        "ImageBuildProjectName",
+        "StateMachineArn",
+        "EventBusName",
+        "TableName",
+        "TopicArn",
+    }
+    build = props("ImageBuildProject")
+    assert build["Environment"]["PrivilegedMode"] is True
+    assert {v["Name"] for v in build["Environment"]["EnvironmentVariables"]} == {
+        "IMAGE_REPO_URI",
+        "IMAGE_TAG",
+    }
+    assert build["Source"]["Location"] == {"Fn::Sub": "${Bucket}/build/container-source.zip"}
