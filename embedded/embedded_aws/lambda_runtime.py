@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 LOG = logging.getLogger(__name__)
 
 _thread_state = threading.local()
+_COLD_STARTS = itertools.count(1)  # numbers every loaded handler module, process-wide, so names never collide
 _UNSET = object()
 
 
@@ -144,7 +146,7 @@ class LambdaHost:
         self._warm: dict[str, list[Callable[..., Any]]] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
-        self._cold_starts = 0
+        self._module_names: list[str] = []
         self.invocations: list[Invocation] = []
         for layer in layer_dirs:
             # A Python layer's packages sit under python/ once built; a source folder holds them directly.
@@ -163,15 +165,15 @@ class LambdaHost:
     def _load_handler(self, function_name: str, handler: str, folder: Path) -> Callable[..., Any]:
         module_path, _, attribute = handler.rpartition(".")
         source = folder / (module_path.replace(".", "/") + ".py")
-        self._cold_starts += 1
         module_name = "_embedded_lambda_" + re.sub(
-            r"\W", "_", f"{function_name}_{module_path}_{self._cold_starts}"
+            r"\W", "_", f"{function_name}_{module_path}_{next(_COLD_STARTS)}"
         )
         spec = importlib.util.spec_from_file_location(module_name, source)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot load handler module {source}")
         module: ModuleType = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
+        self._module_names.append(module_name)
         sys.path.insert(0, str(folder))
         try:
             spec.loader.exec_module(module)
@@ -231,6 +233,13 @@ class LambdaHost:
             LOG.warning("function %s failed:\n%s", function.function_name, error)
         self.invocations.append(Invocation(function.function_name, event, payload, error))
         return payload, error is not None
+
+    def close(self) -> None:
+        """Forget every loaded handler module (a later stack loads its own)."""
+        with self._lock:
+            self._warm.clear()
+        for module_name in self._module_names:
+            sys.modules.pop(module_name, None)
 
     def _acquire(self, function: Any) -> Callable[..., Any]:
         """A warm handler instance of `function`, or a cold start (run in the invoking thread's environment)."""

@@ -416,3 +416,4 @@ def _stop_everything(state: Runtime, region: str) -> None:
     deadline = time.monotonic() + _SHUTDOWN_SECONDS
     while (running() or state.training.active()) and time.monotonic() < deadline:
         time.sleep(_IDLE_POLL_SECONDS)
+    state.lambdas.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -134,3 +135,16 @@ def test_a_handler_that_outlives_its_timeout_is_a_sandbox_timeout(tmp_path: Path
     assert failed
     assert json.loads(payload)["errorType"] == "Sandbox.Timedout"
     assert "Task timed out after 1.00 seconds" in json.loads(payload)["errorMessage"]
+
+
+def test_closing_the_host_forgets_its_handler_modules(tmp_path: Path) -> None:
+    hello, code = _function(tmp_path, "hello", "hi")
+    host = LambdaHost(code, [])
+    before = set(sys.modules)
+    host.invoke(hello, {})
+    loaded = set(sys.modules) - before
+    assert loaded
+
+    host.close()
+
+    assert not any(name in sys.modules for name in loaded)
