@@ -15,7 +15,9 @@ from moto import mock_aws
 from lora_pipeline.aws.event_publisher import EventPublisher
 from lora_pipeline.aws.run_table import SLOTS_KEY, RunTable
 from lora_pipeline.aws.s3_source import S3DatasetSource
+from lora_pipeline.aws.steps import ingest_upload
 from lora_pipeline.events import TrainingCancelled
+from lora_pipeline.runs import IngestAction
 
 BUCKET = "pipeline-bucket"
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -79,8 +81,8 @@ def test_s3_source_serves_many_threads(s3: Any) -> None:
 def test_one_run_holds_a_dataset_until_it_finishes(table: RunTable) -> None:
     state, finished = table.dataset_state("d")
     assert state.active is None and finished is None
-    assert table.try_start("d", "r1", "d-r1", ready=False, now=NOW, last_finished=None)
-    assert not table.try_start("d", "r2", "d-r2", ready=False, now=NOW, last_finished=None)
+    assert table.try_start("d", "r1", ready=False, now=NOW, last_finished=None)
+    assert not table.try_start("d", "r2", ready=False, now=NOW, last_finished=None)
     active = table.record_upload("d", ready=True, now=NOW)
     assert active is not None and active.run_id == "r1" and active.settling
     table.finish("d", "r1", "SUCCEEDED", NOW)
@@ -89,18 +91,18 @@ def test_one_run_holds_a_dataset_until_it_finishes(table: RunTable) -> None:
     assert state.active is None and state.last_finished_at == NOW
     assert table.record_upload("d", ready=False, now=NOW) is None
     # The lock moved on since it was read: the start is refused, the caller reads it again.
-    assert not table.try_start("d", "r2", "d-r2", ready=False, now=NOW, last_finished=None)
-    assert table.try_start("d", "r2", "d-r2", ready=False, now=NOW, last_finished=finished)
+    assert not table.try_start("d", "r2", ready=False, now=NOW, last_finished=None)
+    assert table.try_start("d", "r2", ready=False, now=NOW, last_finished=finished)
 
 
 def test_abandoned_start_lets_the_next_event_start_the_run(table: RunTable) -> None:
-    assert table.try_start("d", "r1", "d-r1", ready=False, now=NOW, last_finished=None)
+    assert table.try_start("d", "r1", ready=False, now=NOW, last_finished=None)
     table.abandon_start("d", "r1")
-    assert table.try_start("d", "r2", "d-r2", ready=False, now=NOW, last_finished=None)
+    assert table.try_start("d", "r2", ready=False, now=NOW, last_finished=None)
 
 
 def test_changed_during_run_belongs_to_the_run(table: RunTable) -> None:
-    table.try_start("d", "r1", "d-r1", ready=False, now=NOW, last_finished=None)
+    table.try_start("d", "r1", ready=False, now=NOW, last_finished=None)
     table.mark_changed_during_run("d", "r1")
     table.mark_changed_during_run("d", "other")  # a stale run id changes nothing
     assert table.changed_during_run("d", "r1") and not table.changed_during_run("d", "other")
@@ -135,3 +137,60 @@ def test_event_publisher_puts_the_model_on_the_bus(aws: None) -> None:
     (entry,) = sent[0]["Entries"]
     assert entry["Source"] == "sdxl-lora-pipeline" and entry["DetailType"] == "Training Cancelled"
     assert entry["EventBusName"] == "bus" and json.loads(entry["Detail"])["execution_status"] == "ABORTED"
+
+
+class RecordingSfn:
+    def __init__(self, fail_start: bool = False) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.fail_start = fail_start
+
+    def start_execution(self, **kwargs: Any) -> None:
+        if self.fail_start:
+            raise RuntimeError("Step Functions is down")
+        self.calls.append(("start", kwargs))
+
+    def send_task_heartbeat(self, **kwargs: Any) -> None:
+        self.calls.append(("heartbeat", kwargs))
+
+    def send_task_success(self, **kwargs: Any) -> None:
+        self.calls.append(("success", kwargs))
+
+
+def test_ingest_starts_once_then_prolongs_and_ends_the_settling(table: RunTable) -> None:
+    sfn = RecordingSfn()
+    assert (
+        ingest_upload(table, sfn, "arn:sm", BUCKET, "datasets/d/10_a/1.png", NOW, NOW) is IngestAction.START
+    )
+    ((kind, start),) = sfn.calls
+    assert kind == "start" and json.loads(start["input"])["dataset"] == "d"
+    assert start["name"].startswith("d-") and json.loads(start["input"])["run_id"] in start["name"]
+    # No token stored yet: the upload is counted, nothing to signal.
+    assert (
+        ingest_upload(table, sfn, "arn:sm", BUCKET, "datasets/d/10_a/2.png", NOW, NOW)
+        is IngestAction.HEARTBEAT
+    )
+    table._client.update_item(
+        TableName="t",
+        Key={"pk": {"S": "DATASET#d"}, "sk": {"S": "DATASET"}},
+        UpdateExpression="SET settle_token = :t",
+        ExpressionAttributeValues={":t": {"S": "token-1"}},
+    )
+    assert (
+        ingest_upload(table, sfn, "arn:sm", BUCKET, "datasets/d/10_a/3.png", NOW, NOW)
+        is IngestAction.HEARTBEAT
+    )
+    assert ingest_upload(table, sfn, "arn:sm", BUCKET, "datasets/d/_READY", NOW, NOW) is IngestAction.READY
+    assert [(kind, call.get("taskToken")) for kind, call in sfn.calls[1:]] == [
+        ("heartbeat", "token-1"),
+        ("success", "token-1"),
+    ]
+    assert ingest_upload(table, sfn, "arn:sm", BUCKET, "runs/d/r/validation.json", NOW, NOW) is None
+
+
+def test_ingest_releases_the_lock_when_the_execution_cannot_start(table: RunTable) -> None:
+    with pytest.raises(RuntimeError, match="down"):
+        ingest_upload(table, RecordingSfn(fail_start=True), "arn:sm", BUCKET, "datasets/d/a.png", NOW, NOW)
+    state, _ = table.dataset_state("d")
+    assert state.active is None
+    sfn = RecordingSfn()
+    assert ingest_upload(table, sfn, "arn:sm", BUCKET, "datasets/d/a.png", NOW, NOW) is IngestAction.START

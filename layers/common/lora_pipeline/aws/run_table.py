@@ -72,13 +72,7 @@ class RunTable:
         return DatasetState(active=_active_run(item), last_finished_at=parse_time(finished)), finished
 
     def try_start(
-        self,
-        dataset: str,
-        run_id: str,
-        execution_name: str,
-        ready: bool,
-        now: datetime,
-        last_finished: str | None,
+        self, dataset: str, run_id: str, ready: bool, now: datetime, last_finished: str | None
     ) -> bool:
         """Take the dataset's lock for a new run; False when the lock changed since `dataset_state`."""
         values: dict[str, Any] = {
@@ -106,6 +100,10 @@ class RunTable:
             if _conditional_failed(exc):
                 return False
             raise
+        return True
+
+    def record_run(self, dataset: str, run_id: str, execution_name: str, now: datetime) -> None:
+        """The run's own item, for people and the CLI (the state machine records how it ended)."""
         self._client.put_item(
             TableName=self._table,
             Item={
@@ -117,7 +115,6 @@ class RunTable:
                 "created_at": {"S": now.isoformat()},
             },
         )
-        return True
 
     def abandon_start(self, dataset: str, run_id: str) -> None:
         """Undo `try_start` when the execution could not be started, so a retry can start it."""

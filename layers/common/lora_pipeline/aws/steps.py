@@ -67,10 +67,11 @@ def ingest_upload(
         if action is IngestAction.START:
             run_id = new_run_id(now)
             name = execution_name(obj.dataset, run_id)
-            if not table.try_start(obj.dataset, run_id, name, obj.is_ready_marker, now, last_finished):
+            if not table.try_start(obj.dataset, run_id, obj.is_ready_marker, now, last_finished):
                 continue
             run_input = RunInput(dataset=obj.dataset, run_id=run_id, bucket=bucket)
             try:
+                table.record_run(obj.dataset, run_id, name, now)
                 sfn.start_execution(
                     stateMachineArn=state_machine_arn, name=name, input=run_input.model_dump_json()
                 )
