@@ -24,7 +24,7 @@ def _cell(text: str) -> str:
 
 def troubleshooting_table() -> str:
     rows = ["| code | severity | what it means | how to fix it |", "| --- | --- | --- | --- |"]
-    for entry in catalogue().values():
+    for _, entry in sorted(catalogue().items()):
         rows.append(
             f"| `{entry.code}` | {entry.severity.value} | {_cell(entry.summary)} | {_cell(entry.fix)} |"
         )
