@@ -6,13 +6,13 @@ import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.manifest import Manifest
-from lora_pipeline.runs import job_facts, training_job_base_name
+from lora_pipeline.runs import job_facts, parse_time, training_job_base_name
 from lora_pipeline.s3_layout import READY_MARKER, RunLayout, dataset_prefix, parse_s3_uri
 from lora_pipeline.training_metrics import TrainingProgress, parse_metric_line
 from lora_pipeline_cli.stack import Stack, StackError
@@ -231,7 +231,14 @@ def retrain(stack: Stack, dataset: str) -> None:
     listing = s3.list_objects_v2(Bucket=stack.bucket, Prefix=dataset_prefix(dataset), MaxKeys=1)
     if not listing.get("KeyCount"):
         raise StackError(f"No dataset {dataset!r} in s3://{stack.bucket}/datasets/: upload it first.")
-    active = [r for r in list_runs(stack, dataset) if r.status == RUNNING]
+    runs = list_runs(stack, dataset)
+    active = [r for r in runs if r.status == RUNNING]
     if active:
         raise StackError(f"{dataset} has a run in progress ({active[0].run_id}); cancel it or wait for it.")
+    # S3 event times are whole seconds and ingest ignores objects no newer than the last run's end, so a
+    # marker written in the same second as that end would be taken for a late event of the old run.
+    finished = max((parse_time(r.finished_at) for r in runs if r.finished_at), default=None)
+    if finished is not None:
+        wait = (finished.replace(microsecond=0) + timedelta(seconds=1) - datetime.now(UTC)).total_seconds()
+        time.sleep(max(0.0, wait))
     s3.put_object(Bucket=stack.bucket, Key=dataset_prefix(dataset) + READY_MARKER, Body=b"")
