@@ -17,7 +17,7 @@ from lora_pipeline.validate import validate_dataset
 from lora_pipeline_cli import local, progress, runs
 from lora_pipeline_cli.examples import write_broken_dataset, write_example_dataset
 from lora_pipeline_cli.render import render_report, render_status
-from lora_pipeline_cli.stack import Stack, StackError, connect, stack_name_from
+from lora_pipeline_cli.stack import Stack, StackError, connect, require_training_image, stack_name_from
 from lora_pipeline_cli.upload import plan_upload, upload_dataset
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
@@ -84,6 +84,8 @@ def _upload(args: argparse.Namespace) -> int:
             )
             return EXIT_REJECTED
     stack = _stack(args)
+    if not args.local:
+        require_training_image(stack)
     plan = plan_upload(folder)
     for skipped in plan.skipped:
         sys.stderr.write(f"skipped {skipped} (not part of a dataset)\n")
@@ -135,6 +137,8 @@ def _cancel(args: argparse.Namespace) -> int:
 
 def _retrain(args: argparse.Namespace) -> int:
     stack = _stack(args)
+    if not args.local:
+        require_training_image(stack)
     runs.retrain(stack, args.dataset)
     sys.stdout.write(
         f"Started a new run of {args.dataset}. Follow it with `lora-pipeline status {args.dataset}`.\n"

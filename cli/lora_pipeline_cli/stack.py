@@ -44,6 +44,7 @@ class Stack:
     outputs: dict[str, str]
     session: boto3.Session
     endpoint_url: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
     _clients: dict[str, Any] = field(default_factory=dict)
 
     def client(self, service: str) -> Any:
@@ -97,4 +98,25 @@ def connect(name: str, session: boto3.Session | None = None, endpoint_url: str |
             f"Cannot reach AWS in {session.region_name}: check the network and the region."
         ) from None
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
-    return Stack(name=name, outputs=outputs, session=session, endpoint_url=endpoint_url)
+    parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in described.get("Parameters", [])}
+    return Stack(
+        name=name, outputs=outputs, session=session, endpoint_url=endpoint_url, parameters=parameters
+    )
+
+
+def require_training_image(stack: Stack) -> None:
+    """Refuse to start runs on a stack whose own ECR repository has no `latest` image yet (every job would
+    fail to start). A stack deployed with its own TrainingImageUri is trusted."""
+    if stack.parameters.get("TrainingImageUri"):
+        return
+    repository = stack.output("TrainingImageRepositoryUri").split("/", 1)[1]
+    ecr = stack.client("ecr")
+    try:
+        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": "latest"}])
+    except botocore.exceptions.ClientError as exc:
+        if exc.response["Error"]["Code"] in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            raise StackError(
+                f"The training image is not built yet: run `make image STACK={stack.name}` (about 20 minutes), "
+                "then upload again."
+            ) from None
+        raise

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from embedded_aws import ArchiveExecutor, HeldExecutor
+from embedded_aws import ArchiveExecutor, EmbeddedStack, HeldExecutor
 from lora_pipeline_cli.main import main
 from tests.integration.pipeline_support import dataset, lora_archive, pipeline
 
@@ -22,9 +22,27 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, captured.err
 
 
+def publish_training_image(stack: EmbeddedStack) -> None:
+    """What `make image` leaves behind: a `latest` image in the stack's repository."""
+    repository = stack.outputs["TrainingImageRepositoryUri"].split("/", 1)[1]
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"digest": "sha256:" + "0" * 64},
+            "layers": [],
+        }
+    )
+    stack.client("ecr").put_image(repositoryName=repository, imageManifest=manifest, imageTag="latest")
+
+
 def test_upload_status_download_and_retrain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = dataset(tmp_path, "bluebot", ready=False)
     with pipeline(ArchiveExecutor(lora_archive("bluebot"))) as stack:
+        code, _, err = run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--start")
+        assert code == 2 and f"make image STACK={stack.stack_name}" in err
+        assert stack.s3.list_objects_v2(Bucket=stack.bucket).get("KeyCount", 0) == 0
+        publish_training_image(stack)
         code, out, _ = run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--start")
         assert code == 0, out
         assert f"s3://{stack.bucket}/datasets/bluebot/" in out
@@ -60,6 +78,7 @@ def test_upload_refuses_a_rejected_dataset_unless_forced(
     folder = dataset(tmp_path, "bluebot", ready=False)
     (folder / "pipeline.toml").write_text("volume_size_gb = 10\n")
     with pipeline(ArchiveExecutor(lora_archive("bluebot"))) as stack:
+        publish_training_image(stack)
         code, _, err = run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name)
         assert code == 1
         assert "Not uploaded" in err
@@ -76,6 +95,7 @@ def test_upload_refuses_a_rejected_dataset_unless_forced(
 def test_validate_reads_a_dataset_in_s3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = dataset(tmp_path, "bluebot", ready=False)
     with pipeline(ArchiveExecutor(lora_archive("bluebot")), QuietPeriodSeconds="600") as stack:
+        publish_training_image(stack)
         run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name)
         code, out, _ = run_cli(capsys, "validate", f"s3://{stack.bucket}/datasets/bluebot/")
         assert code == 0, out
@@ -88,6 +108,7 @@ def test_cancel_stops_the_job_and_reports_it(tmp_path: Path, capsys: pytest.Capt
     held = HeldExecutor(ArchiveExecutor(lora_archive("bluebot")))
     folder = dataset(tmp_path, "bluebot")
     with pipeline(held) as stack:
+        publish_training_image(stack)
         run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--start")
         for _ in range(200):
             if held.running():
