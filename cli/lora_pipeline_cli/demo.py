@@ -12,7 +12,6 @@ import contextlib
 import logging
 import shutil
 import sys
-import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from lora_pipeline_cli import runs
 from lora_pipeline_cli.examples import write_broken_dataset, write_example_dataset
 from lora_pipeline_cli.progress import bytes_bar
 from lora_pipeline_cli.stack import Stack
-from lora_pipeline_cli.timeline import Timeline, follow_states
+from lora_pipeline_cli.timeline import Timeline
 from lora_pipeline_cli.upload import plan_upload, upload_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,20 +61,14 @@ def run_demo(example: str, work: Path, out: Path, quiet_period_seconds: int, tim
         EmbeddedStack.up(TEMPLATE, parameters, executor=executor, on_timeline=timeline.on_entry) as stack,
     ):
         timeline.say("setup", f"stack {stack.stack_name} is up on the embedded AWS (bucket {stack.bucket})")
-        stop = threading.Event()
-        follower = threading.Thread(target=follow_states, args=(stack, timeline, stop), daemon=True)
-        follower.start()
+        stack.follow_states(timeline.on_entry)
         plan = plan_upload(folder)
         with bytes_bar(f"Uploading to s3://{stack.bucket}/datasets/{example}/", plan.total_bytes) as advance:
             upload_dataset(stack.client("s3"), stack.bucket, folder, example, plan, False, advance)
         timeline.say(
             "upload", f"{len(plan.files)} files; the run starts after {quiet_period_seconds}s of quiet"
         )
-        try:
-            stack.wait_until_idle(timeout=timeout)
-        finally:
-            stop.set()
-            follower.join()
+        stack.wait_until_idle(timeout=timeout)
         emails = stack.sns_messages()
         cli_stack = Stack(stack.stack_name, stack.outputs, boto3.Session(region_name=stack.region))
         succeeded = [r for r in runs.list_runs(cli_stack, example) if r.status == runs.SUCCEEDED]

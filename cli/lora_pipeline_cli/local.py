@@ -7,6 +7,7 @@ lives in the `local` process; `--local` commands talk to it through moto's serve
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 DEFAULT_PORT = 5055
@@ -26,21 +27,17 @@ def running_endpoint() -> tuple[str, str]:
     return os.environ.get(ENDPOINT_ENV_VAR, f"http://127.0.0.1:{DEFAULT_PORT}"), STACK_NAME
 
 
-def serve(
-    port: int,
-    quiet_period_seconds: int,
-    ready: threading.Event | None = None,
-    stop: threading.Event | None = None,
-) -> None:
-    """Bring the stack up, serve it on 127.0.0.1:`port` until `stop` is set or Ctrl-C."""
+def serve(port: int, quiet_period_seconds: int) -> None:
+    """Bring the stack up and serve it on 127.0.0.1:`port` until Ctrl-C or SIGTERM."""
     from moto.server import ThreadedMotoServer
 
     from embedded_aws import EmbeddedStack
     from embedded_aws.container_executor import ContainerExecutor
     from lora_pipeline_cli.demo import TEMPLATE
-    from lora_pipeline_cli.timeline import Timeline, follow_states
+    from lora_pipeline_cli.timeline import Timeline
 
-    stop = stop or threading.Event()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     timeline = Timeline()
     parameters = {"QuietPeriodSeconds": str(quiet_period_seconds)}
     with EmbeddedStack.up(
@@ -53,17 +50,14 @@ def serve(
     ) as stack:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
-        follower = threading.Thread(target=follow_states, args=(stack, timeline, stop), daemon=True)
-        follower.start()
+        stack.follow_states(timeline.on_entry)
         timeline.say(
-            "ready", f"stack {STACK_NAME} on http://127.0.0.1:{port}; use `lora-pipeline --local ...`"
+            "ready", f"stack {STACK_NAME} on http://127.0.0.1:{port}; use `lora-pipeline <command> --local`"
         )
-        if ready is not None:
-            ready.set()
         try:
             stop.wait()
         except KeyboardInterrupt:
-            timeline.say("stopping", "Ctrl-C: stopping runs and the stack")
+            pass
         finally:
-            stop.set()
+            timeline.say("stopping", "stopping runs and the stack")
             server.stop()

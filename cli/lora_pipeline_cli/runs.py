@@ -12,12 +12,11 @@ from typing import Any
 
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.manifest import Manifest
-from lora_pipeline.runs import job_facts, parse_time, training_job_base_name
+from lora_pipeline.runs import TRAINING_LOG_GROUP, job_facts, parse_time, training_job_base_name
 from lora_pipeline.s3_layout import READY_MARKER, RunLayout, dataset_prefix, parse_s3_uri
 from lora_pipeline.training_metrics import TrainingProgress, parse_metric_line
 from lora_pipeline_cli.stack import Stack, StackError
 
-TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 RUNNING, SUCCEEDED = "RUNNING", "SUCCEEDED"
 _JOB_ENDED = {"Completed", "Failed", "Stopped"}
 LOG_POLL_SECONDS = 5.0

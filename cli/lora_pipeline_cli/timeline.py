@@ -1,4 +1,4 @@
-"""The live timeline of the embedded stack: states entered, events emitted, training progress."""
+"""The live timeline of the embedded stack: states entered, events emitted, training status and progress."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from lora_pipeline_cli.progress import STDERR
 from lora_pipeline_cli.render import duration
 
 if TYPE_CHECKING:
-    from embedded_aws import EmbeddedStack, TimelineEntry
-
-STATE_POLL_SECONDS = 0.25
+    from embedded_aws import TimelineEntry
 
 
 @dataclass
@@ -29,6 +27,7 @@ class Timeline:
             STDERR.print(
                 f"[dim]{time.monotonic() - self.started:7.1f}s[/dim]  [bold]{kind:<9}[/bold] {text}",
                 highlight=False,
+                soft_wrap=True,
             )
 
     def on_entry(self, entry: TimelineEntry) -> None:
@@ -43,15 +42,3 @@ class Timeline:
             self.say("event", entry.text)
         else:
             self.say(entry.kind.removeprefix("training-"), entry.text)
-
-
-def follow_states(stack: EmbeddedStack, timeline: Timeline, stop: threading.Event) -> None:
-    """Announce every state the runs enter (the embedded Step Functions keeps the history)."""
-    seen: dict[str, int] = {}
-    while not stop.is_set():
-        for record in stack.executions():
-            states = record.states_entered()
-            for state in states[seen.get(record.arn, 0) :]:
-                timeline.say("state", f"{record.name}: {state}")
-            seen[record.arn] = len(states)
-        stop.wait(STATE_POLL_SECONDS)

@@ -3,6 +3,7 @@ optimized integration `arn:aws:states:::sagemaker:createTrainingJob.sync` / `sto
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import functools
@@ -33,6 +34,8 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.asl.utils.encoding import to_json_str
 
+from lora_pipeline.runs import TRAINING_LOG_GROUP
+
 from .clients import client
 from .training import TrainingExecutor, TrainingResult
 
@@ -59,9 +62,17 @@ def _utcnow() -> datetime.datetime:
 
 
 class _JobProgress:
-    def __init__(self, job: Any, notify: Callable[[TrainingUpdate], None]) -> None:
+    """Records what a job reports: on moto's job (secondary statuses), in CloudWatch Logs where SageMaker
+    puts a job's output (`/aws/sagemaker/TrainingJobs`, stream `<job>/algo-1-<epoch>`), and to listeners."""
+
+    def __init__(self, job: Any, notify: Callable[[TrainingUpdate], None], region: str) -> None:
         self._job = job
         self._notify = notify
+        self._logs = client("logs", region)
+        self._stream = f"{job.training_job_name}/algo-1-{int(time.time())}"
+        with contextlib.suppress(self._logs.exceptions.ResourceAlreadyExistsException):
+            self._logs.create_log_group(logGroupName=TRAINING_LOG_GROUP)
+        self._logs.create_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName=self._stream)
 
     def secondary_status(self, status: str, message: str) -> None:
         now = _utcnow()
@@ -74,6 +85,10 @@ class _JobProgress:
         self._notify(TrainingUpdate(self._job.training_job_name, "status", f"{status}: {message}"))
 
     def log_line(self, line: str) -> None:
+        event = {"timestamp": int(time.time() * 1000), "message": line}
+        self._logs.put_log_events(
+            logGroupName=TRAINING_LOG_GROUP, logStreamName=self._stream, logEvents=[event]
+        )
         self._notify(TrainingUpdate(self._job.training_job_name, "log", line))
 
 
@@ -104,7 +119,7 @@ class TrainingJobRunner:
         job.secondary_status_transitions = []
         # moto replaces the request's MetricDefinitions with a sample; describe must echo the request.
         job.algorithm_specification = copy.deepcopy(request["AlgorithmSpecification"])
-        progress = _JobProgress(job, self._notify)
+        progress = _JobProgress(job, self._notify, self._region)
         progress.secondary_status("Starting", "Launching requested ML instances")
         thread = threading.Thread(
             target=self._run,

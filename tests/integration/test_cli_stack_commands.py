@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from embedded_aws import ArchiveExecutor, EmbeddedStack, HeldExecutor
+from embedded_aws import ArchiveExecutor, EmbeddedStack, HeldExecutor, TrainingProgress, TrainingResult
+from lora_pipeline.training_metrics import TrainingProgress as MetricProgress
+from lora_pipeline.training_metrics import format_metric_line
 from lora_pipeline_cli.main import main
 from tests.integration.pipeline_support import dataset, lora_archive, pipeline
 
@@ -122,6 +125,37 @@ def test_cancel_stops_the_job_and_reports_it(tmp_path: Path, capsys: pytest.Capt
         assert "CANCELLED" in out.splitlines()[1]
         code, _, err = run_cli(capsys, "cancel", "bluebot", "--stack", stack.stack_name)
         assert code == 2 and "nothing to cancel" in err
+
+
+class ChattyExecutor(ArchiveExecutor):
+    """Prints a log line and progress lines the way the training container does, then delivers the archive."""
+
+    def run(self, request: dict[str, Any], s3_client: Any, progress: TrainingProgress) -> TrainingResult:
+        progress.log_line("loading the dataset")
+        for step in (5, 10):
+            line = format_metric_line(
+                MetricProgress(step=step, total_steps=10, loss=0.25, eta_seconds=60 - 6 * step)
+            )
+            progress.log_line(line)
+        return super().run(request, s3_client, progress)
+
+
+def test_logs_and_progress_come_from_the_training_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = dataset(tmp_path, "bluebot")
+    with pipeline(ChattyExecutor(lora_archive("bluebot"))) as stack:
+        publish_training_image(stack)
+        run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--start")
+        stack.wait_until_idle(timeout=60)
+        code, out, _ = run_cli(capsys, "logs", "bluebot", "--stack", stack.stack_name)
+        assert code == 0
+        assert out.splitlines()[:2] == [
+            "loading the dataset",
+            "lora-metrics step=5/10 loss=0.25 eta_seconds=30",
+        ]
+        code, out, _ = run_cli(capsys, "status", "bluebot", "--stack", stack.stack_name)
+        assert "step 10/10 (100%) loss 0.25" in out
 
 
 def test_unknown_stack_says_how_to_deploy(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,6 +21,8 @@ from lora_pipeline.report import ValidationReport
 from lora_pipeline.s3_layout import RunLayout, dataset_prefix, s3_uri
 
 TRAINING_JOB_NAME_MAX = 63
+# Where SageMaker writes a training job's output: one stream per instance, `<job name>/algo-1-<epoch>`.
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 EXECUTION_NAME_MAX = 80
 # The state machine appends "-<attempt>" (one digit: capacity retries are capped below ten).
 ATTEMPT_SUFFIX_LEN = 2
