@@ -5,27 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lora_pipeline.aws.clients import client
 from lora_pipeline.aws.event_publisher import EventPublisher
+from lora_pipeline.aws.powertools import Powertools
 from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.aws.settings import CancelEnv
 from lora_pipeline.aws.steps import clean_up_run
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+powertools = Powertools()
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@event_parser(model=EventBridgeModel)
+@powertools.handler(EventBridgeModel)
 def lambda_handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
     env = CancelEnv.from_environ()
     status = event.detail["status"]
@@ -37,6 +30,8 @@ def lambda_handler(event: EventBridgeModel, context: LambdaContext) -> dict[str,
         event.detail["input"],
         datetime.now(UTC),
     )
-    logger.info("run cleaned up", extra={"execution": event.detail.get("name"), "status": status, "job": job})
-    metrics.add_metric(name=f"Runs_{status}", unit=MetricUnit.Count, value=1)
+    powertools.logger.info(
+        "run cleaned up", extra={"execution": event.detail.get("name"), "status": status, "job": job}
+    )
+    powertools.count(f"Runs_{status}")
     return {"status": status, "stopped_job": job}

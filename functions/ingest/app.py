@@ -4,26 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lora_pipeline.aws.clients import client
+from lora_pipeline.aws.powertools import Powertools
 from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.aws.settings import IngestEnv
 from lora_pipeline.aws.steps import ingest_upload
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+powertools = Powertools()
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@event_parser(model=S3EventNotificationEventBridgeModel)
+@powertools.handler(S3EventNotificationEventBridgeModel)
 def lambda_handler(event: S3EventNotificationEventBridgeModel, context: LambdaContext) -> dict[str, str]:
     env = IngestEnv.from_environ()
     key = event.detail.object.key
@@ -37,6 +30,6 @@ def lambda_handler(event: S3EventNotificationEventBridgeModel, context: LambdaCo
         datetime.now(UTC),
     )
     outcome = action.value if action else "ignored"
-    logger.info("upload recorded", extra={"key": key, "action": outcome})
-    metrics.add_metric(name=f"Uploads_{outcome}", unit=MetricUnit.Count, value=1)
+    powertools.logger.info("upload recorded", extra={"key": key, "action": outcome})
+    powertools.count(f"Uploads_{outcome}")
     return {"action": outcome}

@@ -4,29 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lora_pipeline.aws.clients import client
+from lora_pipeline.aws.powertools import Powertools
 from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.aws.settings import UnpackEnv
 from lora_pipeline.aws.steps import UnpackInput, unpack_run
 from lora_pipeline.instances import load_instance_table
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+powertools = Powertools()
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@event_parser(model=UnpackInput)
+@powertools.handler(UnpackInput)
 def lambda_handler(event: UnpackInput, context: LambdaContext) -> dict[str, Any]:
     table = RunTable(client("dynamodb"), UnpackEnv.from_environ().table_name)
     outcome = unpack_run(client("s3"), table, event, load_instance_table())
-    logger.info("model unpacked", extra={"model_uri": outcome.model_uri, "size_bytes": outcome.size_bytes})
-    metrics.add_metric(name="ModelsUnpacked", unit=MetricUnit.Count, value=1)
+    powertools.logger.info(
+        "model unpacked", extra={"model_uri": outcome.model_uri, "size_bytes": outcome.size_bytes}
+    )
+    powertools.count("ModelsUnpacked")
     return outcome.model_dump(mode="json")

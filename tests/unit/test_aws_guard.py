@@ -1,10 +1,12 @@
 import boto3
 import pytest
 
+from embedded_aws.guard import RealAwsRefused
+
 
 def test_unmocked_aws_call_is_refused() -> None:
     s3 = boto3.client("s3")
-    with pytest.raises(RuntimeError, match="real AWS"):
+    with pytest.raises(RealAwsRefused, match="real AWS"):
         s3.list_buckets()
 
 
