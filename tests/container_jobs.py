@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.corpus import make_good_dataset
+from tests.lora_files import sdxl_lora_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRYPOINT = REPO / "container" / "train"
@@ -78,3 +79,37 @@ def run_entrypoint(opt_ml: Path, timeout: float = 120) -> subprocess.CompletedPr
         timeout=timeout,
         check=False,
     )
+
+
+# sd-scripts and a GPU are not available here: this stand-in for sdxl_train_network.py records how it was
+# called, draws sd-scripts' progress bar and writes an SDXL LoRA, so everything around the trainer runs for real.
+SD_SCRIPTS_STAND_IN = """\
+import json, os, shutil, sys
+from pathlib import Path
+
+here = Path(__file__).parent
+argv = sys.argv[1:]
+options = {}
+for index, token in enumerate(argv):
+    if token.startswith("--"):
+        value = argv[index + 1] if index + 1 < len(argv) and not argv[index + 1].startswith("--") else None
+        options[token[2:]] = value
+seen = {name: os.environ.get(name) for name in ("HF_HUB_OFFLINE", "ACCELERATE_MIXED_PRECISION", "OMP_NUM_THREADS")}
+(here / "call.json").write_text(json.dumps({"options": options, "environment": seen}))
+print("epoch 1/1", flush=True)
+for step in (1, 2, 3):
+    sys.stderr.write(f"\\rsteps:  33%|###   | {step}/3 [00:0{step}<00:0{3 - step}, 1.00s/it, avr_loss=0.1{step}]")
+    sys.stderr.flush()
+output = Path(options["output_dir"])
+shutil.copyfile(here / "lora.safetensors", output / (options["output_name"] + ".safetensors"))
+(output / "sample").mkdir(exist_ok=True)
+(output / "sample" / "bluebot_000001_00.png").write_bytes(b"png")
+"""
+
+
+def make_sd_scripts_stand_in(folder: Path) -> Path:
+    """An sd-scripts "checkout" whose sdxl_train_network.py is the stand-in above."""
+    folder.mkdir(parents=True)
+    (folder / "sdxl_train_network.py").write_text(SD_SCRIPTS_STAND_IN)
+    (folder / "lora.safetensors").write_bytes(sdxl_lora_bytes(rank=4))
+    return folder

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 
 DEFAULT_PORT = 5055
 REGION = "us-east-1"
 STACK_NAME = "sdxl-lora-pipeline"
 ENDPOINT_ENV_VAR = "LORA_PIPELINE_LOCAL_ENDPOINT"
+BASE_MODELS_BUCKET = "local-base-models"
 # The embedded AWS accepts any credentials; these keep a --local command away from the user's real ones.
 LOCAL_CREDENTIALS = {
     "aws_access_key_id": "local",
@@ -27,8 +29,15 @@ def running_endpoint() -> tuple[str, str]:
     return os.environ.get(ENDPOINT_ENV_VAR, f"http://127.0.0.1:{DEFAULT_PORT}"), STACK_NAME
 
 
-def serve(port: int, quiet_period_seconds: int) -> None:
-    """Bring the stack up and serve it on 127.0.0.1:`port` until Ctrl-C or SIGTERM."""
+def serve(
+    port: int, quiet_period_seconds: int, sd_scripts: Path | None = None, base_model: Path | None = None
+) -> None:
+    """Bring the stack up and serve it on 127.0.0.1:`port` until Ctrl-C or SIGTERM.
+
+    Training jobs run the training container's entrypoint on this machine with the smoke trainer; given an
+    sd-scripts checkout (`sd_scripts`) they run the trainer each dataset asks for, real Kohya included, and
+    `base_model` (a local SDXL .safetensors) becomes the stack's BaseModelS3Uri, so nothing is downloaded.
+    """
     from moto.server import ThreadedMotoServer
 
     from embedded_aws import EmbeddedStack
@@ -40,14 +49,25 @@ def serve(port: int, quiet_period_seconds: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     timeline = Timeline()
     parameters = {"QuietPeriodSeconds": str(quiet_period_seconds)}
+    if base_model is not None:
+        parameters["BaseModelS3Uri"] = f"s3://{BASE_MODELS_BUCKET}/{base_model.name}"
+    executor = (
+        ContainerExecutor(trainer=None, environment={"SD_SCRIPTS_DIR": str(sd_scripts.resolve())})
+        if sd_scripts is not None
+        else ContainerExecutor()
+    )
     with EmbeddedStack.up(
         TEMPLATE,
         parameters,
-        executor=ContainerExecutor(),
+        executor=executor,
         stack_name=STACK_NAME,
         region=REGION,
         on_timeline=timeline.on_entry,
     ) as stack:
+        if base_model is not None:
+            stack.s3.create_bucket(Bucket=BASE_MODELS_BUCKET)
+            stack.s3.upload_file(str(base_model), BASE_MODELS_BUCKET, base_model.name)
+            timeline.say("setup", f"base model {base_model} is {parameters['BaseModelS3Uri']}")
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         stack.follow_states(timeline.on_entry)

@@ -157,7 +157,13 @@ def _example(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
-    local.serve(port=args.port, quiet_period_seconds=args.quiet_period)
+    if args.base_model is not None and not args.base_model.is_file():
+        raise UsageError(f"{args.base_model} is not a file: pass an SDXL base model .safetensors.")
+    if args.sd_scripts is not None and not (args.sd_scripts / "sdxl_train_network.py").is_file():
+        raise UsageError(
+            f"{args.sd_scripts} has no sdxl_train_network.py: pass an sd-scripts v0.10.1 checkout."
+        )
+    local.serve(args.port, args.quiet_period, args.sd_scripts, args.base_model)
     return EXIT_OK
 
 
@@ -237,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--quiet-period", type=int, default=10, help="QuietPeriodSeconds of the embedded stack"
     )
+    serve.add_argument(
+        "--sd-scripts", type=Path, help="an sd-scripts checkout: run real Kohya, not the smoke trainer"
+    )
+    serve.add_argument("--base-model", type=Path, help="a local SDXL base .safetensors for real Kohya runs")
     serve.set_defaults(handler=_local)
     return parser
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import warnings
@@ -28,6 +29,9 @@ from .training import NoExecutor, TrainingExecutor
 _IDLE_POLL_SECONDS = 0.02
 _TIMELINE_POLL_SECONDS = 0.2
 _SHUTDOWN_SECONDS = 10.0
+
+
+LOG = logging.getLogger(__name__)
 
 
 class StackDeployFailed(RuntimeError):
@@ -360,25 +364,33 @@ class EmbeddedStack:
         follower.start()
 
     def _follow_states(self, callback: Callable[[TimelineEntry], None]) -> None:
-        sfn = self.client("stepfunctions")
         read: dict[str, int] = {}
         finished: set[str] = set()
         stopping = False
         while not stopping:
             stopping = self.runtime.stopping.wait(_TIMELINE_POLL_SECONDS)  # then one last pass
-            for machine in self._state_machine_arns():
-                for execution in sfn.list_executions(stateMachineArn=machine, maxResults=1000)["executions"]:
-                    arn = execution["executionArn"]
-                    if arn in finished:
-                        continue
-                    history = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
-                    for event in history[read.get(arn, 0) :]:
-                        if event["type"].endswith("StateEntered"):
-                            state = event["stateEnteredEventDetails"]["name"]
-                            callback(TimelineEntry("state", f"{execution['name']}: {state}", event))
-                    read[arn] = len(history)
-                    if execution["status"] != "RUNNING":
-                        finished.add(arn)
+            try:
+                self._announce_states(callback, read, finished)
+            except Exception:  # an execution being created has no status yet in moto: read it next pass
+                LOG.debug("state follower: execution list not readable yet", exc_info=True)
+
+    def _announce_states(
+        self, callback: Callable[[TimelineEntry], None], read: dict[str, int], finished: set[str]
+    ) -> None:
+        sfn = self.client("stepfunctions")
+        for machine in self._state_machine_arns():
+            for execution in sfn.list_executions(stateMachineArn=machine, maxResults=1000)["executions"]:
+                arn = execution["executionArn"]
+                if arn in finished:
+                    continue
+                history = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+                for event in history[read.get(arn, 0) :]:
+                    if event["type"].endswith("StateEntered"):
+                        state = event["stateEnteredEventDetails"]["name"]
+                        callback(TimelineEntry("state", f"{execution['name']}: {state}", event))
+                read[arn] = len(history)
+                if execution["status"] != "RUNNING":
+                    finished.add(arn)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -9,9 +10,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.container_jobs import make_sd_scripts_stand_in
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +29,14 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture()
-def local_stack(tmp_path: Path) -> Iterator[dict[str, str]]:
+@contextmanager
+def local_stack(tmp_path: Path, *options: str) -> Iterator[dict[str, str]]:
+    """`lora-pipeline local` running; yields the environment that points `--local` commands at it."""
     port = free_port()
     env = {**os.environ, "LORA_PIPELINE_LOCAL_ENDPOINT": f"http://127.0.0.1:{port}"}
     log = (tmp_path / "local.log").open("w")
     server = subprocess.Popen(
-        [CLI, "local", "--port", str(port), "--quiet-period", "1"],
+        [CLI, "local", "--port", str(port), "--quiet-period", "1", *options],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -53,24 +58,45 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, *args, "--local"], env=env, capture_output=True, text=True)
 
 
-def test_local_commands_train_and_download(local_stack: dict[str, str], tmp_path: Path) -> None:
+def example_dataset(tmp_path: Path) -> Path:
     dataset = tmp_path / "bluebot"
     subprocess.run([CLI, "example", "bluebot", str(dataset)], check=True, capture_output=True)
+    return dataset
 
-    upload = cli(local_stack, "upload", str(dataset), "--start")
+
+def upload_and_wait(env: dict[str, str], dataset: Path) -> str:
+    """Upload with `--start` and wait for the run to succeed; returns the last `status` output."""
+    upload = cli(env, "upload", str(dataset), "--start")
     assert upload.returncode == 0, upload.stderr
     deadline = time.monotonic() + 300
-    while "SUCCEEDED" not in (status := cli(local_stack, "status", "bluebot")).stdout:
+    while "SUCCEEDED" not in (status := cli(env, "status", dataset.name)).stdout:
         assert "FAILED" not in status.stdout and "REJECTED" not in status.stdout, status.stdout
         assert time.monotonic() < deadline, status.stdout
         time.sleep(2)
-    assert "step 10/10 (100%)" in status.stdout
+    return status.stdout
 
-    logs = cli(local_stack, "logs", "bluebot")
-    assert logs.returncode == 0 and "lora-metrics step=10/10" in logs.stdout
 
-    out = tmp_path / "out"
-    download = cli(local_stack, "download", "bluebot", "-o", str(out))
+def test_local_commands_train_and_download(tmp_path: Path) -> None:
+    with local_stack(tmp_path) as env:
+        status = upload_and_wait(env, example_dataset(tmp_path))
+        assert "step 10/10 (100%)" in status
+        logs = cli(env, "logs", "bluebot")
+        assert logs.returncode == 0 and "lora-metrics step=10/10" in logs.stdout
+        out = tmp_path / "out"
+        download = cli(env, "download", "bluebot", "-o", str(out))
     assert download.returncode == 0, download.stderr
     assert (out / "bluebot.safetensors").stat().st_size > 0
     assert (out / "manifest.json").is_file()
+
+
+def test_local_runs_kohya_from_a_checkout_with_a_local_base_model(tmp_path: Path) -> None:
+    sd_scripts = make_sd_scripts_stand_in(tmp_path / "sd-scripts")
+    base_model = tmp_path / "sd_xl_base_1.0.safetensors"
+    base_model.write_bytes(b"base model weights")
+    dataset = example_dataset(tmp_path)
+    (dataset / "pipeline.toml").write_text('output_name = "bluebot"\n')  # the Kohya trainer, on a GPU type
+    with local_stack(tmp_path, "--sd-scripts", str(sd_scripts), "--base-model", str(base_model)) as env:
+        upload_and_wait(env, dataset)
+    call = json.loads((sd_scripts / "call.json").read_text())
+    assert Path(call["options"]["pretrained_model_name_or_path"]).name == base_model.name
+    assert call["environment"]["HF_HUB_OFFLINE"] == "1"

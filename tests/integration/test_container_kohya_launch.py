@@ -15,40 +15,13 @@ from pathlib import Path
 import pytest
 
 from lora_pipeline.training_metrics import parse_metric_line
-from tests.container_jobs import ENTRYPOINT, make_opt_ml
-from tests.lora_files import sdxl_lora_bytes
+from tests.container_jobs import ENTRYPOINT, make_opt_ml, make_sd_scripts_stand_in
 
 pytestmark = pytest.mark.slow
 
-STAND_IN = """\
-import json, os, shutil, sys
-from pathlib import Path
-
-here = Path(__file__).parent
-argv = sys.argv[1:]
-options = {}
-for index, token in enumerate(argv):
-    if token.startswith("--"):
-        value = argv[index + 1] if index + 1 < len(argv) and not argv[index + 1].startswith("--") else None
-        options[token[2:]] = value
-seen = {name: os.environ.get(name) for name in ("HF_HUB_OFFLINE", "ACCELERATE_MIXED_PRECISION", "OMP_NUM_THREADS")}
-(here / "call.json").write_text(json.dumps({"options": options, "environment": seen}))
-print("epoch 1/1", flush=True)
-for step in (1, 2, 3):
-    sys.stderr.write(f"\\rsteps:  33%|###   | {step}/3 [00:0{step}<00:0{3 - step}, 1.00s/it, avr_loss=0.1{step}]")
-    sys.stderr.flush()
-output = Path(options["output_dir"])
-shutil.copyfile(here / "lora.safetensors", output / (options["output_name"] + ".safetensors"))
-(output / "sample").mkdir(exist_ok=True)
-(output / "sample" / "bluebot_000001_00.png").write_bytes(b"png")
-"""
-
 
 def test_kohya_job_runs_sd_scripts_through_accelerate_with_forced_paths(tmp_path: Path) -> None:
-    sd_scripts = tmp_path / "sd-scripts"
-    sd_scripts.mkdir()
-    (sd_scripts / "sdxl_train_network.py").write_text(STAND_IN)
-    (sd_scripts / "lora.safetensors").write_bytes(sdxl_lora_bytes(rank=4))
+    sd_scripts = make_sd_scripts_stand_in(tmp_path / "sd-scripts")
     opt_ml = make_opt_ml(tmp_path / "opt_ml", prompts="a bluebot\n")
     hyperparameters = opt_ml / "input/config/hyperparameters.json"
     hyperparameters.write_text(json.dumps({**json.loads(hyperparameters.read_text()), "trainer": "kohya"}))
