@@ -25,6 +25,7 @@ def lambda_handler(event: EventBridgeModel, context: LambdaContext) -> dict[str,
     job = clean_up_run(
         RunTable(client("dynamodb"), env.table_name),
         client("sagemaker"),
+        client("s3"),
         EventPublisher(client("events"), env.event_bus_name),
         status,
         event.detail["input"],

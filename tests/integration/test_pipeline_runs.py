@@ -175,6 +175,10 @@ def test_cancel_stops_the_job_and_frees_the_slot_and_the_queue(tmp_path: Path) -
         upload(stack, dataset(tmp_path, "third"))
         wait_for(lambda: len(table_item(stack, "SLOTS", "SLOTS").get("queue", {}).get("L", [])) == 2)
         by_dataset = {e.input["dataset"]: e for e in stack.executions()}
+        checkpoint = (
+            f"runs/first/{by_dataset['first'].input['run_id']}/checkpoints/bluebot-1-state/train_state.json"
+        )
+        stack.s3.put_object(Bucket=stack.bucket, Key=checkpoint, Body=b"{}")  # what a spot save leaves
 
         sfn.stop_execution(executionArn=by_dataset["second"].arn)  # waiting in the queue
         sfn.stop_execution(executionArn=by_dataset["first"].arn)  # training
@@ -194,6 +198,9 @@ def test_cancel_stops_the_job_and_frees_the_slot_and_the_queue(tmp_path: Path) -
         )
         for name in ("first", "second", "third"):
             assert "active_run" not in table_item(stack, f"DATASET#{name}", "DATASET")
+        assert not any(
+            "/checkpoints/" in o["Key"] for o in stack.s3.list_objects_v2(Bucket=stack.bucket)["Contents"]
+        )
         slots = table_item(stack, "SLOTS", "SLOTS")
         assert "holders" not in slots and slots["queue"]["L"] == []
 

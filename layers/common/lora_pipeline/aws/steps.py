@@ -227,12 +227,20 @@ def _stop_training_job(sagemaker: Any, base_name: str) -> tuple[str | None, bool
 
 
 def clean_up_run(
-    table: RunTable, sagemaker: Any, publisher: EventPublisher, status: str, run_input: str, now: datetime
+    table: RunTable,
+    sagemaker: Any,
+    s3: Any,
+    publisher: EventPublisher,
+    status: str,
+    run_input: str,
+    now: datetime,
 ) -> str:
     """An execution ended without passing through its own clean-up (stopped, timed out or crashed):
-    stop its training job, free its slot and its dataset, and say so."""
+    stop its training job, free its slot and its dataset, delete its spot checkpoints (a new run never
+    resumes another run's state) and say so."""
     run = RunInput.model_validate_json(run_input)
     job, stopped = _stop_training_job(sagemaker, training_job_base_name(run.dataset, run.run_id))
+    _delete_prefix(s3, run.bucket, RunLayout(run.dataset, run.run_id).checkpoints_prefix)
     table.release_slot(run.run_id)
     table.finish(run.dataset, run.run_id, "CANCELLED" if status != "FAILED" else "FAILED", now)
     # A FAILED execution has emitted `Training Failed` itself before failing.
