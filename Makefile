@@ -35,9 +35,9 @@ test: lint typecheck template-check
 # The SAM CLI gets its own venv (its pins clash with the main venv's pydantic). `sam validate --lint` runs
 # offline and needs no credentials; cfn-lint from the main venv checks the same template with our pins.
 SAM_VENV := .venv-sam
-$(SAM_VENV)/.installed:
+$(SAM_VENV)/.installed: requirements-sam.txt
 	$(PYTHON) -m venv $(SAM_VENV)
-	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==1.170.0
+	$(SAM_VENV)/bin/pip install --quiet -r requirements-sam.txt
 	touch $@
 
 template-check: venv $(SAM_VENV)/.installed
