@@ -67,16 +67,22 @@ def render_plan(plan: Plan, output_name: str | None) -> list[str]:
         lines.append(
             f"  {s.folder}: {s.images} images x {s.repeats} repeats = {s.samples_per_epoch} samples/epoch"
         )
-    lines.append(
-        f"  {plan.epochs} epoch(s) x {plan.steps_per_epoch} steps (batch {plan.batch_size}, "
-        f"gradient accumulation {plan.gradient_accumulation_steps}, {plan.gpus} GPU process(es)) "
-        f"= {plan.total_steps} steps"
-    )
-    parts = "U-Net + both text encoders" if plan.trains_text_encoders else "U-Net only"
-    lines.append(
-        f"  LoRA {output_name}.safetensors: network_dim {plan.network_dim}, {parts}, "
-        f"about {megabytes(plan.expected_lora_bytes)}"
-    )
+    if plan.trainer == "smoke":
+        lines.append(
+            f"  smoke trainer: {plan.total_steps} steps of a tiny random model, to prove the pipeline "
+            f"(its {output_name}.safetensors is not meant for image generation)"
+        )
+    else:
+        lines.append(
+            f"  {plan.epochs} epoch(s) x {plan.steps_per_epoch} steps (batch {plan.batch_size}, "
+            f"gradient accumulation {plan.gradient_accumulation_steps}, {plan.gpus} GPU process(es)) "
+            f"= {plan.total_steps} steps"
+        )
+        parts = "U-Net + both text encoders" if plan.trains_text_encoders else "U-Net only"
+        lines.append(
+            f"  LoRA {output_name}.safetensors: network_dim {plan.network_dim}, {parts}, "
+            f"about {megabytes(plan.expected_lora_bytes)}"
+        )
     mode = "spot" if plan.spot else "on-demand"
     if plan.estimated_seconds is None or plan.on_demand_usd is None or plan.spot_usd is None:
         lines.append(f"  {plan.instance_type} ({mode}): no price known, no estimate")

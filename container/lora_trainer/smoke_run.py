@@ -21,6 +21,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from PIL import Image
 from safetensors.torch import save_file
 
+from lora_pipeline.plan import SMOKE_TRAINING_STEPS
 from lora_pipeline.training_metrics import TrainingProgress, format_metric_line
 from lora_trainer.kohya_format import kohya_state_dict, peft_lora_weights
 from lora_trainer.smoke_metadata import metadata_for
@@ -29,7 +30,6 @@ from lora_trainer.tiny_sdxl import IMAGE_SIZE, SCHEDULER_CONFIG, UNET_CONFIG, bu
 from lora_trainer.workspace import TRAIN_STATE_FILE, state_dir_name
 
 EXIT_STOPPED = 143
-DEFAULT_STEPS = 10
 MAX_RANK = 8
 MAX_BATCH = 4
 UNET_TARGETS = (
@@ -63,7 +63,7 @@ class SmokeRun:
         self.learning_rate = float(config.get("unet_lr") or config.get("learning_rate") or 1e-4)
         self.batch_size = max(1, min(int(config.get("train_batch_size", 1)), MAX_BATCH))
         self.unet_only = bool(config.get("network_train_unet_only"))
-        self.total_steps = args.max_train_steps or DEFAULT_STEPS
+        self.total_steps = args.max_train_steps or SMOKE_TRAINING_STEPS
         self.items = [image for image in images for _ in range(image.repeats)]
         self.steps_per_epoch = math.ceil(len(self.items) / self.batch_size)
         self.save_every_n_steps = int(config.get("save_every_n_steps") or 0)

@@ -2,7 +2,13 @@ import pytest
 
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import JobSettings
-from lora_pipeline.plan import SD_SCRIPTS_DEFAULT_MAX_STEPS, SubsetCount, expected_lora_bytes, make_plan
+from lora_pipeline.plan import (
+    SD_SCRIPTS_DEFAULT_MAX_STEPS,
+    SMOKE_TRAINING_STEPS,
+    SubsetCount,
+    expected_lora_bytes,
+    make_plan,
+)
 
 TABLE = load_instance_table()
 
@@ -107,4 +113,15 @@ def test_very_long_runs_get_a_warning():
     assert [p.code for p in problems] == ["PLAN_MANY_STEPS"]
     assert "18000 steps" in problems[0].message
     _, problems = make_plan([SubsetCount("60_dog", 30, 60)], {"max_train_epochs": 2}, job(), TABLE)
+    assert problems == []
+
+
+def test_smoke_trainer_runs_its_fixed_number_of_steps():
+    plan, problems = make_plan(
+        [SubsetCount("20_x", 12, 20)],
+        {"max_train_epochs": 2},
+        job(trainer="smoke", instance_type="ml.m5.xlarge"),
+        TABLE,
+    )
+    assert (plan.total_steps, plan.epochs) == (SMOKE_TRAINING_STEPS, 1)
     assert problems == []

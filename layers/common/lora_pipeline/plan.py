@@ -15,6 +15,8 @@ from lora_pipeline.problems import Problem, Severity, define
 
 # sd-scripts v0.10.1 trains this many steps when neither max_train_epochs nor max_train_steps is set.
 SD_SCRIPTS_DEFAULT_MAX_STEPS = 1600
+# The smoke trainer proves the plumbing, not the model: it always runs this many steps.
+SMOKE_TRAINING_STEPS = 10
 
 # LoRA parameters per unit of rank, from SDXL's layer shapes (a module d_in -> d_out adds rank * (d_in + d_out)):
 # U-Net, 722 modules: 70 transformer blocks (10 at 640 channels, 60 at 1280) with self-attention (q, k, v, out),
@@ -56,6 +58,7 @@ class SubsetPlan(BaseModel):
 
 
 class Plan(BaseModel):
+    trainer: str
     subsets: list[SubsetPlan]
     images: int
     samples_per_epoch: int
@@ -110,7 +113,10 @@ def make_plan(
     steps_per_epoch = math.ceil(math.ceil(samples / batch) / gpus / grad_accum) if samples else 0
 
     epochs_setting = config.get("max_train_epochs")
-    if isinstance(epochs_setting, int) and epochs_setting > 0:
+    if job.trainer == "smoke":
+        total_steps = SMOKE_TRAINING_STEPS if samples else 0
+        epochs = 1 if samples else 0
+    elif isinstance(epochs_setting, int) and epochs_setting > 0:
         epochs = epochs_setting
         total_steps = epochs * steps_per_epoch
     else:
@@ -128,6 +134,7 @@ def make_plan(
         spot_cost = round(on_demand * (1 - instances.spot_discount), 2)
 
     plan = Plan(
+        trainer=job.trainer,
         subsets=[
             SubsetPlan(
                 folder=s.folder, images=s.images, repeats=s.repeats, samples_per_epoch=s.images * s.repeats
