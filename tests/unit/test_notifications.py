@@ -25,13 +25,14 @@ def _problem(code: str, severity: str = "error", file: str | None = "10_blue/a.p
     }
 
 
-def rejected(problems: list[dict[str, Any]], errors: int) -> events.DatasetRejected:
+def rejected(problems: list[dict[str, Any]], errors: int, omitted: int = 0) -> events.DatasetRejected:
     return events.DatasetRejected(
         **COMMON,
         reason="the dataset has errors",
         error_count=errors,
-        warning_count=len(problems) - errors,
+        warning_count=len(problems) + omitted - errors,
         problems=problems,
+        problems_omitted=omitted,
         report_uri="s3://lora-bucket/runs/bluebot/r/validation.json",
     )
 
@@ -73,6 +74,12 @@ def test_rejection_lists_every_problem_with_its_fix_and_the_next_step() -> None:
     assert "nothing was spent on GPUs" in message.body
     assert "lora-pipeline validate" in message.body
     assert "s3://lora-bucket/runs/bluebot/r/validation.json" in message.body
+
+
+def test_rejection_counts_the_problems_left_to_the_report() -> None:
+    body = notifications.render(rejected([_problem("X")], errors=1, omitted=70)).body
+    assert "... and 70 more problems in the full report below." in body
+    assert "more problem" not in notifications.render(rejected([_problem("X")], errors=1)).body
 
 
 def test_one_problem_is_singular() -> None:

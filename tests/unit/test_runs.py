@@ -190,3 +190,24 @@ def test_an_s3_base_model_is_the_model_channel_and_on_demand_has_no_max_wait() -
     assert spec.input_data_config[-1]["ChannelName"] == "model"
     assert spec.input_data_config[-1]["DataSource"]["S3DataSource"]["S3Uri"] == uri
     assert spec.stopping_condition == {"MaxRuntimeInSeconds": 9000}
+
+
+def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lora_pipeline.storage import LocalFolder
+    from lora_pipeline.validate import validate_dataset
+    from tests.corpus import make_good_dataset
+
+    folder = make_good_dataset(tmp_path / "many", subsets={"5_dog": 80})
+    for caption in folder.glob("5_dog/*.caption"):
+        caption.unlink()  # 80 CAPTION_MISSING warnings
+    (folder / "5_dog" / "broken.png").write_bytes(
+        b""
+    )  # one IMAGE_EMPTY error, listed after the warnings by file
+    report = validate_dataset(LocalFolder(folder), "many")
+    outcome = runs.validation_outcome(report, "bucket", "run-1")
+
+    assert len(report.problems) > runs.MAX_PROBLEMS_IN_EVENT
+    assert len(outcome.problems) == runs.MAX_PROBLEMS_IN_EVENT
+    assert outcome.problems_omitted == len(report.problems) - runs.MAX_PROBLEMS_IN_EVENT
+    assert outcome.problems[0]["code"] == "IMAGE_EMPTY"
+    assert len(outcome.model_dump_json()) < 64 * 1024

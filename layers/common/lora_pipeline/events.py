@@ -60,7 +60,11 @@ class DatasetRejected(EventDetail):
     reason: str = Field(description="Why the state machine stopped the run (one line).")
     error_count: int
     warning_count: int
-    problems: list[ProblemDetail] = Field(description="Every problem found, each with its fix.")
+    problems: list[ProblemDetail] = Field(
+        description="The problems found, errors first, each with its fix; at most 50 (events and emails have size "
+        "limits): problems_omitted counts the rest, and report_uri has them all."
+    )
+    problems_omitted: int = Field(description="How many more problems validation.json lists.")
     report_uri: str = Field(description="s3:// URI of the full validation.json.")
 
 

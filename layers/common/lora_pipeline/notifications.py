@@ -76,6 +76,8 @@ def _rejected(d: DatasetRejected) -> Message:
         lines.append(f"{number}. [{problem.severity.upper()} {problem.code}]{where} {problem.message}")
         if problem.fix:
             lines.append(f"   Fix: {problem.fix}")
+    if d.problems_omitted:
+        lines.append(f"... and {_plural(d.problems_omitted, 'more problem')} in the full report below.")
     lines += [
         "",
         "Next step: fix the problems above in your local copy, check it with",

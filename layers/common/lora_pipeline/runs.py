@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import JobSettings
 from lora_pipeline.kohya_config import safe_output_name
+from lora_pipeline.problems import Severity
 from lora_pipeline.report import ValidationReport
 from lora_pipeline.s3_layout import RunLayout, dataset_prefix, s3_uri
 
@@ -229,6 +230,10 @@ def training_job_spec(
     )
 
 
+MAX_PROBLEMS_IN_EVENT = 50
+_SEVERITY_ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
+
 class ValidationOutcome(BaseModel):
     """What the validate function returns to the state machine (its Choice reads these fields)."""
 
@@ -236,18 +241,24 @@ class ValidationOutcome(BaseModel):
     error_count: int
     warning_count: int
     problems: list[dict[str, Any]]
+    problems_omitted: int
     report_uri: str
     job: TrainingJobSpec
 
 
 def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> ValidationOutcome:
+    # Step Functions, EventBridge and SNS each cap a payload at 256 KB (a few hundred problems): the state
+    # machine and the rejection email get the most important ones, validation.json keeps every one.
+    by_severity = sorted(report.problems, key=lambda p: _SEVERITY_ORDER[p.severity])
+    listed = by_severity[:MAX_PROBLEMS_IN_EVENT]
     output_name = report.job.output_name or safe_output_name(report.dataset)
     estimate = report.plan.estimated_usd if report.plan is not None else None
     return ValidationOutcome(
         valid=report.trainable and report.kohya_toml is not None,
         error_count=report.error_count,
         warning_count=report.warning_count,
-        problems=[p.model_dump(mode="json") for p in report.problems],
+        problems=[p.model_dump(mode="json") for p in listed],
+        problems_omitted=len(report.problems) - len(listed),
         report_uri=s3_uri(bucket, RunLayout(report.dataset, run_id).validation_key),
         job=training_job_spec(bucket, report.dataset, run_id, report.job, output_name, estimate),
     )
