@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import boto3
+import botocore.exceptions
 
 from lora_pipeline.instances import load_instance_table
+from lora_pipeline.job_settings import StackLimits
 from lora_pipeline.report import ValidationReport
 from lora_pipeline.s3_layout import DATASETS_PREFIX, parse_s3_uri
 from lora_pipeline.storage import LocalFolder
@@ -21,6 +24,8 @@ from lora_pipeline_cli.stack import Stack, StackError, connect, require_training
 from lora_pipeline_cli.upload import plan_upload, upload_dataset
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+# Dataset folder names the S3 keys, the run table and the job names carry without escaping.
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class UsageError(Exception):
@@ -36,12 +41,14 @@ def _stack(args: argparse.Namespace) -> Stack:
     return connect(stack_name_from(args.stack), boto3.Session(region_name=args.region))
 
 
-def _validate_folder(folder: Path, dataset: str, args: argparse.Namespace) -> ValidationReport:
+def _validate_folder(
+    folder: Path, dataset: str, args: argparse.Namespace, limits: StackLimits
+) -> ValidationReport:
     if not folder.is_dir():
         raise UsageError(
             f"{folder} is not a folder. Pass the dataset folder (the one holding <repeats>_<name>/)."
         )
-    return validate_dataset(LocalFolder(folder), dataset, instances=load_instance_table(args.prices))
+    return validate_dataset(LocalFolder(folder), dataset, limits, load_instance_table(args.prices))
 
 
 def _print_report(report: ValidationReport, args: argparse.Namespace) -> None:
@@ -52,6 +59,9 @@ def _print_report(report: ValidationReport, args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    # A stack named on the command line lends its limits (instance types, volume, runtime); else the defaults.
+    stack = _stack(args) if args.stack or args.local else None
+    limits = stack.limits() if stack else StackLimits()
     if args.path.startswith("s3://"):
         from lora_pipeline.aws.s3_source import S3DatasetSource
 
@@ -61,13 +71,12 @@ def _validate(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{args.path}: give a dataset folder of the pipeline bucket, s3://<bucket>/datasets/<name>/."
             )
-        s3 = _stack(args).client("s3") if args.local else boto3.Session(region_name=args.region).client("s3")
-        report = validate_dataset(
-            S3DatasetSource(s3, bucket, dataset), dataset, instances=load_instance_table(args.prices)
-        )
+        s3 = stack.client("s3") if stack else boto3.Session(region_name=args.region).client("s3")
+        source = S3DatasetSource(s3, bucket, dataset)
+        report = validate_dataset(source, dataset, limits, load_instance_table(args.prices))
     else:
         folder = Path(args.path)
-        report = _validate_folder(folder, args.dataset or folder.resolve().name, args)
+        report = _validate_folder(folder, args.dataset or folder.resolve().name, args, limits)
     _print_report(report, args)
     return EXIT_OK if report.trainable else EXIT_REJECTED
 
@@ -75,7 +84,12 @@ def _validate(args: argparse.Namespace) -> int:
 def _upload(args: argparse.Namespace) -> int:
     folder = Path(args.path)
     dataset = args.dataset or folder.resolve().name
-    report = _validate_folder(folder, dataset, args)
+    if not DATASET_NAME.fullmatch(dataset):
+        raise UsageError(
+            f"{dataset!r} cannot be a dataset name: use letters, digits, '.', '_' and '-' (pass --dataset NAME)."
+        )
+    stack = _stack(args)
+    report = _validate_folder(folder, dataset, args, stack.limits())
     if not report.trainable:
         _print_report(report, args)
         if not args.force:
@@ -83,7 +97,6 @@ def _upload(args: argparse.Namespace) -> int:
                 "Not uploaded: the dataset would be rejected. Fix the errors above, or pass --force.\n"
             )
             return EXIT_REJECTED
-    stack = _stack(args)
     if not args.local:
         require_training_image(stack)
     plan = plan_upload(folder)
@@ -194,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         _validate,
         "pre-flight check of a dataset: what Kohya would do with it, what is wrong, what it will cost",
+        "With --stack or --local the stack's limits apply (instance types, volume, runtime), else the defaults. "
         "Exit code 0: trainable; 1: rejected (errors listed with their fixes); 2: usage error.",
     )
     validate.add_argument("path", help="dataset folder, or s3://<bucket>/datasets/<name>/")
@@ -257,6 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except (UsageError, StackError) as exc:
         sys.stderr.write(f"lora-pipeline: {exc}\n")
+        return EXIT_USAGE
+    except botocore.exceptions.NoCredentialsError:
+        sys.stderr.write(
+            "lora-pipeline: no AWS credentials found: run `aws configure` (or `aws sso login`).\n"
+        )
         return EXIT_USAGE
     return code
 

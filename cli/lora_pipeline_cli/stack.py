@@ -11,7 +11,19 @@ from typing import Any
 import boto3
 import botocore.exceptions
 
+from lora_pipeline.aws.settings import ValidateEnv
+from lora_pipeline.job_settings import StackLimits
+
 STACK_ENV_VAR = "LORA_PIPELINE_STACK"
+# The validate function's environment variable for each stack parameter that limits a job (template.yaml).
+_LIMIT_PARAMETERS = {
+    "ALLOWED_INSTANCE_TYPES": "AllowedInstanceTypes",
+    "DEFAULT_INSTANCE_TYPE": "DefaultInstanceType",
+    "MIN_VOLUME_SIZE_GB": "MinVolumeSizeGB",
+    "MAX_RUNTIME_HOURS": "MaxRuntimeHours",
+    "USE_SPOT": "UseSpot",
+    "BASE_MODEL_S3_URI": "BaseModelS3Uri",
+}
 SAMCONFIG = Path("samconfig.toml")
 
 
@@ -59,6 +71,13 @@ class Stack:
             raise StackError(
                 f"Stack {self.name} has no output {key}: is it an sdxl-lora-pipeline stack?"
             ) from None
+
+    def limits(self) -> StackLimits:
+        """The limits this stack's validate function applies, from the stack's parameters."""
+        settings = {
+            env: self.parameters[name] for env, name in _LIMIT_PARAMETERS.items() if name in self.parameters
+        }
+        return ValidateEnv.model_validate(settings).limits()
 
     @property
     def bucket(self) -> str:

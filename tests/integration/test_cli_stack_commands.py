@@ -158,6 +158,38 @@ def test_logs_and_progress_come_from_the_training_log(
         assert "step 10/10 (100%) loss 0.25" in out
 
 
+def test_the_stacks_limits_apply_when_a_stack_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = dataset(tmp_path, "bluebot", ready=False)
+    (folder / "pipeline.toml").write_text('trainer = "smoke"\nmax_runtime_hours = 2\n')
+    with pipeline(None, MaxRuntimeHours="1") as stack:
+        assert run_cli(capsys, "validate", str(folder))[0] == 0  # the default cap is 12 h
+        code, out, _ = run_cli(capsys, "validate", str(folder), "--stack", stack.stack_name)
+        assert code == 1 and "JOB_RUNTIME_ABOVE_CAP" in out and "cap of 1.0 h" in out
+        code, _, err = run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name)
+        assert code == 1 and "Not uploaded" in err
+
+
+def test_upload_refuses_a_folder_name_that_cannot_be_a_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = dataset(tmp_path, "my dogs")
+    code, _, err = run_cli(capsys, "upload", str(folder), "--stack", "any")
+    assert code == 2 and "--dataset NAME" in err
+
+
+def test_missing_credentials_are_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    code, _, err = run_cli(capsys, "validate", "s3://bucket/datasets/bluebot/")
+    assert code == 2 and "no AWS credentials" in err
+    code, _, err = run_cli(capsys, "status", "--stack", "any")
+    assert code == 2 and "No AWS credentials" in err
+
+
 def test_unknown_stack_says_how_to_deploy(capsys: pytest.CaptureFixture[str]) -> None:
     with pipeline(None) as _:
         code, _, err = run_cli(capsys, "status", "--stack", "no-such-stack")
