@@ -100,3 +100,16 @@ def test_buildspec_builds_and_pushes_the_project_tag() -> None:
     assert 'docker push "${IMAGE_REPO_URI}:${IMAGE_TAG}"' in post
     assert "CODEBUILD_BUILD_SUCCEEDING" in post, "a failed build must not push"
     assert "ecr get-login-password" in " ".join(spec["phases"]["pre_build"]["commands"])
+
+
+def test_image_python_satisfies_the_packages_it_ships() -> None:
+    """The image runs lora_pipeline and the entrypoint, which need the project's Python (tomllib, StrEnum)."""
+    import re
+    import tomllib
+
+    dockerfile = (Path(__file__).resolve().parents[2] / "container" / "Dockerfile").read_text()
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    image = re.search(r"^FROM \S*python:(\d+)\.(\d+)", dockerfile, re.MULTILINE)
+    needed = re.fullmatch(r">=(\d+)\.(\d+)", pyproject["project"]["requires-python"])
+    assert image and needed
+    assert tuple(map(int, image.groups())) >= tuple(map(int, needed.groups()))

@@ -678,7 +678,7 @@ class _Builder:
             CONFIG_UNKNOWN_KEY,
             f"{self.where(key, value)}: sdxl_train_network.py {SD_SCRIPTS_VERSION} has no argument `{key}` "
             f"and would silently ignore it; {hint}",
-            "Fix the name or remove the key (the argument list is in the README's config.toml section).",
+            "Fix the name or remove the key (`python sdxl_train_network.py --help` in sd-scripts v0.10.1 lists every argument).",
         )
 
     def report_refused(self, key: str, value: Any) -> None:

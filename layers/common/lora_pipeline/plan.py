@@ -30,7 +30,7 @@ PLAN_RUNTIME_TOO_SHORT = define(
     "PLAN_RUNTIME_TOO_SHORT",
     Severity.ERROR,
     "the estimated training time is longer than max_runtime_hours, so the job would be stopped unfinished",
-    "Raise max_runtime_hours in pipeline.toml, or train fewer epochs/steps or fewer repeats.",
+    "Train fewer epochs/steps or fewer repeats, or raise max_runtime_hours in pipeline.toml (up to the stack's MaxRuntimeHours).",
 )
 
 PLAN_MANY_STEPS = define(
