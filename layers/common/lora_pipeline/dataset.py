@@ -86,7 +86,7 @@ COMMON_CAPTION_EXTENSIONS = (".caption", ".txt")
 UPSCALE_WARNING_FACTOR = 1.1
 FACE_CROP_NAME_PARTS = 5
 
-_CONVERT_FIX = "Convert it to PNG or JPEG (e.g. `magick FILE out.png`) or remove it."
+_CONVERT_FIX = "Convert it to PNG or JPEG (e.g. `magick <file> out.png`) or remove it."
 
 DATASET_NO_SUBSETS = define(
     "DATASET_NO_SUBSETS",
@@ -188,31 +188,31 @@ IMAGE_TOO_MANY_PIXELS = define(
     "IMAGE_TOO_MANY_PIXELS",
     Severity.ERROR,
     f"The image has more than {MAX_IMAGE_PIXELS:,} pixels (Pillow's decompression-bomb limit).",
-    "Downscale it, e.g. to 2048 px on the long side (`magick FILE -resize 2048x2048 FILE`).",
+    "Downscale it, e.g. to 2048 px on the long side (`magick <file> -resize 2048x2048 <file>`).",
 )
 IMAGE_EXIF_ROTATED = define(
     "IMAGE_EXIF_ROTATED",
     Severity.WARNING,
     "The image has an EXIF orientation: viewers turn it, sd-scripts does not, so the LoRA learns it turned.",
-    "Apply the rotation to the pixels: `magick mogrify -auto-orient FILE`, or Pillow `ImageOps.exif_transpose`.",
+    "Apply the rotation to the pixels: `magick mogrify -auto-orient <file>`, or Pillow `ImageOps.exif_transpose`.",
 )
 IMAGE_16BIT_GREYSCALE = define(
     "IMAGE_16BIT_GREYSCALE",
     Severity.ERROR,
     "A 16-bit greyscale PNG: Pillow's convert('RGB') clips every value above 255, so it trains almost white.",
-    "Convert it to 8 bits: `magick FILE -depth 8 FILE`.",
+    "Convert it to 8 bits: `magick <file> -depth 8 <file>`.",
 )
 IMAGE_CMYK = define(
     "IMAGE_CMYK",
     Severity.WARNING,
     "A CMYK image: sd-scripts converts it to RGB without its colour profile, so colours shift.",
-    "Convert it to sRGB: `magick FILE -colorspace sRGB FILE`.",
+    "Convert it to sRGB: `magick <file> -colorspace sRGB <file>`.",
 )
 IMAGE_ALPHA = define(
     "IMAGE_ALPHA",
     Severity.WARNING,
     "The image has transparency: sd-scripts drops it, transparent areas train as the colour stored under them.",
-    "Flatten it onto a background (`magick FILE -background white -flatten FILE`), "
+    "Flatten it onto a background (`magick <file> -background white -flatten <file>`), "
     "or set alpha_mask = true in config.toml to use the transparency as a loss mask.",
 )
 IMAGE_TOO_SMALL = define(

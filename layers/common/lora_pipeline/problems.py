@@ -6,10 +6,13 @@ troubleshooting table and lets tests check that every code is documented.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
+
+FILE_PLACEHOLDER = "<file>"
 
 
 class Severity(StrEnum):
@@ -38,10 +41,12 @@ class ProblemCode:
     fix: str
 
     def at(self, file: str | None, message: str, fix: str | None = None) -> Problem:
-        """A problem of this kind in `file`; `fix` overrides the catalogue's generic fix."""
-        return Problem(
-            severity=self.severity, code=self.code, file=file, message=message, fix=fix or self.fix
-        )
+        """A problem of this kind in `file`; `fix` overrides the catalogue's generic fix, whose `<file>`
+        placeholders become the file's name, quoted for a shell."""
+        fix = fix or self.fix
+        if file is not None:
+            fix = fix.replace(FILE_PLACEHOLDER, shlex.quote(file))
+        return Problem(severity=self.severity, code=self.code, file=file, message=message, fix=fix)
 
 
 _CATALOGUE: dict[str, ProblemCode] = {}
