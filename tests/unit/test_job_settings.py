@@ -151,28 +151,3 @@ def test_sample_interval_without_prompts_warns():
     job, problems = read("sample_every_n_epochs = 3\n")
     assert codes(problems) == ["JOB_SAMPLES_WITHOUT_PROMPTS"]
     assert job.sample_every_n_epochs is None
-
-
-def test_generic_fixes_name_the_file(tmp_path):
-    from lora_pipeline.dataset import DatasetRules, check_dataset
-    from lora_pipeline.storage import LocalFolder
-    from tests.corpus import make_image
-
-    make_image(tmp_path / "10_dog" / "my photo.png", size=(1024, 1024), mode="RGBA")
-    _, problems = check_dataset(LocalFolder(tmp_path), DatasetRules())
-    alpha = next(p for p in problems if p.code == "IMAGE_ALPHA")
-    assert "'10_dog/my photo.png'" in (alpha.fix or "")
-    assert "<file>" not in (alpha.fix or "")
-
-
-def test_settings_that_are_not_utf8_are_reported_not_read(tmp_path):
-    from lora_pipeline.storage import LocalFolder
-    from lora_pipeline.validate import validate_dataset
-    from tests.corpus import make_good_dataset
-
-    folder = make_good_dataset(tmp_path / "dog")
-    (folder / "pipeline.toml").write_bytes('output_name = "caf\xe9"\n'.encode("latin-1"))
-    report = validate_dataset(LocalFolder(folder), "dog")
-    problem = next(p for p in report.problems if p.code == "SETTINGS_NOT_UTF8")
-    assert problem.file == "pipeline.toml" and "UTF-8" in problem.message
-    assert report.job.output_name == "dog"  # the file was not read: defaults apply
