@@ -84,7 +84,9 @@ def render_plan(plan: Plan, output_name: str | None) -> list[str]:
             f"about {megabytes(plan.expected_lora_bytes)}"
         )
     mode = "spot" if plan.spot else "on-demand"
-    if plan.estimated_seconds is None or plan.on_demand_usd is None or plan.spot_usd is None:
+    if plan.total_steps == 0:
+        lines.append(f"  {plan.instance_type} ({mode}): nothing to train, so nothing to estimate")
+    elif plan.estimated_seconds is None or plan.on_demand_usd is None or plan.spot_usd is None:
         lines.append(f"  {plan.instance_type} ({mode}): no price known, no estimate")
     else:
         lines.append(

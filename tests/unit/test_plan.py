@@ -125,3 +125,9 @@ def test_smoke_trainer_runs_its_fixed_number_of_steps():
     )
     assert (plan.total_steps, plan.epochs) == (SMOKE_TRAINING_STEPS, 1)
     assert problems == []
+
+
+def test_a_dataset_without_images_gets_no_estimate():
+    plan, _ = make_plan([SubsetCount("10_x", 0, 10)], {"max_train_epochs": 1}, job(), TABLE)
+    assert plan.total_steps == 0
+    assert plan.estimated_seconds is None and plan.on_demand_usd is None

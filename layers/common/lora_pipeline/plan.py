@@ -128,7 +128,7 @@ def make_plan(
     save_precision = config.get("save_precision")
 
     seconds = on_demand = spot_cost = None
-    if spec is not None:
+    if spec is not None and total_steps > 0:  # nothing to train: nothing to estimate
         seconds = round(instances.startup_seconds + total_steps * spec.seconds_per_step)
         on_demand = round(seconds / 3600 * spec.on_demand_usd_per_hour, 2)
         spot_cost = round(on_demand * (1 - instances.spot_discount), 2)
