@@ -344,6 +344,21 @@ def step_functions_parse_each_definition_once() -> None:
     AmazonStateLanguageParser.parse = staticmethod(parse)  # type: ignore[method-assign]
 
 
+def step_functions_new_executions_are_running() -> None:
+    """Step Functions: moto lists an execution before its start sets `exec_status`, and reading its status
+    then raises, failing any concurrent ListExecutions or SendTaskSuccess; on AWS a started execution is
+    RUNNING from the moment StartExecution returns."""
+    from moto.stepfunctions.parser.backend.execution import Execution
+
+    _require(Execution, "status", "step_functions_new_executions_are_running")
+
+    def status(execution: Any) -> str:
+        current = execution.exec_status
+        return "RUNNING" if current is None else str(current.value)
+
+    Execution.status = property(status)  # type: ignore[method-assign,assignment]
+
+
 def dynamodb_atomic_writes() -> None:
     """DynamoDB: moto checks a ConditionExpression and then writes, unlocked, so two threads can both pass
     the check; make each item write (and item read) atomic, as DynamoDB guarantees (concurrent ingest calls
@@ -375,6 +390,7 @@ ADAPTATIONS: Final[tuple[Callable[[], None], ...]] = (
     step_functions_sagemaker_integration,
     step_functions_status_change_events,
     step_functions_parse_each_definition_once,
+    step_functions_new_executions_are_running,
     dynamodb_atomic_writes,
 )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import warnings
@@ -29,9 +28,6 @@ from .training import NoExecutor, TrainingExecutor
 _IDLE_POLL_SECONDS = 0.02
 _TIMELINE_POLL_SECONDS = 0.2
 _SHUTDOWN_SECONDS = 10.0
-
-
-LOG = logging.getLogger(__name__)
 
 
 class StackDeployFailed(RuntimeError):
@@ -369,10 +365,7 @@ class EmbeddedStack:
         stopping = False
         while not stopping:
             stopping = self.runtime.stopping.wait(_TIMELINE_POLL_SECONDS)  # then one last pass
-            try:
-                self._announce_states(callback, read, finished)
-            except Exception:  # an execution being created has no status yet in moto: read it next pass
-                LOG.debug("state follower: execution list not readable yet", exc_info=True)
+            self._announce_states(callback, read, finished)
 
     def _announce_states(
         self, callback: Callable[[TimelineEntry], None], read: dict[str, int], finished: set[str]

@@ -159,3 +159,15 @@ def _race_for_one_slot(dynamodb: Any, key: str, contenders: int = 12) -> int:
     for thread in threads:
         thread.join()
     return len(winners)
+
+
+def test_an_execution_not_yet_started_reads_as_running() -> None:
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.backend.execution import Execution
+
+    adaptations.install()
+    execution = Execution.__new__(Execution)
+    execution.exec_status = None  # listed by StartExecution before its start sets the status
+    assert execution.status == "RUNNING"
+    execution.exec_status = ExecutionStatus.SUCCEEDED
+    assert execution.status == "SUCCEEDED"
