@@ -7,7 +7,7 @@ from collections import defaultdict
 from lora_pipeline.plan import Plan
 from lora_pipeline.problems import Problem, Severity
 from lora_pipeline.report import ValidationReport
-from lora_pipeline_cli.runs import RunStatus
+from lora_pipeline_cli.runs import RUNNING, RunStatus
 
 DATASET_WIDE = "(whole dataset)"
 _ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
@@ -111,7 +111,7 @@ def render_status(statuses: list[RunStatus]) -> str:
         )
         eta = duration(progress.eta_seconds) if progress and progress.eta_seconds is not None else ""
         cost = f"${status.cost_so_far_usd:.2f}" if status.cost_so_far_usd is not None else ""
-        stage = status.stage if status.run.status == "RUNNING" else ""
+        stage = status.stage if status.run.status == RUNNING else ""
         rows.append((status.run.dataset, status.run.run_id, status.run.status, stage or "", done, eta, cost))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "".join(
