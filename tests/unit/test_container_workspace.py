@@ -38,26 +38,29 @@ def test_resume_picks_the_furthest_complete_state_by_step_not_by_time(tmp_path: 
     os.utime(newer_in_time_only, (time.time() + 60, time.time() + 60))
     _state(tmp_path, "bluebot-000003-state", step=300, complete=False)
 
-    found = find_resume_state(tmp_path)
+    found = find_resume_state(tmp_path, "bluebot")
 
-    assert found is not None and (found.directory.name, found.step) == ("bluebot-000002-state", 200)
+    assert found is not None and (found.state.directory.name, found.state.step) == (
+        "bluebot-000002-state",
+        200,
+    )
     assert [p.name for p in incomplete_states(tmp_path)] == ["bluebot-000003-state"]
 
 
 def test_no_states_means_a_fresh_start(tmp_path: Path) -> None:
-    assert find_resume_state(tmp_path / "missing") is None
+    assert find_resume_state(tmp_path / "missing", "bluebot") is None
     (tmp_path / "bluebot-000001-state").mkdir()
-    assert find_resume_state(tmp_path) is None
+    assert find_resume_state(tmp_path, "bluebot") is None
 
 
 def test_a_save_is_in_progress_only_while_an_incomplete_state_is_being_written(tmp_path: Path) -> None:
     _state(tmp_path, "bluebot-000001-state", step=100)
-    assert not save_in_progress(tmp_path)
+    assert not save_in_progress(tmp_path, "bluebot")
     writing = _state(tmp_path, "bluebot-000002-state", step=200, complete=False)
-    assert save_in_progress(tmp_path)
+    assert save_in_progress(tmp_path, "bluebot")
     for path in [writing, *writing.iterdir()]:
         os.utime(path, (time.time() - 600, time.time() - 600))
-    assert not save_in_progress(tmp_path), "a state abandoned long ago is not a save in progress"
+    assert not save_in_progress(tmp_path, "bluebot"), "a state abandoned long ago is not a save in progress"
 
 
 def test_dataset_copy_leaves_latent_caches_and_root_files_behind(tmp_path: Path) -> None:
