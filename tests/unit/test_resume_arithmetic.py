@@ -268,7 +268,7 @@ def test_the_final_state_is_held_against_sigterm_until_the_final_lora_is_written
 
 def test_resuming_from_the_final_state_is_what_sd_scripts_refuses() -> None:
     engine = _engine()
-    final = [e for e in events(engine, NAME) if isinstance(e, Save) and e.kind == "final"][0]
+    final = next(e for e in events(engine, NAME) if isinstance(e, Save) and e.kind == "final")
     with pytest.raises(EngineAssertion, match="max_train_steps should be greater than initial step"):
         start(EngineRun(**{**engine.__dict__, "steps_from_state": final.current_step}))
 
