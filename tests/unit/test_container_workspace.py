@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from lora_pipeline.job_settings import JobSettings
+from lora_pipeline.runs import training_job_spec
 from lora_trainer.entrypoint import count_gpus, diagnose
 from lora_trainer.kohya_format import original_unet_path
 from lora_trainer.sagemaker_env import ContractError, OptMl, read_hyperparameters, read_job_inputs
@@ -100,6 +102,10 @@ def test_sample_prompts_render_at_1024_unless_a_size_is_given(tmp_path: Path) ->
         ({"output_name": "x", "dataset": "d", "run_id": "r", "trainer": "dreambooth"}, "kohya, smoke"),
         ({"output_name": "../x", "dataset": "d", "run_id": "r"}, "plain file name"),
         ({"output_name": "x", "dataset": "d", "run_id": "r", "max_steps": "-3"}, "positive whole number"),
+        (
+            {"output_name": "x", "dataset": "d", "run_id": "r", "checkpoint_every_n_steps": "0"},
+            "positive whole",
+        ),
     ],
 )
 def test_bad_hyperparameters_name_the_file_and_the_fix(
@@ -183,3 +189,21 @@ def test_unet_paths_follow_the_original_sdxl_layout(diffusers: str, original: st
 def test_paths_outside_attention_blocks_are_refused() -> None:
     with pytest.raises(ValueError, match="attention"):
         original_unet_path("down_blocks.0.resnets.0.conv1", layers_per_block=2)
+
+
+def test_the_plans_checkpoint_interval_reaches_the_container(tmp_path: Path) -> None:
+    job = JobSettings(
+        instance_type="ml.g5.2xlarge",
+        volume_size_gb=50,
+        max_runtime_hours=12.0,
+        spot=True,
+        trainer="kohya",
+        base_model="stabilityai/stable-diffusion-xl-base-1.0",
+    )
+    spec = training_job_spec("bkt", "bluebot", "r", job, "bluebot", None, checkpoint_every_n_steps=947)
+    path = tmp_path / "hyperparameters.json"
+    path.write_text(json.dumps(spec.hyperparameters))
+    assert read_hyperparameters(path).checkpoint_every_n_steps == 947
+    assert (
+        "checkpoint_every_n_steps" not in training_job_spec("bkt", "b", "r", job, "b", None).hyperparameters
+    )

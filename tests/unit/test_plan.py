@@ -131,3 +131,36 @@ def test_a_dataset_without_images_gets_no_estimate():
     plan, _ = make_plan([SubsetCount("10_x", 0, 10)], {"max_train_epochs": 1}, job(), TABLE)
     assert plan.total_steps == 0
     assert plan.estimated_seconds is None and plan.on_demand_usd is None
+
+
+def test_long_epochs_on_spot_save_a_state_within_the_checkpoint_interval():
+    seconds = TABLE.get("ml.g5.2xlarge").seconds_per_step
+    subsets = [SubsetCount("100_x", 30, 100)]  # 3,000 steps per epoch
+    plan, _ = make_plan(subsets, {"max_train_epochs": 2}, job(), TABLE, checkpoint_interval_minutes=30)
+    assert plan.checkpoint_every_n_steps is not None
+    assert plan.checkpoint_every_n_steps * seconds <= 30 * 60 < (plan.checkpoint_every_n_steps + 1) * seconds
+
+
+@pytest.mark.parametrize(
+    ("subsets", "config", "settings"),
+    [
+        ([SubsetCount("10_x", 20, 10)], {"max_train_epochs": 10}, {}),  # 200 steps per epoch: epoch saves do
+        ([SubsetCount("100_x", 30, 100)], {"max_train_epochs": 2}, {"spot": False}),  # on demand: no restart
+        ([SubsetCount("100_x", 30, 100)], {"save_every_n_steps": 100}, {}),  # the config's saves are closer
+    ],
+)
+def test_no_extra_saves_where_the_existing_ones_are_close_enough(subsets, config, settings):
+    plan, _ = make_plan(subsets, config, job(**settings), TABLE, checkpoint_interval_minutes=30)
+    assert plan.checkpoint_every_n_steps is None
+
+
+def test_rare_epoch_saves_from_the_config_count_as_far_apart():
+    plan, _ = make_plan(
+        [SubsetCount("10_x", 40, 10)],
+        {"max_train_epochs": 10, "save_every_n_epochs": 5},
+        job(),
+        TABLE,
+        checkpoint_interval_minutes=30,
+    )
+    assert plan.steps_per_epoch * 5 * TABLE.get("ml.g5.2xlarge").seconds_per_step > 30 * 60
+    assert plan.checkpoint_every_n_steps is not None

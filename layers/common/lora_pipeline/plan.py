@@ -78,6 +78,7 @@ class Plan(BaseModel):
     on_demand_usd: float | None
     spot_usd: float | None
     price_source: str
+    checkpoint_every_n_steps: int | None = None
 
     @property
     def estimated_usd(self) -> float | None:
@@ -100,10 +101,14 @@ def make_plan(
     config: Mapping[str, Any],
     job: JobSettings,
     instances: InstanceTable,
+    *,
+    checkpoint_interval_minutes: float | None = None,
 ) -> tuple[Plan, list[Problem]]:
     """Steps per sd-scripts: epochs * ceil(ceil(samples / batch) / gpus / grad_accum), samples = images * repeats.
 
     Aspect-ratio buckets can add a few partial batches per epoch; the estimate ignores them.
+    `checkpoint_interval_minutes` (the stack's CheckpointIntervalMinutes) bounds the GPU time a spot
+    interruption can cost: see `checkpoint_every_n_steps`.
     """
     batch = _int_setting(config, "train_batch_size", 1)
     grad_accum = _int_setting(config, "gradient_accumulation_steps", 1)
@@ -161,8 +166,32 @@ def make_plan(
         on_demand_usd=on_demand,
         spot_usd=spot_cost,
         price_source=instances.source,
+        checkpoint_every_n_steps=checkpoint_every_n_steps(
+            config, job, steps_per_epoch, spec.seconds_per_step if spec else None, checkpoint_interval_minutes
+        ),
     )
     return plan, _plan_problems(plan, job)
+
+
+def checkpoint_every_n_steps(
+    config: Mapping[str, Any],
+    job: JobSettings,
+    steps_per_epoch: int,
+    seconds_per_step: float | None,
+    interval_minutes: float | None,
+) -> int | None:
+    """Steps between state saves that keep a spot job within `interval_minutes` of GPU time of its last save,
+    or None when the config's own saves (every epoch unless it says otherwise) already are that close.
+
+    sd-scripts saves a state only when `save_every_n_epochs` or `save_every_n_steps` fires (train_network.py).
+    """
+    if not job.spot or job.trainer == "smoke" or not seconds_per_step or not interval_minutes:
+        return None
+    limit = max(1, math.floor(interval_minutes * 60 / seconds_per_step))
+    every_steps = _int_setting(config, "save_every_n_steps", 0)
+    every_epochs = _int_setting(config, "save_every_n_epochs", 0 if every_steps else 1)
+    intervals = [n for n in (every_steps, every_epochs * steps_per_epoch) if n > 0]
+    return None if intervals and min(intervals) <= limit else limit
 
 
 def _plan_problems(plan: Plan, job: JobSettings) -> list[Problem]:

@@ -71,7 +71,9 @@ def validate_dataset(
     plan = None
     if kohya.effective is not None:
         counts = [SubsetCount(s.folder, s.image_count, s.repeats) for s in summary.subsets]
-        plan, plan_problems = make_plan(counts, effective, job, instances)
+        plan, plan_problems = make_plan(
+            counts, effective, job, instances, checkpoint_interval_minutes=limits.checkpoint_interval_minutes
+        )
         problems += plan_problems
 
     return ValidationReport(
