@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import re
@@ -11,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_pipeline import salvage
 from lora_pipeline.safetensors_lora import LoraFormatError, read_safetensors_header
 
 SAMPLE_SIZE_OPTIONS = " --w 1024 --h 1024"
@@ -126,7 +126,6 @@ class ResumePoint:
 
 
 TRAIN_STATE_FILE = "train_state.json"
-_EPOCH_LORA = re.compile(r"-(?P<epoch>\d{6})\.safetensors$")
 
 
 def state_dir_name(output_name: str, *, epoch: int | None = None, step: int | None = None) -> str:
@@ -138,11 +137,6 @@ def state_dir_name(output_name: str, *, epoch: int | None = None, step: int | No
     if epoch is not None:
         return f"{output_name}-{epoch:06d}-state"
     return f"{output_name}-state"
-
-
-def epoch_lora_name(output_name: str, epoch: int) -> str:
-    """library/train_util.py EPOCH_FILE_NAME: the LoRA sd-scripts writes after each saved epoch."""
-    return f"{output_name}-{epoch:06d}.safetensors"
 
 
 def _is_complete(state_dir: Path) -> bool:
@@ -224,12 +218,9 @@ def find_resume_state(checkpoints_dir: Path, output_name: str) -> ResumePoint | 
 
 def newest_epoch_lora(checkpoints_dir: Path, output_name: str) -> tuple[Path, int] | None:
     """The LoRA of the newest finished epoch (`<name>-<epoch:06d>.safetensors`) and its epoch number."""
-    found = []
-    for path in checkpoints_dir.glob(f"{glob.escape(output_name)}-*.safetensors"):
-        match = _EPOCH_LORA.search(path.name)
-        if match and path.name == epoch_lora_name(output_name, int(match["epoch"])):
-            found.append((path, int(match["epoch"])))
-    return max(found, key=lambda item: item[1], default=None)
+    names = [path.name for path in checkpoints_dir.glob("*.safetensors")]
+    found = salvage.newest_epoch_lora(names, output_name)
+    return (checkpoints_dir / found[0], found[1]) if found else None
 
 
 def incomplete_states(checkpoints_dir: Path) -> list[Path]:

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
-from lora_pipeline import notifications
+from lora_pipeline import notifications, salvage
 from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.aws.event_publisher import EventPublisher
 from lora_pipeline.aws.run_table import RunTable
-from lora_pipeline.aws.s3_model_io import unpack_model
+from lora_pipeline.aws.s3_model_io import S3ObjectStream, unpack_model, write_manifest
 from lora_pipeline.aws.s3_source import S3DatasetSource
 from lora_pipeline.events import BY_DETAIL_TYPE, TrainingCancelled, TrainingSucceeded
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import StackLimits
-from lora_pipeline.manifest import RunFacts
+from lora_pipeline.manifest import RunFacts, build_manifest
+from lora_pipeline.model_archive import UnpackResult
 from lora_pipeline.runs import (
     IngestAction,
     execution_name,
@@ -28,6 +30,8 @@ from lora_pipeline.runs import (
     validation_outcome,
 )
 from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, s3_uri
+from lora_pipeline.safetensors_lora import LoraFormatError, read_safetensors_header, summarise_lora
+from lora_pipeline.salvage import SalvagedLora
 from lora_pipeline.validate import validate_dataset
 
 # A settle token that no longer waits: the quiet period ended (or _READY came) just before this upload.
@@ -146,6 +150,104 @@ def _delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
     return deleted
 
 
+class SalvageInput(RunInput):
+    output_name: str | None = None
+    training_job: dict[str, Any] | None = None  # DescribeTrainingJob output; None for a cancelled run
+
+
+class _HashingReader:
+    def __init__(self, stream: S3ObjectStream) -> None:
+        self.stream = stream
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.stream.read(size)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+
+def _checkpoint_names(s3: Any, bucket: str, prefix: str) -> list[str]:
+    names = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        names += [obj["Key"][len(prefix) :] for obj in page.get("Contents", [])]
+    return names
+
+
+def salvage_run(s3: Any, run: SalvageInput) -> SalvagedLora | None:
+    """Publish the newest finished epoch's LoRA of a run that did not finish, and keep its checkpoints.
+
+    The LoRA is read whole (sha256) and its header checked like a final one, then copied to
+    `model/<name>-<epoch:06d>.safetensors` with a manifest marked `partial`. Checkpoints holding a complete
+    state or an epoch LoRA are tagged for the lifecycle rule that expires them (`lora-pipeline resume` uses
+    them meanwhile); others are deleted. Returns None when no epoch finished or its file is not a LoRA.
+    """
+    layout = RunLayout(run.dataset, run.run_id)
+    names = _checkpoint_names(s3, run.bucket, layout.checkpoints_prefix)
+    newest = salvage.newest_epoch_lora(names, run.output_name)
+    resumable = salvage.has_complete_state(names)
+    if newest is None and not resumable:
+        _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
+        return None
+    for name in names:
+        s3.put_object_tagging(
+            Bucket=run.bucket,
+            Key=layout.checkpoints_prefix + name,
+            Tagging={"TagSet": [salvage.KEPT_FOR_RESUME_TAG]},
+        )
+    if newest is None:
+        return None
+    name, epoch = newest
+    source_key = layout.checkpoints_prefix + name
+    stream = S3ObjectStream(s3, run.bucket, source_key)
+    reader = _HashingReader(stream)
+    try:
+        header = read_safetensors_header(reader)
+        summary = summarise_lora(header)
+        while reader.read(1024 * 1024):
+            pass
+    except LoraFormatError:
+        return None
+    finally:
+        stream.close()
+    model_key = layout.model_prefix + name
+    s3.copy_object(Bucket=run.bucket, Key=model_key, CopySource={"Bucket": run.bucket, "Key": source_key})
+    epochs = header.metadata.get("ss_num_epochs")
+    outcome = SalvagedLora(
+        model_uri=s3_uri(run.bucket, model_key),
+        manifest_uri=s3_uri(run.bucket, layout.manifest_key),
+        sha256=reader.sha256.hexdigest(),
+        size_bytes=reader.size,
+        epoch=epoch,
+        epochs=int(epochs) if epochs and epochs.isdigit() else None,
+        stopped=salvage.how_it_stopped(run.training_job),
+        resumable=resumable,
+    )
+    job = run.training_job or {}
+    result = UnpackResult(
+        name=name,
+        size=reader.size,
+        sha256=outcome.sha256,
+        member=name,
+        summary=summary,
+        metadata=header.metadata,
+    )
+    manifest = build_manifest(
+        result,
+        model_uri=outcome.model_uri,
+        archive_uri=s3_uri(run.bucket, source_key),
+        run=RunFacts(
+            dataset=run.dataset,
+            run_id=run.run_id,
+            training_job_name=job.get("TrainingJobName"),
+            billable_seconds=job.get("BillableTimeInSeconds"),
+        ),
+    ).model_copy(update={"partial": outcome.summary})
+    write_manifest(s3, run.bucket, layout.manifest_key, manifest)
+    return outcome
+
+
 def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable) -> UnpackOutcome:
     """Turn the job's model.tar.gz into the LoRA and its manifest; the spot checkpoints are no longer needed."""
     facts = job_facts(run.training_job, prices)
@@ -236,11 +338,11 @@ def clean_up_run(
     now: datetime,
 ) -> str:
     """An execution ended without passing through its own clean-up (stopped, timed out or crashed):
-    stop its training job, free its slot and its dataset, delete its spot checkpoints (a new run never
-    resumes another run's state) and say so."""
+    stop its training job, free its slot and its dataset, salvage its newest epoch LoRA and keep its
+    checkpoints for `lora-pipeline resume` (`salvage_run`), and say so."""
     run = RunInput.model_validate_json(run_input)
     job, stopped = _stop_training_job(sagemaker, training_job_base_name(run.dataset, run.run_id))
-    _delete_prefix(s3, run.bucket, RunLayout(run.dataset, run.run_id).checkpoints_prefix)
+    salvaged = salvage_run(s3, SalvageInput(dataset=run.dataset, run_id=run.run_id, bucket=run.bucket))
     table.release_slot(run.run_id)
     table.finish(run.dataset, run.run_id, "CANCELLED" if status != "FAILED" else "FAILED", now)
     # A FAILED execution has emitted `Training Failed` itself before failing.
@@ -254,6 +356,7 @@ def clean_up_run(
                 execution_status=status,
                 training_job_name=job,
                 training_job_stopped=stopped,
+                salvaged=salvaged,
             )
         )
     return job or ""
