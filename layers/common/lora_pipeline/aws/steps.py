@@ -339,10 +339,15 @@ def clean_up_run(
 ) -> str:
     """An execution ended without passing through its own clean-up (stopped, timed out or crashed):
     stop its training job, free its slot and its dataset, salvage its newest epoch LoRA and keep its
-    checkpoints for `lora-pipeline resume` (`salvage_run`), and say so."""
+    checkpoints for `lora-pipeline resume` (`salvage_run`; a FAILED execution did so itself), and say so."""
     run = RunInput.model_validate_json(run_input)
     job, stopped = _stop_training_job(sagemaker, training_job_base_name(run.dataset, run.run_id))
-    salvaged = salvage_run(s3, SalvageInput(dataset=run.dataset, run_id=run.run_id, bucket=run.bucket))
+    # A FAILED execution salvaged its training failure itself (the state machine's Salvage state).
+    salvaged = (
+        salvage_run(s3, SalvageInput(dataset=run.dataset, run_id=run.run_id, bucket=run.bucket))
+        if status in ("ABORTED", "TIMED_OUT")
+        else None
+    )
     table.release_slot(run.run_id)
     table.finish(run.dataset, run.run_id, "CANCELLED" if status != "FAILED" else "FAILED", now)
     # A FAILED execution has emitted `Training Failed` itself before failing.
