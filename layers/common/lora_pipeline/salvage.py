@@ -83,3 +83,10 @@ class SalvagedLora(BaseModel):
         """`stopped at MaxRuntime after epoch 9 of 10`."""
         of = f" of {self.epochs}" if self.epochs else ""
         return f"{self.stopped} after epoch {self.epoch}{of}"
+
+
+class ResumeRequest(BaseModel):
+    """`runs/<dataset>/resume-request.json` (s3_layout.resume_request_key), written by `lora-pipeline resume`:
+    the dataset's next run copies this earlier run's kept checkpoints into its own and resumes from them."""
+
+    run_id: str

@@ -29,7 +29,7 @@ from lora_pipeline.runs import (
     training_job_base_name,
     validation_outcome,
 )
-from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, s3_uri
+from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, resume_request_key, s3_uri
 from lora_pipeline.safetensors_lora import LoraFormatError, read_safetensors_header, summarise_lora
 from lora_pipeline.salvage import SalvagedLora
 from lora_pipeline.validate import validate_dataset
@@ -106,6 +106,32 @@ def ingest_upload(
     raise RuntimeError(f"dataset {obj.dataset}: its run lock kept changing; the event will be retried")
 
 
+def adopt_resume_request(s3: Any, run: RunInput) -> str | None:
+    """Copy the checkpoints a `lora-pipeline resume` asked for into this run's checkpoints, so its training
+    job resumes from them; returns the earlier run's id (None when nothing was asked). The request is used
+    once. Copies drop the kept-for-resume tag: they belong to a run in progress."""
+    key = resume_request_key(run.dataset)
+    try:
+        body = s3.get_object(Bucket=run.bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise
+    s3.delete_object(Bucket=run.bucket, Key=key)
+    earlier = salvage.ResumeRequest.model_validate_json(body).run_id
+    source = RunLayout(run.dataset, earlier).checkpoints_prefix
+    target = RunLayout(run.dataset, run.run_id).checkpoints_prefix
+    for name in _checkpoint_names(s3, run.bucket, source):
+        s3.copy_object(
+            Bucket=run.bucket,
+            Key=target + name,
+            CopySource={"Bucket": run.bucket, "Key": source + name},
+            TaggingDirective="REPLACE",
+            Tagging="",
+        )
+    return earlier
+
+
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
     report = validate_dataset(S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, limits)
@@ -117,7 +143,10 @@ def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
         files[layout.prompts_key] = (report.prompts_txt, "text/plain")
     for key, (text, content_type) in files.items():
         s3.put_object(Bucket=run.bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
-    return validation_outcome(report, run.bucket, run.run_id).model_dump(mode="json")
+    outcome = validation_outcome(report, run.bucket, run.run_id)
+    if outcome.valid:
+        adopt_resume_request(s3, run)
+    return outcome.model_dump(mode="json")
 
 
 class UnpackInput(RunInput):
