@@ -38,6 +38,7 @@ from lora_trainer.workspace import (
     find_resume_state,
     incomplete_states,
     newest_epoch_lora,
+    read_training_shape,
     save_in_progress,
     write_sample_prompts,
 )
@@ -106,6 +107,14 @@ def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) ->
     resume = find_resume_state(opt_ml.checkpoints_dir, hyperparameters.output_name)
     if resume is not None:
         log(f"resuming from {resume.state.directory.name} " + _resume_position(resume))
+        shape = read_training_shape(opt_ml.checkpoints_dir)
+        if shape is not None and shape.total_steps % shape.steps_per_epoch:
+            extra = shape.steps_per_epoch - shape.total_steps % shape.steps_per_epoch
+            log(
+                f"note: max_train_steps = {shape.total_steps} is not a whole number of {shape.steps_per_epoch}-step "
+                "epochs; after a resume sd-scripts v0.10.1 counts steps from the resumed epoch and trains the last "
+                f"epoch to its end ({extra} steps more than planned). Set max_train_epochs instead to avoid this."
+            )
     gpus = count_gpus()
     processes = max(1, gpus)
     threads = max(1, (os.cpu_count() or 1) // processes)
