@@ -232,11 +232,12 @@ def incomplete_states(checkpoints_dir: Path) -> list[Path]:
 def save_in_progress(
     checkpoints_dir: Path, output_name: str, quiet_seconds: float = 10.0, final_seconds: float = 60.0
 ) -> bool:
-    """A save that must not be cut off: an incomplete state directory written to within `quiet_seconds`, or
-    the final LoRA about to be written (train_network.py saves `<name>-state` first, then `<name>.safetensors`;
-    a stop in between would leave the whole run's training without its LoRA)."""
+    """A save that must not be cut off: a state directory being written (`_being_written`), or the final
+    LoRA about to be written (train_network.py saves `<name>-state` first, then `<name>.safetensors`; a stop
+    in between would leave the whole run's training without its LoRA)."""
     now = time.time()
-    if any(now - _last_write(state_dir) < quiet_seconds for state_dir in incomplete_states(checkpoints_dir)):
+    states = [d for d in checkpoints_dir.glob("*-state") if d.is_dir()] if checkpoints_dir.is_dir() else []
+    if any(_being_written(state_dir, now, quiet_seconds) for state_dir in states):
         return True
     final_state = checkpoints_dir / state_dir_name(output_name)
     return (
@@ -244,6 +245,23 @@ def save_in_progress(
         and not (checkpoints_dir / f"{output_name}.safetensors").is_file()
         and now - _last_write(final_state) < final_seconds
     )
+
+
+def _being_written(state_dir: Path, now: float, quiet_seconds: float) -> bool:
+    """Written to within `quiet_seconds` and not finished: incomplete, or a complete-looking folder that a new
+    save is overwriting. After a resume sd-scripts names step states by its restarted step count, so it can
+    save into an older state's folder; accelerate's save writes train_state.json first (the pre-hook) and the
+    random states last, so random states older than train_state.json belong to the earlier save."""
+    if now - _last_write(state_dir) >= quiet_seconds:
+        return False
+    if not _is_complete(state_dir):
+        return True
+    try:
+        written = (state_dir / TRAIN_STATE_FILE).stat().st_mtime
+        random_states = max(path.stat().st_mtime for path in state_dir.glob("random_states_*.pkl"))
+    except (FileNotFoundError, ValueError):  # removed while we looked (sd-scripts prunes old states)
+        return False
+    return random_states < written
 
 
 def _last_write(directory: Path) -> float:

@@ -207,3 +207,16 @@ def test_the_plans_checkpoint_interval_reaches_the_container(tmp_path: Path) -> 
     assert (
         "checkpoint_every_n_steps" not in training_job_spec("bkt", "b", "r", job, "b", None).hyperparameters
     )
+
+
+def test_a_save_into_an_older_states_folder_is_a_save_in_progress(tmp_path: Path) -> None:
+    """After a resume sd-scripts can save `<name>-step<n>-state` where an older save of that name is: the
+    folder keeps looking complete while train_state.json is already the new one."""
+    state = _state(tmp_path, "bluebot-step00000050-state", step=50)
+    for path in [state, *state.iterdir()]:
+        os.utime(path, (time.time() - 600, time.time() - 600))
+    assert not save_in_progress(tmp_path, "bluebot")
+    (state / "train_state.json").write_text(json.dumps({"current_epoch": 4, "current_step": 50}))
+    assert save_in_progress(tmp_path, "bluebot")
+    (state / "random_states_0.pkl").write_bytes(b"rng")
+    assert not save_in_progress(tmp_path, "bluebot")
