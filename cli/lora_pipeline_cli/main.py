@@ -46,17 +46,17 @@ def _stack(args: argparse.Namespace) -> Stack:
 
 
 @contextmanager
-def _local_dataset(path: str, dataset: str | None) -> Iterator[tuple[Path, str]]:
+def _local_dataset(path: str, dataset: str | None) -> Iterator[tuple[LocalFolder, str]]:
     """The dataset folder given (or unpacked from a .zip) and its name: --dataset, else the folder's."""
     given = Path(path)
     if not zip_input.is_zip(given):
-        yield given, dataset or given.resolve().name
+        yield LocalFolder(given), dataset or given.resolve().name
         return
     if not given.is_file():
         raise UsageError(f"{given} does not exist. Pass the dataset folder or a .zip of it.")
     try:
-        with zip_input.unpacked(given) as (folder, name):
-            yield folder, dataset or name
+        with zip_input.unpacked(given) as (source, name):
+            yield source, dataset or name
     except zip_input.UnsafeZip as exc:
         raise UsageError(str(exc)) from None
 
@@ -72,8 +72,9 @@ def _is_subset_folder(folder: Path) -> bool:
 
 
 def _validate_folder(
-    folder: Path, dataset: str, args: argparse.Namespace, limits: StackLimits
+    source: LocalFolder, dataset: str, args: argparse.Namespace, limits: StackLimits
 ) -> ValidationReport:
+    folder = source.root
     if not folder.is_dir():
         raise UsageError(
             f"{folder} is not a folder. Pass the dataset folder (the one holding <repeats>_<name>/) or a .zip of it."
@@ -84,7 +85,7 @@ def _validate_folder(
             f"{folder} is a subset folder (<repeats>_<class tokens>), not a dataset: pass its parent, "
             f"`lora-pipeline {args.command} {parent}`."
         )
-    return validate_dataset(LocalFolder(folder), dataset, limits, load_instance_table(args.prices))
+    return validate_dataset(source, dataset, limits, load_instance_table(args.prices))
 
 
 def _print_report(report: ValidationReport, args: argparse.Namespace) -> None:
@@ -111,24 +112,24 @@ def _validate(args: argparse.Namespace) -> int:
         source = S3DatasetSource(s3, bucket, dataset)
         report = validate_dataset(source, dataset, limits, load_instance_table(args.prices))
     else:
-        with _local_dataset(args.path, args.dataset) as (folder, dataset):
-            report = _validate_folder(folder, dataset, args, limits)
+        with _local_dataset(args.path, args.dataset) as (source, dataset):
+            report = _validate_folder(source, dataset, args, limits)
     _print_report(report, args)
     return EXIT_OK if report.trainable else EXIT_REJECTED
 
 
 def _upload(args: argparse.Namespace) -> int:
-    with _local_dataset(args.path, args.dataset) as (folder, dataset):
-        return _upload_folder(folder, dataset, args)
+    with _local_dataset(args.path, args.dataset) as (source, dataset):
+        return _upload_folder(source, dataset, args)
 
 
-def _upload_folder(folder: Path, dataset: str, args: argparse.Namespace) -> int:
+def _upload_folder(source: LocalFolder, dataset: str, args: argparse.Namespace) -> int:
     if not DATASET_NAME.fullmatch(dataset):
         raise UsageError(
             f"{dataset!r} cannot be a dataset name: use letters, digits, '.', '_' and '-' (pass --dataset NAME)."
         )
     stack = _stack(args)
-    report = _validate_folder(folder, dataset, args, stack.limits())
+    report = _validate_folder(source, dataset, args, stack.limits())
     if not report.trainable:
         _print_report(report, args)
         if not args.force:
@@ -138,6 +139,7 @@ def _upload_folder(folder: Path, dataset: str, args: argparse.Namespace) -> int:
             return EXIT_REJECTED
     if not args.local:
         require_training_image(stack)
+    folder = source.root
     plan = plan_upload(folder)
     for skipped in plan.skipped:
         sys.stderr.write(f"skipped {skipped} (not part of a dataset)\n")

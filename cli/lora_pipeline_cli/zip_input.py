@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from lora_pipeline.dataset import SETTINGS_FILES, parse_subset_folder
+from lora_pipeline.storage import LocalFolder
 
 _MACOS_METADATA_FOLDER = "__MACOSX"
 _APPLEDOUBLE_PREFIX = "._"
@@ -24,6 +25,18 @@ _REZIP = "Zip the dataset folder itself (its files, not links to them) and try a
 
 class UnsafeZip(ValueError):
     """The zip cannot be used as a dataset; the message names the member (or the zip), the problem and the fix."""
+
+
+class UnpackedZip(LocalFolder):
+    """The unpacked dataset, located (in reports) as the zip it came from: `<zip>` or `<zip>:<top folder>/`."""
+
+    def __init__(self, root: Path, archive: Path, top_folder: str | None) -> None:
+        super().__init__(root)
+        self._location = f"{archive}:{top_folder}/" if top_folder else str(archive)
+
+    @property
+    def location(self) -> str:
+        return self._location
 
 
 def is_zip(path: Path) -> bool:
@@ -59,7 +72,7 @@ def _dataset_root(folder: Path) -> Path:
 
 
 @contextmanager
-def unpacked(archive: Path) -> Iterator[tuple[Path, str]]:
+def unpacked(archive: Path) -> Iterator[tuple[UnpackedZip, str]]:
     """Unpack `archive` into a temporary folder (removed afterwards); yields the dataset root in it and the
     dataset's name: the top folder's, or the zip's own name when the dataset sits at the zip's root.
 
@@ -83,4 +96,5 @@ def unpacked(archive: Path) -> Iterator[tuple[Path, str]]:
             with zip_file.open(member) as source, destination.open("wb") as sink:
                 shutil.copyfileobj(source, sink)
         root = _dataset_root(target)
-        yield root, archive.stem if root == target else root.name
+        top_folder = None if root == target else root.name
+        yield UnpackedZip(root, archive, top_folder), top_folder or archive.stem

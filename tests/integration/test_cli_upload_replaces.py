@@ -6,13 +6,12 @@ from __future__ import annotations
 import io
 import shlex
 import shutil
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from embedded_aws import ArchiveExecutor, EmbeddedStack
-from tests.corpus import heic_bytes
+from tests.corpus import heic_bytes, zip_of
 from tests.integration.pipeline_support import dataset, emails, lora_archive, pipeline
 from tests.integration.test_cli_stack_commands import publish_training_image, run_cli
 
@@ -97,23 +96,6 @@ def test_upload_asks_at_a_terminal_before_removing(
         assert f"10_bluebot/{removed.name}" in dataset_keys(stack)
         assert run_cli(capsys, "upload", str(folder), *target)[0] == 0
         assert f"10_bluebot/{removed.name}" not in dataset_keys(stack)
-
-
-def zip_of(folder: Path, archive: Path, top: str | None) -> Path:
-    """`folder` zipped as macOS's Finder does: under a top folder (or at the root), with __MACOSX and
-    AppleDouble `._` companions."""
-    with zipfile.ZipFile(archive, "w") as zipped:
-        for path in sorted(folder.rglob("*")):
-            name = path.relative_to(folder).as_posix()
-            inside = f"{top}/{name}" if top else name
-            if path.is_dir():
-                zipped.writestr(inside + "/", b"")
-                continue
-            zipped.write(path, inside)
-            companion = Path(inside).with_name("._" + path.name).as_posix()
-            zipped.writestr(f"__MACOSX/{companion}", b"\x00\x05\x16\x07 AppleDouble")
-            zipped.writestr(companion, b"\x00\x05\x16\x07 AppleDouble")
-    return archive
 
 
 def test_upload_takes_a_zip_and_leaves_the_macos_metadata_out(
