@@ -62,8 +62,8 @@ def _checked_parts(archive: Path, member: zipfile.ZipInfo) -> tuple[str, ...]:
 
 def _dataset_root(folder: Path) -> Path:
     """`folder`, or its only entry when that is a folder that is not a subset (`<repeats>_<tokens>`) and
-    nothing else (settings files included) sits beside it."""
-    entries = list(folder.iterdir())
+    nothing else (settings files included, hidden files aside) sits beside it."""
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir():
         only = entries[0]
         if parse_subset_folder(only.name) is None and only.name not in SETTINGS_FILES:
@@ -76,7 +76,8 @@ def unpacked(archive: Path) -> Iterator[tuple[UnpackedZip, str]]:
     """Unpack `archive` into a temporary folder (removed afterwards); yields the dataset root in it and the
     dataset's name: the top folder's, or the zip's own name when the dataset sits at the zip's root.
 
-    Raises UnsafeZip for a file that is no zip, an absolute or `..` member path, or a link member.
+    Raises UnsafeZip for a file that is no zip, an absolute or `..` member path, a link member, or a member
+    that cannot be read (encrypted, damaged, unsupported compression).
     """
     try:
         zip_file = zipfile.ZipFile(archive)
@@ -93,8 +94,14 @@ def unpacked(archive: Path) -> Iterator[tuple[UnpackedZip, str]]:
                 destination.mkdir(parents=True, exist_ok=True)
                 continue
             destination.parent.mkdir(parents=True, exist_ok=True)
-            with zip_file.open(member) as source, destination.open("wb") as sink:
-                shutil.copyfileobj(source, sink)
+            try:
+                with zip_file.open(member) as source, destination.open("wb") as sink:
+                    shutil.copyfileobj(source, sink)
+            except (RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as exc:
+                raise UnsafeZip(
+                    f"{archive}: member {member.filename!r} cannot be read ({exc}). "
+                    "Zip the dataset folder again, without a password."
+                ) from None
         root = _dataset_root(target)
         top_folder = None if root == target else root.name
         yield UnpackedZip(root, archive, top_folder), top_folder or archive.stem

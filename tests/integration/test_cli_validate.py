@@ -85,6 +85,9 @@ def test_a_zip_validates_like_its_folder(
     assert main(["validate", str(bluebot), "--json"]) == 0
     from_folder = json.loads(capsys.readouterr().out)
     archive = zip_of(bluebot, tmp_path / "export.zip", top)
+    if top:
+        with zipfile.ZipFile(archive, "a") as zipped:
+            zipped.writestr(".DS_Store", b"Finder")  # beside the top folder: hidden, not a second entry
     assert main(["validate", str(archive), "--json"]) == 0
     from_zip = json.loads(capsys.readouterr().out)
     assert from_zip["dataset"] == (top or "export")
@@ -112,7 +115,7 @@ def test_a_zip_member_outside_the_folder_is_refused(
     assert not (tmp_path / "evil.png").exists()
 
 
-def test_a_zip_with_a_link_or_no_zip_at_all_is_refused(
+def test_a_zip_with_a_link_an_unreadable_member_or_no_zip_at_all_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     archive = tmp_path / "links.zip"
@@ -122,6 +125,15 @@ def test_a_zip_with_a_link_or_no_zip_at_all_is_refused(
         zipped.writestr(link, "/etc/passwd")
     assert main(["upload", str(archive), "--stack", "any"]) == 2
     assert "member '10_bluebot/a.png' is a symbolic link" in capsys.readouterr().err
+    encrypted = tmp_path / "encrypted.zip"
+    with zipfile.ZipFile(encrypted, "w") as zipped:
+        zipped.writestr("10_bluebot/a.png", b"png")
+    raw = bytearray(encrypted.read_bytes())  # set the "encrypted" flag bit, which zipfile cannot write
+    for header, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        raw[raw.index(header) + flags_at] |= 0x1
+    encrypted.write_bytes(bytes(raw))
+    assert main(["validate", str(encrypted)]) == 2
+    assert "member '10_bluebot/a.png' cannot be read" in capsys.readouterr().err
     not_zip = tmp_path / "photos.zip"
     not_zip.write_bytes(b"not a zip")
     assert main(["validate", str(not_zip)]) == 2
