@@ -17,7 +17,7 @@ from lora_pipeline.dataset import ACCEPTED_IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_E
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import StackLimits
 from lora_pipeline.report import ValidationReport
-from lora_pipeline.s3_layout import DATASETS_PREFIX, parse_s3_uri
+from lora_pipeline.s3_layout import DATASETS_PREFIX, dataset_prefix, parse_s3_uri
 from lora_pipeline.storage import LocalFolder
 from lora_pipeline.validate import validate_dataset
 from lora_pipeline_cli import local, progress, runs, zip_input
@@ -147,7 +147,7 @@ def _upload_folder(source: LocalFolder, dataset: str, args: argparse.Namespace) 
     where = f"s3://{stack.bucket}/{DATASETS_PREFIX}{dataset}/"
     stale = stale_keys(s3, stack.bucket, dataset, plan)
     if stale:
-        _confirm_removal(stale, where, args)
+        _confirm_removal(stale, dataset, where, args)
         remove_keys(s3, stack.bucket, stale)
     with progress.bytes_bar(f"Uploading {dataset}", plan.total_bytes) as advance:
         keys = upload_dataset(s3, stack.bucket, folder, dataset, plan, args.start, advance)
@@ -158,11 +158,10 @@ def _upload_folder(source: LocalFolder, dataset: str, args: argparse.Namespace) 
     return EXIT_OK
 
 
-def _confirm_removal(stale: list[str], where: str, args: argparse.Namespace) -> None:
+def _confirm_removal(stale: list[str], dataset: str, where: str, args: argparse.Namespace) -> None:
     """List the files the upload removes from S3; go on with --yes or a "y" typed at a terminal."""
-    prefix = where.split("/", 3)[3]
     sys.stderr.write(f"{_count(len(stale), 'file')} in {where} are not in {args.path} and will be removed:\n")
-    sys.stderr.writelines(f"  {key.removeprefix(prefix)}\n" for key in stale)
+    sys.stderr.writelines(f"  {key.removeprefix(dataset_prefix(dataset))}\n" for key in stale)
     if args.yes:
         return
     if not sys.stdin.isatty():
@@ -170,7 +169,11 @@ def _confirm_removal(stale: list[str], where: str, args: argparse.Namespace) -> 
             "Not uploaded: the upload replaces the dataset in S3 and would remove the files above. "
             "Pass --yes to remove them (there is no terminal to ask), or upload under another --dataset name."
         )
-    if input("Remove them and upload? [y/N] ").strip().lower() not in ("y", "yes"):
+    try:
+        answer = input("Remove them and upload? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("Not uploaded: nothing in S3 was changed.")
 
 
