@@ -550,8 +550,8 @@ def summarise_lora(header: SafetensorsHeader, architecture: Architecture = Archi
 
     metadata = header.metadata
     base_version = metadata.get("ss_base_model_version")
-    architecture = metadata.get("modelspec.architecture")
-    _check_base_model(base_version, architecture)
+    stated_architecture = metadata.get("modelspec.architecture")
+    _check_base_model(base_version, stated_architecture)
     warnings = _count_warnings(part_counts) + _metadata_warnings(metadata, ranks)
 
     return LoraSummary(
@@ -564,7 +564,7 @@ def summarise_lora(header: SafetensorsHeader, architecture: Architecture = Archi
         network_alpha=_metadata_number(metadata, "ss_network_alpha"),
         network_module=metadata.get("ss_network_module"),
         base_model_version=base_version,
-        architecture=architecture,
+        architecture=stated_architecture,
         output_name=metadata.get("ss_output_name"),
         dtypes=sorted({info.dtype for info in header.tensors.values()}),
         tensor_count=len(keys),
@@ -722,19 +722,29 @@ def scan_tensor_data(
             if not data or (word is not None and len(data) % word.itemsize):
                 raise SafetensorsHeaderError(f"the file ends inside tensor {name!r}: it is truncated")
             remaining -= len(data)
-            if word is None or bits is None:
-                continue
-            words = np.frombuffer(data, dtype=word)
-            _scan_words(words, bits[1], bits[2], numbers)
-            if info.nbytes == word.itemsize:
-                numbers.value = _float_value(info.dtype, data)
+            if math.prod(info.shape) == 1 and info.dtype in _SCALAR_DTYPES:
+                numbers.value = _scalar_value(info.dtype, data)
+            if word is not None and bits is not None:
+                _scan_words(np.frombuffer(data, dtype=word), bits[1], bits[2], numbers)
     return found
 
 
-def _float_value(dtype: str, data: bytes) -> float:
-    if dtype == "BF16":
+# How a one-element tensor (an `alpha`) is read; diffusers' convert_state_dict_to_kohya writes I64 alphas.
+_SCALAR_DTYPES = {
+    "F16": "<f2",
+    "F32": "<f4",
+    "F64": "<f8",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "BF16": "",
+}
+
+
+def _scalar_value(dtype: str, data: bytes) -> float:
+    if dtype == "BF16":  # the upper half of a float32
         return float(np.frombuffer(b"\0\0" + data, dtype="<f4")[0])
-    return float(np.frombuffer(data, dtype={"F16": "<f2", "F32": "<f4", "F64": "<f8"}[dtype])[0])
+    return float(np.frombuffer(data, dtype=_SCALAR_DTYPES[dtype])[0])
 
 
 @dataclass(frozen=True)
@@ -787,19 +797,19 @@ def _number_findings(
     problems = []
     unexamined = sorted(
         {
-            header.tensors[name].dtype
-            for name in header.tensors
-            if header.tensors[name].dtype not in _FLOAT_BITS
+            info.dtype
+            for name, info in header.tensors.items()
+            if info.dtype not in _FLOAT_BITS and not name.endswith(".alpha")
         }
     )
     if unexamined:
         problems.append(
-            f"tensors of dtype {', '.join(unexamined)}: sd-scripts saves LoRA weights as F32, F16 or BF16 "
+            f"weights of dtype {', '.join(unexamined)}: sd-scripts saves LoRA weights as F32, F16 or BF16 "
             "(save_precision float, fp16 or bf16), so this file was converted or corrupted. Use the file the "
             "trainer wrote"
         )
-    for kind, count in (("NaN", lambda n: n.nan), ("Inf", lambda n: n.inf)):
-        bad = {name: count(n) for name, n in numbers.items() if count(n)}
+    for kind, attribute in (("NaN", "nan"), ("Inf", "inf")):
+        bad = {name: getattr(n, attribute) for name, n in numbers.items() if getattr(n, attribute)}
         if bad:
             example = next(iter(bad))
             problems.append(
