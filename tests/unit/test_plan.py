@@ -143,5 +143,21 @@ def test_batches_are_counted_per_aspect_bucket():
         [SubsetCount("1_x", 8, 1)], {"max_train_epochs": 1, "train_batch_size": 4}, job(), TABLE
     )
     assert one_bucket.total_steps == 2
-    assert plan.estimated_seconds is not None and one_bucket.estimated_seconds is not None
-    assert plan.estimated_seconds > one_bucket.estimated_seconds
+
+
+@pytest.mark.parametrize(
+    ("config", "steps"),
+    [
+        ({"train_batch_size": 1}, 8),
+        ({"train_batch_size": 4}, 3),
+        ({"train_batch_size": 4, "gradient_accumulation_steps": 2}, 2),
+        ({"train_batch_size": 8}, 3),
+    ],
+)
+def test_time_and_cost_follow_the_samples_trained_whatever_the_batch_size(config, steps):
+    plan, _ = make_plan([SubsetCount("1_x", 8, 1)], {"max_train_epochs": 2} | config, job(), TABLE, [3, 3, 2])
+    spec = TABLE.get("ml.g5.2xlarge")
+    assert plan.total_steps == 2 * steps
+    # 16 samples (2 epochs of 8) at the table's seconds per 1024 px sample, however they are batched
+    assert plan.estimated_seconds == round(TABLE.startup_seconds + 16 * spec.seconds_per_step)
+    assert plan.on_demand_usd == round(plan.estimated_seconds / 3600 * spec.on_demand_usd_per_hour, 2)

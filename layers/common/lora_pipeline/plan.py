@@ -78,6 +78,8 @@ class Plan(BaseModel):
     instance_type: str
     spot: bool
     seconds_per_step: float | None
+    """Estimated seconds of one optimizer step: the instance's seconds per sample times the samples a step
+    trains per GPU (batch size, gradient accumulation and the partial batches of each bucket)."""
     estimated_seconds: int | None
     on_demand_usd: float | None
     spot_usd: float | None
@@ -138,8 +140,12 @@ def make_plan(
     save_precision = config.get("save_precision")
 
     seconds = on_demand = spot_cost = None
+    step_seconds = None
     if spec is not None and total_steps > 0:  # nothing to train: nothing to estimate
-        seconds = round(instances.startup_seconds + total_steps * spec.seconds_per_step)
+        # The table's seconds_per_step is one 1024 px sample (batch 1); a step costs its samples per GPU,
+        # partial batches of the buckets included: samples_per_epoch / gpus / steps_per_epoch on average.
+        step_seconds = spec.seconds_per_step * samples / gpus / epoch_steps
+        seconds = round(instances.startup_seconds + total_steps * step_seconds)
         on_demand = round(seconds / 3600 * spec.on_demand_usd_per_hour, 2)
         spot_cost = round(on_demand * (1 - instances.spot_discount), 2)
 
@@ -168,7 +174,7 @@ def make_plan(
         ),
         instance_type=job.instance_type,
         spot=job.spot,
-        seconds_per_step=spec.seconds_per_step if spec else None,
+        seconds_per_step=round(step_seconds, 3) if step_seconds is not None else None,
         estimated_seconds=seconds,
         on_demand_usd=on_demand,
         spot_usd=spot_cost,
