@@ -777,3 +777,11 @@ def test_fast_decode_rejects_exactly_what_a_full_convert_rejects(fmt: str) -> No
     verdicts = [(decode_problem(data) is not None, _full_decode_fails(data)) for data in cases]
     assert [fast for fast, _ in verdicts] == [full for _, full in verdicts]
     assert any(full for _, full in verdicts), "the corpus must hold faults a full decode catches"
+
+
+def test_a_memory_budget_smaller_than_any_image_still_decodes_each_one_alone(tmp_path: Path) -> None:
+    make_good_dataset(tmp_path)
+    _garbage_png_stream(make_image(tmp_path / "10_bluebot" / "broken.png", (256, 256)))
+    write_caption(tmp_path / "10_bluebot" / "broken.caption", "bluebot")
+    _, problems = check_dataset(LocalFolder(tmp_path), DatasetRules(), max_workers=8, decode_memory_bytes=1)
+    assert codes(problems) == ["IMAGE_UNDECODABLE"]
