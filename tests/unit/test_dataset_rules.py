@@ -784,4 +784,5 @@ def test_a_memory_budget_smaller_than_any_image_still_decodes_each_one_alone(tmp
     _garbage_png_stream(make_image(tmp_path / "10_bluebot" / "broken.png", (256, 256)))
     write_caption(tmp_path / "10_bluebot" / "broken.caption", "bluebot")
     _, problems = check_dataset(LocalFolder(tmp_path), DatasetRules(), max_workers=8, decode_memory_bytes=1)
-    assert codes(problems) == ["IMAGE_UNDECODABLE"]
+    assert [p.file for p in problems if p.severity is Severity.ERROR] == ["10_bluebot/broken.png"]
+    assert only(problems, "IMAGE_UNDECODABLE").file == "10_bluebot/broken.png"
