@@ -253,7 +253,7 @@ def publish_model(opt_ml: OptMl, output_name: str, tail: list[str], architecture
     try:
         _, summary = inspect_lora_file(produced, architecture)
     except LoraFormatError as error:
-        return f"Training wrote {produced.name}, but it is not an SDXL LoRA in Kohya format: {error}."
+        return f"Training wrote {produced.name}, but the output check refuses it: {error}."
     opt_ml.model_dir.mkdir(parents=True, exist_ok=True)
     partial = opt_ml.model_dir / f".{produced.name}.partial"
     shutil.copyfile(produced, partial)

@@ -768,11 +768,25 @@ def _corruptions(data: bytes, seed: int) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
-def test_fast_decode_rejects_exactly_what_a_full_convert_rejects(fmt: str) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options"),
+    [
+        ("JPEG", "RGB", {}),
+        ("JPEG", "RGB", {"progressive": True}),
+        ("JPEG", "L", {}),
+        ("JPEG", "CMYK", {}),
+        ("PNG", "RGB", {}),
+        ("PNG", "RGBA", {}),
+        ("WEBP", "RGB", {}),
+        ("BMP", "RGB", {}),
+    ],
+)
+def test_fast_decode_rejects_exactly_what_a_full_convert_rejects(
+    fmt: str, mode: str, options: dict[str, object]
+) -> None:
     # JPEG's draft decode must see every fault of the entropy stream that the full decode sees.
-    original = image_bytes(fmt, (320, 240), noise=True)
-    cases = _corruptions(original, seed=len(fmt))
+    original = image_bytes(fmt, (320, 240), mode, noise=True, **options)
+    cases = _corruptions(original, seed=len(fmt) + len(mode) + len(options))
     assert decode_problem(original) is None
     verdicts = [(decode_problem(data) is not None, _full_decode_fails(data)) for data in cases]
     assert [fast for fast, _ in verdicts] == [full for _, full in verdicts]

@@ -114,6 +114,14 @@ def test_every_lora_up_at_its_zero_initialisation_means_nothing_was_learned() ->
     assert not result.accepted and "learned nothing" in result.problems[0]
 
 
+def test_modules_whose_lora_down_is_zero_change_nothing_either() -> None:
+    tensors = lora_tensors(module_limit=30)
+    for name in tensors:
+        if name.endswith(".lora_down.weight"):
+            tensors[name][:] = 0
+    assert "learned nothing" in check(tensors).problems[0]
+
+
 def test_a_part_left_at_zero_is_a_warning_not_a_refusal() -> None:
     tensors = lora_tensors()
     for name in tensors:

@@ -820,22 +820,27 @@ def _number_findings(
     ups = {
         name[: -len(".lora_up.weight")]: n for name, n in numbers.items() if name.endswith(".lora_up.weight")
     }
-    untrained = {module for module, n in ups.items() if n.nonzero == 0}
+    # A module adds lora_up @ lora_down to its layer: all-zero either way, it changes nothing.
+    untrained = {
+        module
+        for module, up in ups.items()
+        if up.nonzero == 0 or numbers[f"{module}.lora_down.weight"].nonzero == 0
+    }
     warnings = []
     if ups and untrained == set(ups):
         problems.append(
-            f"every lora_up of its {len(ups)} modules is zero, the value sd-scripts starts from "
-            "(networks/lora.py zero-initialises lora_up): the LoRA learned nothing and changes no image. "
-            "Check that the learning rates (unet_lr, text_encoder_lr, learning_rate) are above 0 and that "
-            "the job ran its steps"
+            f"every one of its {len(ups)} modules has an all-zero lora_up (or lora_down); zero is the lora_up "
+            "sd-scripts starts from (networks/lora.py zero-initialises it): the LoRA learned nothing and changes "
+            "no image. Check that the learning rates (unet_lr, text_encoder_lr, learning_rate) are above 0 and "
+            "that the job ran its steps"
         )
     elif untrained:
         for part, prefix in PART_PREFIXES.items():
             mine = {m for m in ups if m.startswith(prefix)}
             if mine and mine <= untrained:
                 warnings.append(
-                    f"all {len(mine)} {part} modules are still at their initial value (lora_up zero): that part "
-                    "was not trained (a learning rate of 0 for it?)"
+                    f"all {len(mine)} {part} modules have an all-zero lora_up (or lora_down), so they change "
+                    "nothing: that part was not trained (a learning rate of 0 for it?)"
                 )
     return problems, warnings
 
