@@ -253,7 +253,9 @@ def publish_model(opt_ml: OptMl, output_name: str, tail: list[str], architecture
     try:
         _, summary = inspect_lora_file(produced, architecture)
     except LoraFormatError as error:
-        return f"Training wrote {produced.name}, but the output check refuses it: {error}."
+        return (
+            f"Training wrote {produced.name}, but it is not an SDXL LoRA the output check accepts: {error}."
+        )
     opt_ml.model_dir.mkdir(parents=True, exist_ok=True)
     partial = opt_ml.model_dir / f".{produced.name}.partial"
     shutil.copyfile(produced, partial)
