@@ -19,6 +19,8 @@ from lora_pipeline.safetensors_lora import (
 )
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+# What the smoke trainer writes as ss_sd_model_name (container/lora_trainer/smoke_metadata.py).
+SMOKE_MODEL_NAME = "smoke-tiny-sdxl"
 # Metadata values longer than this (tag frequencies, thumbnails) are shortened in the listing.
 METADATA_VALUE_CHARS = 120
 
@@ -94,4 +96,8 @@ def _render(
         lines.append(f"  warning: {warning}")
     for problem in problems:
         lines.append(f"  problem: {problem}")
+    if problems and metadata.get("ss_sd_model_name") == SMOKE_MODEL_NAME:
+        lines.append(
+            "  note: the smoke trainer wrote this file (tiny layers): inspect it with --trainer smoke"
+        )
     return lines

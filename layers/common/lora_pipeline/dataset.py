@@ -91,7 +91,7 @@ UNSUPPORTED_IMAGE_EXTENSIONS = {
 SETTINGS_FILES = frozenset({"config.toml", "pipeline.toml", "_READY"})
 # Caption extensions people commonly use; any of them other than the configured one is never read.
 COMMON_CAPTION_EXTENSIONS = (".caption", ".txt")
-# Decoded pixels the validator holds at once: 512 MiB fits a 1 GB Lambda beside the file bytes in flight.
+# Decoded pixels the validator holds at once: 512 MiB leaves the validate Lambda (2 GB) room for the files in flight.
 DECODE_MEMORY_BYTES = 512 * 1024 * 1024
 # Bucket upscaling below this factor is invisible; from here on an image is reported as too small.
 UPSCALE_WARNING_FACTOR = 1.1
