@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lora_pipeline.model_archive import DiscardSink, ModelArchiveError, unpack_model_archive
 from lora_pipeline.safetensors_lora import (
+    SMOKE_MODEL_NAME,
     Architecture,
     LoraSummary,
     check_lora_stream,
@@ -19,8 +20,6 @@ from lora_pipeline.safetensors_lora import (
 )
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-# What the smoke trainer writes as ss_sd_model_name (container/lora_trainer/smoke_metadata.py).
-SMOKE_MODEL_NAME = "smoke-tiny-sdxl"
 # Metadata values longer than this (tag frequencies, thumbnails) are shortened in the listing.
 METADATA_VALUE_CHARS = 120
 

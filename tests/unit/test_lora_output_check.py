@@ -18,6 +18,7 @@ import pytest
 
 from lora_pipeline.model_archive import LocalFolderSink, ModelArchiveError, unpack_model_archive
 from lora_pipeline.safetensors_lora import (
+    SMOKE_MODEL_NAME,
     Architecture,
     LayerShape,
     check_lora_stream,
@@ -260,3 +261,17 @@ def test_inspect_refuses_garbage_with_exit_1(tmp_path: Path, capsys) -> None:
     (tmp_path / "x.safetensors").write_bytes(b"PK\x03\x04" + bytes(60))
     assert main(["inspect", str(tmp_path / "x.safetensors")]) == 1
     assert "not a safetensors file" in capsys.readouterr().out
+
+
+def test_inspect_checks_a_smoke_file_with_trainer_smoke_and_says_so_otherwise(tmp_path: Path, capsys) -> None:
+    small = {}
+    for name in ("lora_unet_input_blocks_4_1_proj_in", "lora_te1_text_model_encoder_layers_0_mlp_fc1"):
+        small[f"{name}.lora_down.weight"] = np.full((4, 32), 0.01, np.float32)
+        small[f"{name}.lora_up.weight"] = np.full((64, 4), 0.01, np.float32)
+        small[f"{name}.alpha"] = np.array(2.0, np.float32)
+    path = write(
+        tmp_path / "bluebot.safetensors", small, kohya_metadata() | {"ss_sd_model_name": SMOKE_MODEL_NAME}
+    )
+    assert main(["inspect", str(path)]) == 1
+    assert "--trainer smoke" in capsys.readouterr().out
+    assert main(["inspect", str(path), "--trainer", "smoke"]) == 0

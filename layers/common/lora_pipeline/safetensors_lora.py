@@ -77,6 +77,10 @@ PART_PREFIXES = {"unet": "lora_unet_", "te1": "lora_te1_", "te2": "lora_te2_"}
 CHUNK_BYTES = 1024 * 1024
 
 
+# The smoke trainer's `ss_sd_model_name`: names the file's origin in messages, never decides a verdict.
+SMOKE_MODEL_NAME = "smoke-tiny-sdxl"
+
+
 class Architecture(StrEnum):
     """What a LoRA must fit. Chosen by the caller from the run's trainer, never from the file."""
 
