@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from lora_pipeline.buckets import batches_per_epoch, steps_per_epoch
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import JobSettings
 from lora_pipeline.problems import Problem, Severity, define
@@ -62,6 +63,9 @@ class Plan(BaseModel):
     subsets: list[SubsetPlan]
     images: int
     samples_per_epoch: int
+    buckets: int
+    """Aspect-ratio buckets the samples fall into; sd-scripts never mixes buckets in a batch."""
+    batches_per_epoch: int
     batch_size: int
     gradient_accumulation_steps: int
     gpus: int
@@ -74,6 +78,8 @@ class Plan(BaseModel):
     instance_type: str
     spot: bool
     seconds_per_step: float | None
+    """Estimated seconds of one optimizer step: the instance's seconds per sample times the samples a step
+    trains per GPU (batch size, gradient accumulation and the partial batches of each bucket)."""
     estimated_seconds: int | None
     on_demand_usd: float | None
     spot_usd: float | None
@@ -100,17 +106,23 @@ def make_plan(
     config: Mapping[str, Any],
     job: JobSettings,
     instances: InstanceTable,
+    bucket_counts: Sequence[int] | None = None,
 ) -> tuple[Plan, list[Problem]]:
-    """Steps per sd-scripts: epochs * ceil(ceil(samples / batch) / gpus / grad_accum), samples = images * repeats.
+    """Steps as sd-scripts counts them: `epochs * ceil(batches / gpus / gradient_accumulation_steps)`, where
+    `batches` is `sum over buckets of ceil(samples_in_bucket / train_batch_size)` (`buckets.batches_per_epoch`).
 
-    Aspect-ratio buckets can add a few partial batches per epoch; the estimate ignores them.
+    `bucket_counts` is the samples (images x repeats) in each aspect-ratio bucket, from
+    `buckets.assign_buckets` (`DatasetSummary.buckets`); None means one bucket for all samples, right only
+    when every image has the same size.
     """
     batch = _int_setting(config, "train_batch_size", 1)
     grad_accum = _int_setting(config, "gradient_accumulation_steps", 1)
     spec = instances.get(job.instance_type)
     gpus = max(1, spec.gpus) if spec else 1
     samples = sum(s.images * s.repeats for s in subsets)
-    steps_per_epoch = math.ceil(math.ceil(samples / batch) / gpus / grad_accum) if samples else 0
+    counts = [count for count in (bucket_counts if bucket_counts is not None else [samples]) if count > 0]
+    batches = batches_per_epoch(counts, batch)
+    epoch_steps = steps_per_epoch(batches, gpus, grad_accum)
 
     epochs_setting = config.get("max_train_epochs")
     if job.trainer == "smoke":
@@ -118,18 +130,22 @@ def make_plan(
         epochs = 1 if samples else 0
     elif isinstance(epochs_setting, int) and epochs_setting > 0:
         epochs = epochs_setting
-        total_steps = epochs * steps_per_epoch
+        total_steps = epochs * epoch_steps
     else:
         total_steps = _int_setting(config, "max_train_steps", SD_SCRIPTS_DEFAULT_MAX_STEPS) if samples else 0
-        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+        epochs = math.ceil(total_steps / epoch_steps) if epoch_steps else 0
 
     network_dim = _int_setting(config, "network_dim", 4)
     trains_text_encoders = not config.get("network_train_unet_only", False)
     save_precision = config.get("save_precision")
 
     seconds = on_demand = spot_cost = None
+    step_seconds = None
     if spec is not None and total_steps > 0:  # nothing to train: nothing to estimate
-        seconds = round(instances.startup_seconds + total_steps * spec.seconds_per_step)
+        # The table's seconds_per_step is one 1024 px sample (batch 1); a step costs its samples per GPU,
+        # partial batches of the buckets included: samples_per_epoch / gpus / steps_per_epoch on average.
+        step_seconds = spec.seconds_per_step * samples / gpus / epoch_steps
+        seconds = round(instances.startup_seconds + total_steps * step_seconds)
         on_demand = round(seconds / 3600 * spec.on_demand_usd_per_hour, 2)
         spot_cost = round(on_demand * (1 - instances.spot_discount), 2)
 
@@ -143,10 +159,12 @@ def make_plan(
         ],
         images=sum(s.images for s in subsets),
         samples_per_epoch=samples,
+        buckets=len(counts),
+        batches_per_epoch=batches,
         batch_size=batch,
         gradient_accumulation_steps=grad_accum,
         gpus=gpus,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=epoch_steps,
         epochs=epochs,
         total_steps=total_steps,
         network_dim=network_dim,
@@ -156,7 +174,7 @@ def make_plan(
         ),
         instance_type=job.instance_type,
         spot=job.spot,
-        seconds_per_step=spec.seconds_per_step if spec else None,
+        seconds_per_step=round(step_seconds, 3) if step_seconds is not None else None,
         estimated_seconds=seconds,
         on_demand_usd=on_demand,
         spot_usd=spot_cost,
