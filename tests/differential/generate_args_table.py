@@ -53,7 +53,9 @@ def table_rows(sd_scripts: Path) -> list[dict[str, str]]:
     defined_in: dict[str, str] = {}
     original = argparse.ArgumentParser.add_argument
 
-    def recording_add_argument(parser: argparse.ArgumentParser, *names: str, **options: object) -> argparse.Action:
+    def recording_add_argument(
+        parser: argparse.ArgumentParser, *names: str, **options: object
+    ) -> argparse.Action:
         action = original(parser, *names, **options)
         caller = sys._getframe(1)
         try:
