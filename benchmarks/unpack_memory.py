@@ -46,7 +46,7 @@ def write_archive(path: Path, size_bytes: int, zero_fraction: float) -> tuple[st
 
     from tests.lora_files import kohya_metadata, lora_tensors
 
-    tensors = lora_tensors(rank=4, real_shapes=True)
+    tensors = lora_tensors(rank=4)
     offset = 0
     header: dict[str, object] = {"__metadata__": kohya_metadata(rank=4)}
     for name, array in tensors.items():

@@ -15,10 +15,12 @@ from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import StackLimits
 from lora_pipeline.report import ValidationReport
 from lora_pipeline.s3_layout import DATASETS_PREFIX, parse_s3_uri
+from lora_pipeline.safetensors_lora import Architecture
 from lora_pipeline.storage import LocalFolder
 from lora_pipeline.validate import validate_dataset
 from lora_pipeline_cli import local, progress, runs
 from lora_pipeline_cli.examples import write_broken_dataset, write_example_dataset
+from lora_pipeline_cli.inspect_lora import InspectUsageError, inspect_path
 from lora_pipeline_cli.render import render_report, render_status
 from lora_pipeline_cli.stack import Stack, StackError, connect, require_training_image, stack_name_from
 from lora_pipeline_cli.upload import plan_upload, upload_dataset
@@ -180,6 +182,17 @@ def _local(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    try:
+        accepted, lines = inspect_path(
+            Path(args.path), Architecture.for_trainer(args.trainer), args.output_name
+        )
+    except InspectUsageError as exc:
+        raise UsageError(str(exc)) from exc
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK if accepted else EXIT_REJECTED
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     target = common.add_argument_group("which stack")
@@ -242,6 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     retrain = command("retrain", _retrain, "start a new run of a dataset already in S3")
     retrain.add_argument("dataset")
 
+    inspect = commands.add_parser(
+        "inspect",
+        help="check a LoRA (.safetensors) or a model.tar.gz exactly as the unpack step does",
+        description="Modules per part, rank, alpha, dtype, metadata, trigger words and every problem found. "
+        "Exit code 0: valid; 1: rejected; 2: usage error.",
+    )
+    inspect.add_argument("path", help="a .safetensors file, or a model.tar.gz as SageMaker writes it")
+    inspect.add_argument(
+        "--trainer",
+        choices=["kohya", "smoke"],
+        default="kohya",
+        help="what trained it (smoke: the tiny test model, whose layer widths are not SDXL's)",
+    )
+    inspect.add_argument(
+        "--output-name", help="in an archive, the LoRA to pick: <output-name>.safetensors (as the run does)"
+    )
+    inspect.set_defaults(handler=_inspect)
     example = commands.add_parser(
         "example", help="write a bundled example dataset (drawn procedurally) to a folder"
     )

@@ -20,7 +20,7 @@ JOB = "bluebot-20261126-1100-ab12-1"
 ARCHIVE_KEY = LAYOUT.model_archive_key(JOB)
 FACTS = RunFacts(dataset="bluebot", run_id=LAYOUT.run_id, training_job_name=JOB, billable_seconds=612)
 # Real SDXL shapes at rank 4: 986 modules, about 29 MB, six parts of 5 MiB.
-BIG_LORA = sdxl_lora_bytes(rank=4, real_shapes=True)
+BIG_LORA = sdxl_lora_bytes(rank=4)
 
 
 @pytest.fixture

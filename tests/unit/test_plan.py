@@ -131,3 +131,17 @@ def test_a_dataset_without_images_gets_no_estimate():
     plan, _ = make_plan([SubsetCount("10_x", 0, 10)], {"max_train_epochs": 1}, job(), TABLE)
     assert plan.total_steps == 0
     assert plan.estimated_seconds is None and plan.on_demand_usd is None
+
+
+def test_batches_are_counted_per_aspect_bucket():
+    # train_util.py BaseDataset.make_buckets: ceil(3/4) + ceil(3/4) + ceil(2/4) = 3 batches, not ceil(8/4) = 2
+    plan, _ = make_plan(
+        [SubsetCount("1_x", 8, 1)], {"max_train_epochs": 1, "train_batch_size": 4}, job(), TABLE, [3, 3, 2]
+    )
+    assert (plan.buckets, plan.batches_per_epoch, plan.total_steps) == (3, 3, 3)
+    one_bucket, _ = make_plan(
+        [SubsetCount("1_x", 8, 1)], {"max_train_epochs": 1, "train_batch_size": 4}, job(), TABLE
+    )
+    assert one_bucket.total_steps == 2
+    assert plan.estimated_seconds is not None and one_bucket.estimated_seconds is not None
+    assert plan.estimated_seconds > one_bucket.estimated_seconds

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from lora_pipeline.buckets import batches_per_epoch, steps_per_epoch
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import JobSettings
 from lora_pipeline.problems import Problem, Severity, define
@@ -62,6 +63,9 @@ class Plan(BaseModel):
     subsets: list[SubsetPlan]
     images: int
     samples_per_epoch: int
+    buckets: int
+    """Aspect-ratio buckets the samples fall into; sd-scripts never mixes buckets in a batch."""
+    batches_per_epoch: int
     batch_size: int
     gradient_accumulation_steps: int
     gpus: int
@@ -100,17 +104,23 @@ def make_plan(
     config: Mapping[str, Any],
     job: JobSettings,
     instances: InstanceTable,
+    bucket_counts: Sequence[int] | None = None,
 ) -> tuple[Plan, list[Problem]]:
-    """Steps per sd-scripts: epochs * ceil(ceil(samples / batch) / gpus / grad_accum), samples = images * repeats.
+    """Steps as sd-scripts counts them: `epochs * ceil(batches / gpus / gradient_accumulation_steps)`, where
+    `batches` is `sum over buckets of ceil(samples_in_bucket / train_batch_size)` (`buckets.batches_per_epoch`).
 
-    Aspect-ratio buckets can add a few partial batches per epoch; the estimate ignores them.
+    `bucket_counts` is the samples (images x repeats) in each aspect-ratio bucket, from
+    `buckets.assign_buckets` (`DatasetSummary.buckets`); None means one bucket for all samples, right only
+    when every image has the same size.
     """
     batch = _int_setting(config, "train_batch_size", 1)
     grad_accum = _int_setting(config, "gradient_accumulation_steps", 1)
     spec = instances.get(job.instance_type)
     gpus = max(1, spec.gpus) if spec else 1
     samples = sum(s.images * s.repeats for s in subsets)
-    steps_per_epoch = math.ceil(math.ceil(samples / batch) / gpus / grad_accum) if samples else 0
+    counts = [count for count in (bucket_counts if bucket_counts is not None else [samples]) if count > 0]
+    batches = batches_per_epoch(counts, batch)
+    epoch_steps = steps_per_epoch(batches, gpus, grad_accum)
 
     epochs_setting = config.get("max_train_epochs")
     if job.trainer == "smoke":
@@ -118,10 +128,10 @@ def make_plan(
         epochs = 1 if samples else 0
     elif isinstance(epochs_setting, int) and epochs_setting > 0:
         epochs = epochs_setting
-        total_steps = epochs * steps_per_epoch
+        total_steps = epochs * epoch_steps
     else:
         total_steps = _int_setting(config, "max_train_steps", SD_SCRIPTS_DEFAULT_MAX_STEPS) if samples else 0
-        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+        epochs = math.ceil(total_steps / epoch_steps) if epoch_steps else 0
 
     network_dim = _int_setting(config, "network_dim", 4)
     trains_text_encoders = not config.get("network_train_unet_only", False)
@@ -143,10 +153,12 @@ def make_plan(
         ],
         images=sum(s.images for s in subsets),
         samples_per_epoch=samples,
+        buckets=len(counts),
+        batches_per_epoch=batches,
         batch_size=batch,
         gradient_accumulation_steps=grad_accum,
         gpus=gpus,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=epoch_steps,
         epochs=epochs,
         total_steps=total_steps,
         network_dim=network_dim,

@@ -71,7 +71,10 @@ def validate_dataset(
     plan = None
     if kohya.effective is not None:
         counts = [SubsetCount(s.folder, s.image_count, s.repeats) for s in summary.subsets]
-        plan, plan_problems = make_plan(counts, effective, job, instances)
+        buckets = [b.image_count for b in summary.buckets]
+        # Images whose size could not be read (already errors) count as one more bucket.
+        buckets.append(summary.total_repeated_images - sum(buckets))
+        plan, plan_problems = make_plan(counts, effective, job, instances, bucket_counts=buckets)
         problems += plan_problems
 
     return ValidationReport(

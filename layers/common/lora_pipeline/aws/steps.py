@@ -28,6 +28,7 @@ from lora_pipeline.runs import (
     validation_outcome,
 )
 from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, s3_uri
+from lora_pipeline.safetensors_lora import Architecture
 from lora_pipeline.validate import validate_dataset
 
 # A settle token that no longer waits: the quiet period ended (or _READY came) just before this upload.
@@ -166,6 +167,8 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
             training_job_name=facts.training_job_name,
             billable_seconds=facts.billable_seconds,
         ),
+        # The trainer the job ran (runs.py puts it in the hyperparameters), not what the file claims.
+        architecture=Architecture.for_trainer(run.training_job.get("HyperParameters", {}).get("trainer", "")),
     )
     _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
     return UnpackOutcome(
