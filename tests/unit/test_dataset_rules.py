@@ -92,6 +92,31 @@ def test_summary_counts_images_captions_bytes_and_buckets(tmp_path: Path) -> Non
     assert summary.batches_per_epoch(4) == 13
 
 
+@pytest.mark.parametrize(
+    ("enable_wildcard", "multiline_caption"),
+    [(False, "bluebot, first"), (True, "bluebot, first\nsecond")],
+)
+def test_summary_lists_each_image_with_the_caption_it_trains_with(
+    tmp_path: Path, enable_wildcard: bool, multiline_caption: str
+) -> None:
+    """DreamBoothDataset.read_caption: the first line stripped (every non-blank line with enable_wildcard);
+    no caption file means the folder's class tokens; an empty caption file stops sd-scripts (None)."""
+    folder = tmp_path / "3_bluebot"
+    for name in ("a", "b", "c", "d"):
+        make_image(folder / f"{name}.png", (1024, 1024))
+    write_caption(folder / "a.caption", "  bluebot, first \r\n\n  second \n")
+    write_caption(folder / "c.caption", b"")
+    write_caption(folder / "d.caption", "\nafter a blank line")
+    summary, _ = check(tmp_path, enable_wildcard=enable_wildcard)
+    blank_first = "after a blank line" if enable_wildcard else ""
+    assert [(i.file, i.caption) for i in summary.subsets[0].images] == [
+        ("3_bluebot/a.png", multiline_caption),
+        ("3_bluebot/b.png", "bluebot"),
+        ("3_bluebot/c.png", None),
+        ("3_bluebot/d.png", blank_first),
+    ]
+
+
 def test_only_headers_and_tails_are_read(tmp_path: Path) -> None:
     (tmp_path / "10_bluebot").mkdir()
     for index in range(4):

@@ -364,6 +364,15 @@ def parse_resolution(value: object) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+class TrainingImage(BaseModel):
+    file: str
+    """Path relative to the dataset root."""
+    caption: str | None
+    """The caption sd-scripts trains the image with (`DreamBoothDataset`'s `read_caption`): the caption file's
+    first line, stripped (with `enable_wildcard`, its non-blank lines joined by newlines), or the folder's class
+    tokens when the image has no caption file. None when sd-scripts stops on the caption file (an error says why)."""
+
+
 class SubsetSummary(BaseModel):
     folder: str
     repeats: int
@@ -372,6 +381,8 @@ class SubsetSummary(BaseModel):
     """Files sd-scripts takes as images (accepted extensions), readable or not."""
     captioned_image_count: int
     image_bytes: int
+    images: list[TrainingImage]
+    """Every image of the subset, sorted by path, as sd-scripts lists it."""
 
 
 class BucketCount(BaseModel):
@@ -469,7 +480,7 @@ def check_dataset(
     for (result, header), choice in zip(sized, assignment.choices, strict=True):
         problems += _size_problems(rules, result.image.entry.path, header, choice)
 
-    summaries = _subset_summaries(subsets, images)
+    summaries = _subset_summaries(subsets, checked)
     problems += _dataset_problems(layout, subsets, skipped, summaries)
     summary = DatasetSummary(
         location=source.location,
@@ -538,6 +549,8 @@ class _ImageEntry:
 @dataclass(frozen=True)
 class _ImageResult:
     image: _ImageEntry
+    caption: str | None
+    """The caption sd-scripts trains the image with (`TrainingImage.caption`)."""
     problems: list[Problem]
     header: ImageHeader | None
 
@@ -794,7 +807,7 @@ def _missing_caption_problem(image: _ImageEntry, rules: DatasetRules) -> Problem
 def _check_image(
     source: DatasetSource, rules: DatasetRules, image: _ImageEntry, slots: _DecodeSlots | None
 ) -> _ImageResult:
-    problems = _check_caption(source, rules, image)
+    caption, problems = _check_caption(source, rules, image)
     header = None
     try:
         header, image_problems = _inspect(source, rules, image.entry, slots)
@@ -809,7 +822,7 @@ def _check_image(
                 fix="Check that the file exists and is readable, then validate again.",
             )
         )
-    return _ImageResult(image, problems, header)
+    return _ImageResult(image, caption, problems, header)
 
 
 def _inspect(
@@ -977,14 +990,17 @@ def _size_problems(
     return []
 
 
-def _check_caption(source: DatasetSource, rules: DatasetRules, image: _ImageEntry) -> list[Problem]:
+def _check_caption(
+    source: DatasetSource, rules: DatasetRules, image: _ImageEntry
+) -> tuple[str | None, list[Problem]]:
+    """The caption the image trains with (`TrainingImage.caption`) and the problems of its caption file."""
     path = image.caption
     if path is None:
-        return []
+        return image.subset.class_tokens, []
     try:
         text = source.read_all(path).decode("utf-8")
     except UnicodeDecodeError as error:
-        return [
+        return None, [
             CAPTION_NOT_UTF8.at(
                 path,
                 f"{path} is not UTF-8 (byte {error.start}: {error.object[error.start : error.start + 1]!r}).",
@@ -996,7 +1012,7 @@ def _check_caption(source: DatasetSource, rules: DatasetRules, image: _ImageEntr
     if lines[-1] == "":
         lines.pop()
     if not lines:
-        return [
+        return None, [
             CAPTION_EMPTY.at(
                 path, f"{path} is empty; sd-scripts stops training with 'caption file is empty'."
             )
@@ -1006,7 +1022,7 @@ def _check_caption(source: DatasetSource, rules: DatasetRules, image: _ImageEntr
     else:
         caption = lines[0].strip()
     if not caption:
-        return [
+        return caption, [
             CAPTION_EMPTY.at(
                 path,
                 f"{path} has a blank first line; sd-scripts trains {image.entry.path} with an empty caption.",
@@ -1036,24 +1052,27 @@ def _check_caption(source: DatasetSource, rules: DatasetRules, image: _ImageEntr
                 fix=f"Start the caption with '{tokens}, ...'.",
             )
         )
-    return problems
+    return caption, problems
 
 
 # --- summary -----------------------------------------------------------------------------------------------
 
 
-def _subset_summaries(subsets: list[_Subset], images: list[_ImageEntry]) -> list[SubsetSummary]:
+def _subset_summaries(subsets: list[_Subset], checked: list[_ImageResult]) -> list[SubsetSummary]:
     summaries = []
     for subset in subsets:
-        mine = [image for image in images if image.subset == subset]
+        mine = [result for result in checked if result.image.subset == subset]
         summaries.append(
             SubsetSummary(
                 folder=subset.folder,
                 repeats=subset.repeats,
                 class_tokens=subset.class_tokens,
                 image_count=len(mine),
-                captioned_image_count=sum(1 for image in mine if image.caption is not None),
-                image_bytes=sum(image.entry.size for image in mine),
+                captioned_image_count=sum(1 for result in mine if result.image.caption is not None),
+                image_bytes=sum(result.image.entry.size for result in mine),
+                images=[
+                    TrainingImage(file=result.image.entry.path, caption=result.caption) for result in mine
+                ],
             )
         )
     return summaries
