@@ -216,14 +216,17 @@ def check_entry(receiver: Receiver, entry: ArgEntry) -> EntryFinding | None:
     else:
         fits = _literal_fits(type_name, entry.value)
         got = _shown(entry.value)
-        if isinstance(entry.value, tuple) and not type_name.startswith(("float_pair", "int_list")):
-            got += " (a trailing or extra comma makes a tuple)"
     if fits:
         return None
+    wanted = _type_words(type_name, receiver.kind)
+    fix = f"Write {entry.key} as {wanted}."
+    if isinstance(entry.value, tuple) and len(entry.value) == 1 and _literal_fits(type_name, entry.value[0]):
+        got += " (the trailing comma makes a tuple)"
+        fix = f'Write "{entry.key}={entry.value[0]!r}" without the trailing comma.'
     return EntryFinding(
         entry,
-        f"{where}: sd-scripts passes {entry.key} on as {got}, but {receiver.receiver} needs "
-        f"{_type_words(type_name, receiver.kind)}; the run would crash after the model has loaded.",
-        f"Write {entry.key} as {_type_words(type_name, receiver.kind)}, e.g. without a trailing comma.",
+        f"{where}: sd-scripts passes {entry.key} on as {got}, but {receiver.receiver} needs {wanted}; the run "
+        "would crash after the model has loaded.",
+        fix,
         error=True,
     )

@@ -220,9 +220,9 @@ UNSUPPORTED_KEYS: dict[str, str] = {
 ALLOWED_NETWORK_MODULES = ("networks.lora", "networks.dylora", "networks.lora_fa")
 # Modules the image ships that are refused anyway, with the reason.
 NETWORK_MODULES_REFUSED = {
-    "networks.oft": "its output (`oft_unet_*` modules with `.oft_blocks`, networks/oft.py) is not a LoRA; the "
-    "unpack step, A1111 and ComfyUI's LoRA loaders refuse it, so the paid run would be thrown away. Use "
-    "networks.lora",
+    "networks.oft": "networks.oft saves `oft_unet_*` modules with `.oft_blocks` (networks/oft.py), not a LoRA: "
+    "the unpack step refuses that output (as do A1111's and ComfyUI's LoRA loaders), so the paid run would be "
+    "thrown away",
 }
 # train_util.get_optimizer matches its own names case-insensitively. DAdapt* are left out: `dadaptation`
 # is not in sd-scripts' requirements.txt, so the image does not have it.

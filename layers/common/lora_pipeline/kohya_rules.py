@@ -344,12 +344,18 @@ def network_module(ctx: ConfigContext) -> None:
     if module is None or module in ALLOWED_NETWORK_MODULES:
         return
     if module in NETWORK_MODULES_REFUSED:
-        reason = NETWORK_MODULES_REFUSED[module]
-    elif module.startswith("lycoris"):
-        reason = "LyCORIS is not installed in the training image"
-    else:
-        reason = "sd-scripts imports network_module as Python code"
-    ctx.refuse("network_module", f"{module}: {reason}", ALLOWED_NETWORK_MODULES)
+        ctx.report(
+            CONFIG_NOT_ALLOWED,
+            f"{ctx.where('network_module', ctx.config.pop('network_module'))}: {NETWORK_MODULES_REFUSED[module]}.",
+            f"Use one of: {', '.join(ALLOWED_NETWORK_MODULES)} (networks.lora is the default).",
+        )
+        return
+    reason = (
+        "LyCORIS is not installed in the training image"
+        if module.startswith("lycoris")
+        else "sd-scripts imports network_module as Python code"
+    )
+    ctx.refuse("network_module", reason, ALLOWED_NETWORK_MODULES)
 
 
 @VALUES.rule("KV110", "optimizer-type", "library/train_util.py:get_optimizer")
