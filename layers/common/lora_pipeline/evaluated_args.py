@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -107,6 +108,16 @@ def parse_entry(kind: ArgsKind, entry: str) -> ArgEntry:
             'as False, 0.9, (0.9, 0.999) or "text"'
         ) from None
     return ArgEntry(entry, key, value)
+
+
+def network_kwargs(config: Mapping[str, Any]) -> dict[str, str]:
+    """The keyword arguments train_network.py builds from network_args (later entries win, keys as split)."""
+    kwargs: dict[str, str] = {}
+    for entry in config.get("network_args", []):
+        key, equals, value = str(entry).partition("=")
+        if equals:
+            kwargs[key] = value
+    return kwargs
 
 
 def _is_number(value: Any) -> bool:

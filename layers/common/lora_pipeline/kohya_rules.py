@@ -46,7 +46,7 @@ from lora_pipeline.kohya_facts import (
 )
 from lora_pipeline.problems import Problem, ProblemCode
 from lora_pipeline.rules import RuleSet
-from lora_pipeline.trained_parameters import part_rates
+from lora_pipeline.trained_parameters import PartRate, part_rates
 
 
 @dataclass
@@ -517,22 +517,31 @@ def learning_rate_scale(ctx: ConfigContext) -> None:
         return
     if optimizer == "adafactor" and not _fixed_rate_adafactor(ctx.config):
         return  # relative_step: Adafactor runs its own schedule
-    for rate in trained:
-        if rate.rate > _HIGH_RATE:
-            ctx.report(
-                CONFIG_RATE_SUSPECT,
-                f"{rate.rate_from} for the {rate.part} with {ctx.config['optimizer_type']}: rates above "
-                f"{_HIGH_RATE:g} make SDXL LoRA training diverge (NaN loss, a broken LoRA).",
-                'Use a rate around 1e-4 (U-Net) / 5e-5 (text encoders), or optimizer_type = "Prodigy" with '
-                "learning_rate = 1.0.",
-            )
-        elif rate.rate < _LOW_RATE:
-            ctx.report(
-                CONFIG_RATE_SUSPECT,
-                f"{rate.rate_from} for the {rate.part}: below {_LOW_RATE:g} the LoRA barely moves from its "
-                "initial (zero) effect in a usual run.",
-                "Use a rate around 1e-4.",
-            )
+    high = [rate for rate in trained if rate.rate > _HIGH_RATE]
+    low = [rate for rate in trained if rate.rate < _LOW_RATE]
+    if high:
+        ctx.report(
+            CONFIG_RATE_SUSPECT,
+            f"{_rates_text(high)} with {ctx.config['optimizer_type']}: rates above {_HIGH_RATE:g} make SDXL LoRA "
+            "training diverge (NaN loss, a broken LoRA).",
+            'Use a rate around 1e-4 (U-Net) / 5e-5 (text encoders), or optimizer_type = "Prodigy" with '
+            "learning_rate = 1.0.",
+        )
+    if low:
+        ctx.report(
+            CONFIG_RATE_SUSPECT,
+            f"{_rates_text(low)}: below {_LOW_RATE:g} the LoRA barely moves from its initial (zero) effect in a "
+            "usual run.",
+            "Use a rate around 1e-4.",
+        )
+
+
+def _rates_text(rates: list[PartRate]) -> str:
+    """ "learning_rate = 0.05 (text encoders, U-Net)": each setting once, with the parts it drives."""
+    parts: dict[str, list[str]] = {}
+    for rate in rates:
+        parts.setdefault(rate.rate_from, []).append(rate.part)
+    return "; ".join(f"{source} ({', '.join(names)})" for source, names in parts.items())
 
 
 def _fixed_rate_adafactor(config: dict[str, Any]) -> bool:
@@ -673,7 +682,11 @@ def evaluated_args(ctx: ConfigContext) -> None:
         if receiver is None:
             continue
         for entry in config.get(key, []):
-            finding = check_entry(receiver, parse_entry(kind, entry))
+            try:
+                parsed = parse_entry(kind, entry)
+            except ValueError:
+                continue  # args-entry-form reports it
+            finding = check_entry(receiver, parsed)
             if finding is not None:
                 code = CONFIG_BAD_VALUE if finding.error else CONFIG_ARGS_UNKNOWN_KEY
                 ctx.report(code, finding.message, finding.fix)

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lora_pipeline.evaluated_args import network_kwargs
+
 UNET = "U-Net"
 TEXT_ENCODERS = "text encoders"
 # Modules whose prepare_optimizer_params reads LoRA+ ratios from network_args.
@@ -39,14 +41,10 @@ class PartRate:
 
 
 def _network_arg(config: Mapping[str, Any], name: str) -> float | None:
-    for entry in config.get("network_args", []):
-        key, _, value = str(entry).partition("=")
-        if key == name:
-            try:
-                return float(value)
-            except ValueError:
-                return None  # reported by the network_args rule
-    return None
+    try:
+        return float(network_kwargs(config)[name])
+    except (KeyError, ValueError):
+        return None  # absent, or reported by the network_args rule
 
 
 def _first_text_encoder_lr(value: Any) -> float | None:
