@@ -6,7 +6,7 @@
   left out, so the SDXL default (or nothing) takes its place.
 - `COMBINATIONS` (KC...): rules over the effective config (defaults filled in).
 
-Each rule cites the sd-scripts v0.10.1 file and function it mirrors. `lora-pipeline rules` lists them.
+Each rule cites the sd-scripts v0.10.1 file and function it mirrors (see `lora_pipeline.rules`).
 """
 
 from __future__ import annotations
