@@ -36,7 +36,9 @@ def test_the_output_of_every_allowed_module_passes_the_output_check(tmp_path: Pa
     assert (summary.unet_modules, summary.text_encoder_modules) == (722, 264)
 
 
-def test_oft_output_is_refused_by_the_output_check_which_is_why_validation_refuses_oft(tmp_path: Path) -> None:
+def test_oft_output_is_refused_by_the_output_check_which_is_why_validation_refuses_oft(
+    tmp_path: Path,
+) -> None:
     assert "networks.oft" in NETWORK_MODULES_REFUSED
     name = "oft_unet_middle_block_1_transformer_blocks_0_attn1_to_q"
     tensors = {
