@@ -48,6 +48,10 @@ RULE_EXAMPLES: dict[str, tuple[str, str]] = {
     "KC114": ("max_train_epochs = 5\nmax_train_steps = 1600", "CONFIG_NO_EFFECT"),
     "KC115": ("fused_backward_pass = true", "CONFIG_NO_EFFECT"),
     "KC116": ("no_metadata = true", "CONFIG_NO_EFFECT"),
+    "KC117": (
+        'mixed_precision = "fp16"\nfull_fp16 = true\noptimizer_type = "AdamW"',
+        "CONFIG_PRECISION_RISK",
+    ),
 }
 
 
@@ -178,6 +182,19 @@ def test_rates_that_diverge_or_barely_move_are_warnings(text: str) -> None:
 )
 def test_usual_rates_and_precisions_raise_no_rate_or_nan_problem(text: str) -> None:
     assert not {"CONFIG_RATE_SUSPECT", "CONFIG_DIVERGES"} & set(codes(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "risky"),
+    [
+        ('mixed_precision = "fp16"\nfull_fp16 = true\noptimizer_type = "AdamW"', True),
+        ('mixed_precision = "fp16"\nfull_fp16 = true\noptimizer_type = "AdamW8bit"', False),
+        ('full_bf16 = true\noptimizer_type = "AdamW"\nlearning_rate = 1e-5', True),
+        ('full_bf16 = true\noptimizer_type = "AdamW"\nlearning_rate = 1e-4', False),
+    ],
+)
+def test_half_precision_weights_warn_where_they_give_nan_or_lose_updates(text: str, risky: bool) -> None:
+    assert ("CONFIG_PRECISION_RISK" in codes(text)) is risky
 
 
 def test_prodigy_with_two_rates_warns_that_only_the_first_counts() -> None:

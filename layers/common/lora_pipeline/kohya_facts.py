@@ -135,6 +135,12 @@ CONFIG_RATE_SUSPECT = define(
     "A learning rate far from what the optimizer needs: the LoRA diverges (NaN) or barely moves",
     "Use the rate suggested for the optimizer.",
 )
+CONFIG_PRECISION_RISK = define(
+    "CONFIG_PRECISION_RISK",
+    Severity.WARNING,
+    "A full-precision-off setting that often gives NaN, or updates too small to change the LoRA",
+    "Change the setting as described.",
+)
 CONFIG_ARGS_UNKNOWN_KEY = define(
     "CONFIG_ARGS_UNKNOWN_KEY",
     Severity.WARNING,

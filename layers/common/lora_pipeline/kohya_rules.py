@@ -31,6 +31,7 @@ from lora_pipeline.kohya_facts import (
     CONFIG_NO_EFFECT,
     CONFIG_NOT_ALLOWED,
     CONFIG_NOTHING_TRAINS,
+    CONFIG_PRECISION_RISK,
     CONFIG_RATE_SUSPECT,
     CONFIG_UNSUPPORTED,
     CONFIG_WRONG_TYPE,
@@ -813,3 +814,36 @@ def no_metadata(ctx: ConfigContext) -> None:
             "tools that read it (base model, dim, alpha) will not find them.",
             "Remove no_metadata unless the metadata must not be shared.",
         )
+
+
+# bf16 keeps 8 significant bits: an update below about 1/256 of a weight is rounded away.
+_BF16_LOW_RATE = 5e-5
+
+
+@COMBINATIONS.rule(
+    "KC117", "full-half-precision-weights", "train_network.py:NetworkTrainer.train (full_fp16 / full_bf16)"
+)
+def full_half_precision_weights(ctx: ConfigContext) -> None:
+    """full_fp16 / full_bf16 keep the LoRA weights and optimizer state in half precision."""
+    optimizer = str(ctx.config["optimizer_type"])
+    if (
+        ctx.config.get("full_fp16")
+        and ctx.config["mixed_precision"] == "fp16"
+        and not optimizer.lower().endswith("8bit")
+    ):
+        ctx.report(
+            CONFIG_PRECISION_RISK,
+            f"full_fp16 with {optimizer}: the optimizer state is kept in fp16, where eps (1e-8) and small second "
+            "moments round to 0, so updates overflow to inf and the LoRA becomes NaN; sd-scripts pairs full_fp16 "
+            "with an 8-bit optimizer.",
+            'Remove full_fp16, or use optimizer_type = "AdamW8bit".',
+        )
+    if ctx.config.get("full_bf16") and optimizer.lower() != "prodigy":
+        slow = [rate for rate in part_rates(ctx.config) if rate.trains and rate.rate < _BF16_LOW_RATE]
+        if slow:
+            ctx.report(
+                CONFIG_PRECISION_RISK,
+                f"full_bf16 with {_rates_text(slow)}: bf16 weights keep 8 significant bits, so updates this small "
+                "are mostly rounded away and the LoRA barely moves.",
+                "Remove full_bf16 (mixed precision keeps the LoRA in fp32), or raise the rate.",
+            )
