@@ -3,7 +3,7 @@
 The facts come from `data/sdxl_train_network_args.tsv` (one row per argparse argument: name, type,
 default, choices, where it is defined), read from sd-scripts itself, plus one column of ours: `range`, the
 interval of values sd-scripts can use (argparse does not check it; a value outside fails or misbehaves at
-run time). The config rules check every key of a user's `config.toml` against these specs.
+run time), and `policy` / `policy_reason`: keys the pipeline sets itself or refuses, and why. The config rules check every key of a user's `config.toml` against these specs.
 """
 
 from __future__ import annotations
@@ -45,6 +45,17 @@ class ArgSpec:
     choices: tuple[ArgValue, ...]
     defined_in: str
     range: ValueRange | None = None
+    policy: KeyPolicy | None = None
+    policy_reason: str = ""
+
+
+class KeyPolicy(StrEnum):
+    """What the pipeline does with a key it will not pass on (the table's `policy` column)."""
+
+    OWNED = "owned"  # the training container sets it
+    SECRET = "secret"
+    UPLOAD = "upload"  # talks to an outside service
+    UNSUPPORTED = "unsupported"
 
 
 _INTERVAL = re.compile(r"([\[(])(-?[0-9.]+),(-?[0-9.]*)([\])])")
@@ -109,7 +120,17 @@ def _spec(row: dict[str, str]) -> ArgSpec:
         value for value in (_typed(kind, c) for c in row["choices"].split("|") if c) if value is not None
     )
     value_range = ValueRange.parse(row["range"]) if row["range"] else None
-    return ArgSpec(row["name"], kind, _typed(kind, row["default"]), choices, row["defined_in"], value_range)
+    policy = KeyPolicy(row["policy"]) if row["policy"] else None
+    return ArgSpec(
+        row["name"],
+        kind,
+        _typed(kind, row["default"]),
+        choices,
+        row["defined_in"],
+        value_range,
+        policy,
+        row["policy_reason"],
+    )
 
 
 @cache
@@ -118,3 +139,8 @@ def argument_specs() -> dict[str, ArgSpec]:
     text = resources.files("lora_pipeline").joinpath("data", _TABLE).read_text(encoding="utf-8")
     rows = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
     return {spec.name: spec for spec in map(_spec, rows)}
+
+
+def keys_with_policy(policy: KeyPolicy) -> dict[str, str]:
+    """The arguments with `policy`, each with the table's reason."""
+    return {name: spec.policy_reason for name, spec in argument_specs().items() if spec.policy is policy}

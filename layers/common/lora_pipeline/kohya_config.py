@@ -212,7 +212,7 @@ class _Builder:
                 else:
                     self.report(
                         CONFIG_PIPELINE_OWNED,
-                        f"{self.where(key, value)}: the training container sets {key}; removed.",
+                        f"{self.where(key, value)}: the training container sets {key} ({PIPELINE_OWNED_KEYS[key]}); removed.",
                         f"Remove {key} from {self.file}.",
                     )
             elif key in SECRET_KEYS or key in HUGGING_FACE_UPLOAD_KEYS or key in UNSUPPORTED_KEYS:

@@ -11,7 +11,7 @@ from typing import Any
 
 import tomli_w
 
-from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION
+from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, KeyPolicy, keys_with_policy
 from lora_pipeline.problems import Severity, define
 
 CONFIG_PARSE_ERROR = define(
@@ -163,62 +163,15 @@ GUI_ONLY_KEYS = frozenset(
 # `xformers` as the Kohya GUI writes it: a string naming the attention implementation.
 GUI_ATTENTION_VALUES = ("xformers", "sdpa", "none")
 
-SECRET_KEYS = frozenset({"wandb_api_key", "huggingface_token"})
-# Uploads to the Hugging Face hub (train_util.add_training_arguments).
-HUGGING_FACE_UPLOAD_KEYS = frozenset(
-    {
-        "huggingface_repo_id",
-        "huggingface_repo_type",
-        "huggingface_path_in_repo",
-        "huggingface_repo_visibility",
-        "save_state_to_huggingface",
-        "resume_from_huggingface",
-        "async_upload",
-    }
-)
+# Keys the pipeline refuses or sets itself: the argument table's `policy` column (owned: set by the training
+# container on the command line, which sd-scripts reads after the config file, so a value here could only
+# mislead; secret; upload: to the Hugging Face hub; unsupported), with the reason in `policy_reason`.
+# `pretrained_model_name_or_path` is handled with the base model (it comes from pipeline.toml).
+PIPELINE_OWNED_KEYS = keys_with_policy(KeyPolicy.OWNED)
+SECRET_KEYS = keys_with_policy(KeyPolicy.SECRET)
+HUGGING_FACE_UPLOAD_KEYS = keys_with_policy(KeyPolicy.UPLOAD)
+UNSUPPORTED_KEYS = keys_with_policy(KeyPolicy.UNSUPPORTED)
 OUTSIDE_LOGGERS = ("wandb", "all")
-
-# Set by the training container on the command line (which sd-scripts reads after the config file), so a
-# value here could only mislead. `console_log_file` would take the log (and the metric lines) off stdout;
-# the initial_* keys would fight the container's spot resume. `pretrained_model_name_or_path` is handled
-# with the base model (it comes from pipeline.toml).
-PIPELINE_OWNED_KEYS = frozenset(
-    {
-        "train_data_dir",
-        "output_dir",
-        "logging_dir",
-        "resume",
-        "sample_prompts",
-        "config_file",
-        "tokenizer_cache_dir",
-        "console_log_file",
-        "initial_epoch",
-        "initial_step",
-        "skip_until_initial_step",
-    }
-)
-
-# Arguments this pipeline refuses, with the reason. Dataset sources other than the folder convention would
-# train on something the validator never saw; the weight and VAE paths name files the job cannot receive.
-UNSUPPORTED_KEYS: dict[str, str] = {
-    "reg_data_dir": "regularisation images are not supported by the folder convention yet",
-    "in_json": "fine-tuning metadata files are not supported; captions come from caption files",
-    "dataset_config": "the dataset comes from the `<repeats>_<class tokens>/` folders, not a dataset config",
-    "dataset_class": "sd-scripts imports this class by name; the dataset comes from the folders",
-    "conditioning_data_dir": "mask folders are not supported; use alpha_mask with transparent images",
-    "network_weights": "the job cannot receive an existing LoRA to continue from",
-    "dim_from_weights": "it needs network_weights, which the job cannot receive",
-    "base_weights": "the job cannot receive extra weight files to merge",
-    "base_weights_multiplier": "it only applies to base_weights, which the job cannot receive",
-    "vae": "the job cannot receive a separate VAE file (no_half_vae = true avoids the SDXL VAE NaN problem)",
-    "log_tracker_config": "the job cannot receive a tracker config file",
-    "deepspeed": "DeepSpeed is not installed in the training image",
-    "offload_optimizer_nvme_path": "DeepSpeed is not installed in the training image",
-    "offload_param_nvme_path": "DeepSpeed is not installed in the training image",
-    "output_config": "sd-scripts would write the config and exit 0 without training",
-    "debug_dataset": "sd-scripts would show the dataset and exit without training",
-    "v2": "SD 2.x options cannot be used for SDXL (sdxl_train_util.verify_sdxl_training_args)",
-}
 
 # Network modules whose output round-trips: they save `lora_unet_*` / `lora_te*_*` modules with
 # `lora_down.weight`, `lora_up.weight` and `alpha` (networks/dylora.py:DyLoRAModule.state_dict joins its
