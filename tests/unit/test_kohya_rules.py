@@ -255,3 +255,21 @@ def test_unknown_keys_are_warnings(text: str, named: str) -> None:
     [problem] = build(text)
     assert problem.code == "CONFIG_ARGS_UNKNOWN_KEY" and problem.severity is Severity.WARNING
     assert named in problem.message
+
+
+def test_every_allowed_optimizer_scheduler_and_module_has_its_accepted_keywords_listed() -> None:
+    from lora_pipeline.evaluated_args import ArgsKind, receiver_for
+    from lora_pipeline.kohya_facts import (
+        ALLOWED_NETWORK_MODULES,
+        BUILTIN_OPTIMIZERS,
+        LR_SCHEDULERS,
+        TORCH_LR_SCHEDULERS,
+        TORCH_OPTIMIZERS,
+    )
+
+    for kind, names in (
+        (ArgsKind.OPTIMIZER, BUILTIN_OPTIMIZERS + TORCH_OPTIMIZERS),
+        (ArgsKind.SCHEDULER, LR_SCHEDULERS + TORCH_LR_SCHEDULERS),
+        (ArgsKind.NETWORK, ALLOWED_NETWORK_MODULES),
+    ):
+        assert [name for name in names if receiver_for(kind, name) is None] == []
