@@ -18,13 +18,12 @@ from lora_pipeline.base_model import check_hugging_face_id, check_s3_checkpoint
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.rules import RuleSet
-from lora_pipeline.sample_prompts import KNOWN_SAMPLERS, OPTION_HELP, read_prompt_line
+from lora_pipeline.sample_prompts import KNOWN_SAMPLERS, OPTION_HELP, read_prompt_line, with_sdxl_size
 from lora_pipeline.storage import ObjectReader
 
 SETTINGS_FILE = "pipeline.toml"
 SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 SMOKE_INSTANCE_TYPE = "ml.m5.xlarge"
-SAMPLE_SIZE_PX = 1024
 
 JOB_TOML_SYNTAX = define(
     "JOB_TOML_SYNTAX",
@@ -181,15 +180,10 @@ class JobSettings(BaseModel):
         return self.base_model.startswith("s3://")
 
     def prompts_txt(self) -> str | None:
-        """The sd-scripts prompt file, one prompt per line; SDXL samples default to 1024 px (sd-scripts'
-        own default, 512, is too small for SDXL)."""
+        """The sd-scripts prompt file, one prompt per line, each at 1024 px unless it gives a size."""
         if not self.sample_prompts:
             return None
-        lines = []
-        for prompt in self.sample_prompts:
-            options = read_prompt_line(prompt).options
-            extra = "".join(f" --{o[0]} {SAMPLE_SIZE_PX}" for o in ("width", "height") if o not in options)
-            lines.append(prompt.strip() + extra)
+        lines = [with_sdxl_size(prompt) for prompt in self.sample_prompts]
         return "\n".join(lines) + "\n"
 
 

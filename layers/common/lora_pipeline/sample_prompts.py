@@ -53,6 +53,8 @@ KNOWN_SAMPLERS = (
     "dpm_2_a",
     "k_dpm_2_a",
 )
+# sd-scripts renders a line without --w / --h at 512 px (sample_image_inference), which SDXL draws badly.
+SDXL_SAMPLE_SIZE_PX = 1024
 OPTION_HELP = (
     "--n (negative prompt), --w / --h (size), --d (seed), --l (CFG scale), --s (steps), --ss (sampler)"
 )
@@ -101,3 +103,12 @@ def read_prompt_line(line: str) -> PromptLine:
     sampler = options.get("sample_sampler")
     unknown = sampler if isinstance(sampler, str) and sampler not in KNOWN_SAMPLERS else None
     return PromptLine(parts[0], options, ignored, unknown)
+
+
+def with_sdxl_size(line: str) -> str:
+    """`line` stripped, with `--w 1024` / `--h 1024` added for whichever size sd-scripts would not read from it
+    (a later option wins in line_to_prompt_dict, so one the user gave is never overridden)."""
+    options = read_prompt_line(line).options
+    return line.strip() + "".join(
+        f" --{key[0]} {SDXL_SAMPLE_SIZE_PX}" for key in ("width", "height") if key not in options
+    )
