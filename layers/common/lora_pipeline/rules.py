@@ -32,8 +32,9 @@ class Rule(Generic[Context]):
 
     @property
     def summary(self) -> str:
-        """The first line of the rule's docstring."""
-        return (self.check.__doc__ or "").strip().splitlines()[0] if self.check.__doc__ else ""
+        """The first paragraph of the rule's docstring, on one line."""
+        paragraph = (self.check.__doc__ or "").strip().split("\n\n", 1)[0]
+        return " ".join(line.strip() for line in paragraph.splitlines())
 
 
 class RuleSet(Generic[Context]):
