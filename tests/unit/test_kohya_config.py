@@ -8,12 +8,12 @@ import toml  # the reader sd-scripts v0.10.1 uses for --config_file
 
 from lora_pipeline.kohya_config import (
     ADAFACTOR_ARGS,
-    PIPELINE_OWNED_KEYS,
     KohyaConfigResult,
     PipelineInputs,
     build_effective_config,
     safe_output_name,
 )
+from lora_pipeline.kohya_facts import PIPELINE_OWNED_KEYS
 from lora_pipeline.problems import Problem, Severity, catalogue
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from lora_pipeline.kohya_config import PipelineInputs, build_effective_config
-from lora_pipeline.kohya_rules import COMBINATIONS, NORMALISE, VALUES
+from lora_pipeline.kohya_rules import COMBINATIONS, KEYS, NORMALISE, VALUES
 from lora_pipeline.problems import Problem, Severity, catalogue
 from lora_pipeline.rules import RuleSet
 
-RULE_SETS = (NORMALISE, VALUES, COMBINATIONS)
+RULE_SETS = (NORMALISE, KEYS, VALUES, COMBINATIONS)
 
 # One config per rule that makes exactly that rule speak, with the problem code it reports.
 RULE_EXAMPLES: dict[str, tuple[str, str]] = {
@@ -20,6 +20,10 @@ RULE_EXAMPLES: dict[str, tuple[str, str]] = {
     "KN104": ("vae_batch_size = 0", "CONFIG_GUI_KEY_NORMALISED"),
     "KN105": ("clip_skip = 2", "CONFIG_NO_EFFECT"),
     "KN106": ('caption_extention = ".txt"', "CONFIG_GUI_KEY_NORMALISED"),
+    "KK101": ("epoch = 10", "CONFIG_UNKNOWN_KEY"),
+    "KK102": ('output_dir = "/x"', "CONFIG_PIPELINE_OWNED"),
+    "KK103": ('wandb_api_key = "k"', "CONFIG_SECRET"),
+    "KK104": ('log_with = "wandb"', "CONFIG_OUTSIDE_SERVICE"),
     "KV101": ("train_batch_size = 0", "CONFIG_BAD_VALUE"),
     "KV102": ("lr_warmup_steps = 1.5", "CONFIG_BAD_VALUE"),
     "KV103": ('resolution = "big"', "CONFIG_BAD_VALUE"),
@@ -79,7 +83,9 @@ def test_every_rule_cites_the_sd_scripts_place_it_mirrors_and_says_what_it_check
         for rule in rule_set:
             assert rule.id.startswith(rule_set.prefix)
             assert rule.mirrors and rule.summary, rule.id
-            assert any(marker in rule.mirrors for marker in (".py", "torch", "design.md", ".tsv")), rule.id
+            assert any(
+                marker in rule.mirrors for marker in (".py", "torch", "design.md", ".tsv", "container")
+            ), rule.id
 
 
 def test_every_rule_has_an_example_here() -> None:

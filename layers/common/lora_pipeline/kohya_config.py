@@ -11,7 +11,6 @@ SDXL defaults fill in what the user left out. Each rule names the sd-scripts fun
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from dataclasses import dataclass
@@ -31,28 +30,18 @@ from lora_pipeline.kohya_facts import (
     CONFIG_NESTED_TABLE,
     CONFIG_NO_EFFECT,
     CONFIG_OUTPUT_NAME,
-    CONFIG_OUTSIDE_SERVICE,
     CONFIG_PARSE_ERROR,
     CONFIG_PIPELINE_OWNED,
-    CONFIG_SECRET,
-    CONFIG_UNKNOWN_KEY,
-    CONFIG_UNSUPPORTED,
     CONFIG_WRONG_TYPE,
     DEFAULT_MAX_TRAIN_EPOCHS,
     DEFAULT_SAMPLE_SAMPLER,
     DEFAULTS,
-    HUGGING_FACE_UPLOAD_KEYS,
-    OUTSIDE_LOGGERS,
-    PIPELINE_OWNED_KEYS,
     SAFE_NAME,
-    SECRET_KEYS,
-    UNKNOWN_KEY_HINTS,
-    UNSUPPORTED_KEYS,
     is_empty,
     is_number,
     toml_text,
 )
-from lora_pipeline.kohya_rules import COMBINATIONS, NORMALISE, VALUES, ConfigContext
+from lora_pipeline.kohya_rules import COMBINATIONS, KEYS, NORMALISE, VALUES, ConfigContext
 from lora_pipeline.problems import Problem, ProblemCode
 
 
@@ -186,11 +175,12 @@ class _Builder:
     # -- the stages --
 
     def finish(self, user: dict[str, Any]) -> KohyaConfigResult:
-        """The rule sets of `kohya_rules` around the reader's own stages: NORMALISE, refused keys, types,
-        VALUES, defaults, COMBINATIONS."""
+        """The rule sets of `kohya_rules` around the reader's own stages: NORMALISE, KEYS, types, VALUES,
+        defaults, COMBINATIONS."""
         self.ctx.config = dict(user)
         NORMALISE.run(self.ctx)
-        self.ctx.config = self.check_types(self.drop_refused_keys(self.ctx.config))
+        KEYS.run(self.ctx)
+        self.ctx.config = self.check_types(self.ctx.config)
         VALUES.run(self.ctx)
         config = self.ctx.config
         effective = self.with_defaults(config)
@@ -199,74 +189,12 @@ class _Builder:
         )
         return KohyaConfigResult(effective=effective, problems=self.problems)
 
-    def drop_refused_keys(self, config: dict[str, Any]) -> dict[str, Any]:
-        kept: dict[str, Any] = {}
-        for key, value in config.items():
-            if key not in self.specs:
-                self.report_unknown(key, value)
-            elif key in PIPELINE_OWNED_KEYS:
-                if is_empty(value):
-                    self.report(
-                        CONFIG_EMPTY_KEY_DROPPED, f"{self.where(key, value)}: set by the pipeline; dropped."
-                    )
-                else:
-                    self.report(
-                        CONFIG_PIPELINE_OWNED,
-                        f"{self.where(key, value)}: the training container sets {key} ({PIPELINE_OWNED_KEYS[key]}); removed.",
-                        f"Remove {key} from {self.file}.",
-                    )
-            elif key in SECRET_KEYS or key in HUGGING_FACE_UPLOAD_KEYS or key in UNSUPPORTED_KEYS:
-                if is_empty(value):
-                    self.report(
-                        CONFIG_EMPTY_KEY_DROPPED,
-                        f"{self.where(key, value)}: empty or false, so harmless; dropped.",
-                    )
-                else:
-                    self.report_refused(key, value)
-            elif key == "log_with" and value in OUTSIDE_LOGGERS:
-                self.report(
-                    CONFIG_OUTSIDE_SERVICE,
-                    f"{self.where(key, value)}: Weights & Biases needs an API key and an outside connection, "
-                    "which the pipeline does not give the job.",
-                    'Remove log_with, or write log_with = "tensorboard" (written under the run\'s logs).',
-                )
-            else:
-                kept[key] = value
-        return kept
-
-    def report_unknown(self, key: str, value: Any) -> None:
-        hint = UNKNOWN_KEY_HINTS.get(key)
-        if hint is None:
-            close = difflib.get_close_matches(key, self.specs.keys(), n=3)
-            hint = f"did you mean {' or '.join(close)}?" if close else "it is not an argument of sd-scripts"
-        self.report(
-            CONFIG_UNKNOWN_KEY,
-            f"{self.where(key, value)}: sdxl_train_network.py {SD_SCRIPTS_VERSION} has no argument `{key}` "
-            f"and would silently ignore it; {hint}",
-            "Fix the name or remove the key (`python sdxl_train_network.py --help` in sd-scripts v0.10.1 lists every argument).",
-        )
-
-    def report_refused(self, key: str, value: Any) -> None:
-        shown = self.where(key, "***") if key in SECRET_KEYS else self.where(key, value)
-        if key in SECRET_KEYS:
-            self.report(
-                CONFIG_SECRET,
-                f"{shown}: a secret in {self.file} would be copied into the run's files and the job's "
-                "settings, and the pipeline has no use for it (nothing is sent to W&B or the Hugging Face hub).",
-            )
-        elif key in HUGGING_FACE_UPLOAD_KEYS:
-            self.report(
-                CONFIG_OUTSIDE_SERVICE,
-                f"{shown}: uploads to the Hugging Face hub are not supported; the LoRA is written to "
-                "runs/<dataset>/<run-id>/model/ in the bucket.",
-            )
-        else:
-            self.report(CONFIG_UNSUPPORTED, f"{shown}: not supported here: {UNSUPPORTED_KEYS[key]}.")
-
     def check_types(self, config: dict[str, Any]) -> dict[str, Any]:
         checked: dict[str, Any] = {}
         for key, value in config.items():
-            spec = self.specs[key]
+            spec = self.specs.get(key)
+            if spec is None:
+                continue  # unknown keys are the unknown-key rule's
             if not _has_kind(spec, value):
                 fix = f"Write {key} as {_kind_text(spec)}."
                 if key == "resolution":
@@ -285,9 +213,6 @@ class _Builder:
             else:
                 checked[key] = float(value) if spec.kind is ArgKind.FLOAT else value
         return checked
-
-    def bad_value(self, config: dict[str, Any], key: str, problem: str, fix: str | None = None) -> None:
-        self.report(CONFIG_BAD_VALUE, f"{self.where(key, config.pop(key))}: {problem}.", fix)
 
     def with_defaults(self, config: dict[str, Any]) -> dict[str, Any]:
         effective = {**DEFAULTS, **config}

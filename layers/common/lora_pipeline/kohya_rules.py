@@ -2,6 +2,8 @@
 
 - `NORMALISE` (KN...): on the flattened user config, before keys are checked against the argument table:
   Kohya GUI spellings become what sd-scripts reads, or are dropped.
+- `KEYS` (KK...): keys sd-scripts does not know, and keys the pipeline sets itself or refuses (the argument
+  table's `policy` column); each is reported and removed.
 - `VALUES` (KV...): single-key rules on the type-checked user config; a key that breaks one is reported and
   left out, so the SDXL default (or nothing) takes its place.
 - `COMBINATIONS` (KC...): rules over the effective config (defaults filled in).
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_pipeline.evaluated_args import CONFIG_KEY, ArgsKind, check_entry, parse_entry, receiver_for
-from lora_pipeline.kohya_args import argument_specs
+from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, KeyPolicy, argument_specs
 from lora_pipeline.kohya_facts import (
     ALLOWED_NETWORK_MODULES,
     BUILTIN_OPTIMIZERS,
@@ -27,20 +29,28 @@ from lora_pipeline.kohya_facts import (
     CONFIG_BAD_VALUE,
     CONFIG_CONFLICT,
     CONFIG_DIVERGES,
+    CONFIG_EMPTY_KEY_DROPPED,
     CONFIG_GUI_KEY_NORMALISED,
     CONFIG_NO_EFFECT,
     CONFIG_NOT_ALLOWED,
     CONFIG_NOTHING_TRAINS,
+    CONFIG_OUTSIDE_SERVICE,
+    CONFIG_PIPELINE_OWNED,
     CONFIG_PRECISION_RISK,
     CONFIG_RATE_SUSPECT,
+    CONFIG_SECRET,
+    CONFIG_UNKNOWN_KEY,
     CONFIG_UNSUPPORTED,
     CONFIG_WRONG_TYPE,
     GUI_ATTENTION_VALUES,
     GUI_ONLY_KEYS,
     LR_SCHEDULERS,
     NETWORK_MODULES_REFUSED,
+    OUTSIDE_LOGGERS,
     TORCH_LR_SCHEDULERS,
     TORCH_OPTIMIZERS,
+    UNKNOWN_KEY_HINTS,
+    is_empty,
     is_number,
     parse_resolution,
     toml_text,
@@ -88,6 +98,7 @@ class ConfigContext:
 
 
 NORMALISE: RuleSet[ConfigContext] = RuleSet("KN", "Kohya GUI spellings")
+KEYS: RuleSet[ConfigContext] = RuleSet("KK", "keys")
 VALUES: RuleSet[ConfigContext] = RuleSet("KV", "single values")
 COMBINATIONS: RuleSet[ConfigContext] = RuleSet("KC", "combinations of settings")
 
@@ -230,6 +241,90 @@ def caption_extention(ctx: ConfigContext) -> None:
         )
         ctx.config["caption_extension"] = value
         ctx.tables["caption_extension"] = ctx.tables.get("caption_extention")
+
+
+# --- KEYS -----------------------------------------------------------------------------------------------------
+
+
+@KEYS.rule("KK101", "unknown-key", "library/train_util.py:read_config_from_file (unknown keys are ignored)")
+def unknown_key(ctx: ConfigContext) -> None:
+    """Keys sdxl_train_network.py has no argument for: sd-scripts would silently ignore them."""
+    specs = argument_specs()
+    for key in [key for key in ctx.config if key not in specs]:
+        value = ctx.config.pop(key)
+        hint = UNKNOWN_KEY_HINTS.get(key)
+        if hint is None:
+            close = difflib.get_close_matches(key, specs.keys(), n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else "it is not an argument of sd-scripts"
+        ctx.report(
+            CONFIG_UNKNOWN_KEY,
+            f"{ctx.where(key, value)}: sdxl_train_network.py {SD_SCRIPTS_VERSION} has no argument `{key}` "
+            f"and would silently ignore it; {hint}",
+            "Fix the name or remove the key (`python sdxl_train_network.py --help` in sd-scripts v0.10.1 lists "
+            "every argument).",
+        )
+
+
+def _keys_with(ctx: ConfigContext, policies: tuple[KeyPolicy, ...]) -> list[str]:
+    specs = argument_specs()
+    return [key for key in ctx.config if key in specs and specs[key].policy in policies]
+
+
+@KEYS.rule("KK102", "pipeline-owned", "the training container's command line (read after --config_file)")
+def pipeline_owned(ctx: ConfigContext) -> None:
+    """Keys the training container sets on the command line: a value here could only mislead."""
+    for key in _keys_with(ctx, (KeyPolicy.OWNED,)):
+        value = ctx.config.pop(key)
+        if is_empty(value):
+            ctx.report(CONFIG_EMPTY_KEY_DROPPED, f"{ctx.where(key, value)}: set by the pipeline; dropped.")
+        else:
+            ctx.report(
+                CONFIG_PIPELINE_OWNED,
+                f"{ctx.where(key, value)}: the training container sets {key} "
+                f"({argument_specs()[key].policy_reason}); removed.",
+                f"Remove {key} from {ctx.file}.",
+            )
+
+
+@KEYS.rule("KK103", "refused-key", "library/train_util.py:add_training_arguments (secrets, uploads, sources)")
+def refused_key(ctx: ConfigContext) -> None:
+    """Secrets, Hugging Face uploads and arguments the pipeline cannot honour (empty values are harmless)."""
+    for key in _keys_with(ctx, (KeyPolicy.SECRET, KeyPolicy.UPLOAD, KeyPolicy.UNSUPPORTED)):
+        value = ctx.config.pop(key)
+        spec = argument_specs()[key]
+        if is_empty(value):
+            ctx.report(
+                CONFIG_EMPTY_KEY_DROPPED, f"{ctx.where(key, value)}: empty or false, so harmless; dropped."
+            )
+        elif spec.policy is KeyPolicy.SECRET:
+            ctx.report(
+                CONFIG_SECRET,
+                f"{ctx.where(key, '***')}: a secret in {ctx.file} would be copied into the run's files and the "
+                "job's settings, and the pipeline has no use for it (nothing is sent to W&B or the Hugging Face "
+                "hub).",
+            )
+        elif spec.policy is KeyPolicy.UPLOAD:
+            ctx.report(
+                CONFIG_OUTSIDE_SERVICE,
+                f"{ctx.where(key, value)}: uploads to the Hugging Face hub are not supported; the LoRA is written "
+                "to runs/<dataset>/<run-id>/model/ in the bucket.",
+            )
+        else:
+            ctx.report(
+                CONFIG_UNSUPPORTED, f"{ctx.where(key, value)}: not supported here: {spec.policy_reason}."
+            )
+
+
+@KEYS.rule("KK104", "outside-logger", "library/train_util.py:add_training_arguments (log_with)")
+def outside_logger(ctx: ConfigContext) -> None:
+    """log_with = "wandb" / "all" needs an API key and an outside connection."""
+    if ctx.config.get("log_with") in OUTSIDE_LOGGERS:
+        ctx.report(
+            CONFIG_OUTSIDE_SERVICE,
+            f"{ctx.where('log_with', ctx.config.pop('log_with'))}: Weights & Biases needs an API key and an "
+            "outside connection, which the pipeline does not give the job.",
+            'Remove log_with, or write log_with = "tensorboard" (written under the run\'s logs).',
+        )
 
 
 # --- VALUES ---------------------------------------------------------------------------------------------------
