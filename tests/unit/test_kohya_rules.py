@@ -52,6 +52,7 @@ RULE_EXAMPLES: dict[str, tuple[str, str]] = {
     "KC114": ("max_train_epochs = 5\nmax_train_steps = 1600", "CONFIG_NO_EFFECT"),
     "KC115": ("fused_backward_pass = true", "CONFIG_NO_EFFECT"),
     "KC116": ("no_metadata = true", "CONFIG_NO_EFFECT"),
+    "KC118": ("text_encoder_lr = [5e-5, 1e-5]", "CONFIG_NO_EFFECT"),
     "KC117": (
         'mixed_precision = "fp16"\nfull_fp16 = true\noptimizer_type = "AdamW"',
         "CONFIG_PRECISION_RISK",

@@ -942,3 +942,20 @@ def full_half_precision_weights(ctx: ConfigContext) -> None:
                 "are mostly rounded away and the LoRA barely moves.",
                 "Remove full_bf16 (mixed precision keeps the LoRA in fp32), or raise the rate.",
             )
+
+
+@COMBINATIONS.rule(
+    "KC118",
+    "text-encoder-lr-list",
+    "train_network.py:NetworkTrainer.train (text_encoder_lr backward compatibility)",
+)
+def text_encoder_lr_list(ctx: ConfigContext) -> None:
+    """Modules without per-encoder rates (all allowed ones) use only a text_encoder_lr list's first entry."""
+    rates = ctx.config.get("text_encoder_lr")
+    if isinstance(rates, list) and len(rates) > 1:
+        ctx.report(
+            CONFIG_NO_EFFECT,
+            f"{ctx.where('text_encoder_lr', rates)}: {ctx.config['network_module']} has one rate for both text "
+            f"encoders, so sd-scripts uses only the first ({rates[0]:g}).",
+            f"Write text_encoder_lr = {rates[0]:g}.",
+        )
