@@ -10,7 +10,7 @@ import lora_pipeline.validate  # noqa: F401 - importing it registers every probl
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import JOB_RULES, StackLimits, read_job_settings
 from lora_pipeline.kohya_config import PipelineInputs, build_effective_config
-from lora_pipeline.kohya_rules import COMBINATIONS, KEYS, NORMALISE, VALUES
+from lora_pipeline.kohya_rules import COMBINATIONS, KEYS, NORMALISE, PIPELINE_INPUTS, VALUES
 from lora_pipeline.plan import SubsetCount, make_plan
 from lora_pipeline.problems import catalogue
 from lora_pipeline_cli.render import duration
@@ -59,7 +59,7 @@ def cost_example(images: int = 30, repeats: int = 60) -> str:
 def rules_table() -> str:
     """Every registered rule of config.toml and pipeline.toml: id, name, what it checks, what it mirrors."""
     rows = ["| rule | name | checks | mirrors |", "| --- | --- | --- | --- |"]
-    for rule_set in (NORMALISE, KEYS, VALUES, COMBINATIONS, JOB_RULES):
+    for rule_set in (NORMALISE, KEYS, VALUES, PIPELINE_INPUTS, COMBINATIONS, JOB_RULES):
         for rule in rule_set:
             rows.append(f"| {rule.id} | `{rule.name}` | {_cell(rule.summary)} | {_cell(rule.mirrors)} |")
     return "\n".join(rows)

@@ -11,9 +11,8 @@ from lora_pipeline.kohya_config import (
     KohyaConfigResult,
     PipelineInputs,
     build_effective_config,
-    safe_output_name,
 )
-from lora_pipeline.kohya_facts import PIPELINE_OWNED_KEYS
+from lora_pipeline.kohya_facts import PIPELINE_OWNED_KEYS, safe_output_name
 from lora_pipeline.problems import Problem, Severity, catalogue
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from lora_pipeline.kohya_config import PipelineInputs, build_effective_config
-from lora_pipeline.kohya_rules import COMBINATIONS, KEYS, NORMALISE, VALUES
+from lora_pipeline.kohya_rules import COMBINATIONS, KEYS, NORMALISE, PIPELINE_INPUTS, VALUES
 from lora_pipeline.problems import Problem, Severity, catalogue
 from lora_pipeline.rules import RuleSet
 
-RULE_SETS = (NORMALISE, KEYS, VALUES, COMBINATIONS)
+RULE_SETS = (NORMALISE, KEYS, VALUES, PIPELINE_INPUTS, COMBINATIONS)
 
 # One config per rule that makes exactly that rule speak, with the problem code it reports.
 RULE_EXAMPLES: dict[str, tuple[str, str]] = {
@@ -36,6 +36,9 @@ RULE_EXAMPLES: dict[str, tuple[str, str]] = {
     "KV110": ('optimizer_type = "builtins.exec"', "CONFIG_NOT_ALLOWED"),
     "KV111": ('lr_scheduler = "cosine_annealing"', "CONFIG_BAD_CHOICE"),
     "KV112": ("use_lion_optimizer = true", "CONFIG_GUI_KEY_NORMALISED"),
+    "KP101": ('output_name = "custom_lora_model"', "CONFIG_OUTPUT_NAME"),
+    "KP102": ('pretrained_model_name_or_path = "someone/model"', "CONFIG_PIPELINE_OWNED"),
+    "KP103": ("sample_every_n_epochs = 2", "CONFIG_PIPELINE_OWNED"),
     "KC101": ("network_train_unet_only = true\nunet_lr = 0.0", "CONFIG_NOTHING_TRAINS"),
     "KC102": ("text_encoder_lr = 0.0", "CONFIG_NO_EFFECT"),
     "KC103": ('optimizer_type = "AdamW"\nlearning_rate = 0.1', "CONFIG_RATE_SUSPECT"),

@@ -6,12 +6,14 @@ nothing and `xformers = "none"` turns xformers on. Here every key is checked aga
 table (`kohya_args`), GUI-only keys from Kohya GUI / AWS blog configs are normalised with a warning, keys
 that import code, carry secrets or talk to outside services are refused, paths the container owns are
 removed, the combinations sd-scripts refuses at run time (after the GPU is paid for) are refused here, and
-SDXL defaults fill in what the user left out. Each rule names the sd-scripts function it comes from.
+SDXL defaults fill in what the user left out.
+
+This module reads: TOML, flattening, types against the argument table, SDXL defaults. The rules are
+registered functions in `kohya_rules`, each naming the sd-scripts function it mirrors.
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -21,36 +23,30 @@ import tomli_w
 from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, ArgKind, ArgSpec, argument_specs
 from lora_pipeline.kohya_facts import (
     ADAFACTOR_ARGS,
-    BLOG_OUTPUT_NAME,
     CONFIG_BAD_CHOICE,
-    CONFIG_BAD_VALUE,
     CONFIG_DATASET_CONFIG_FORMAT,
     CONFIG_DUPLICATE_KEY,
-    CONFIG_EMPTY_KEY_DROPPED,
     CONFIG_NESTED_TABLE,
     CONFIG_NO_EFFECT,
-    CONFIG_OUTPUT_NAME,
     CONFIG_PARSE_ERROR,
-    CONFIG_PIPELINE_OWNED,
     CONFIG_WRONG_TYPE,
     DEFAULT_MAX_TRAIN_EPOCHS,
-    DEFAULT_SAMPLE_SAMPLER,
     DEFAULTS,
-    SAFE_NAME,
-    is_empty,
     is_number,
     toml_text,
 )
-from lora_pipeline.kohya_rules import COMBINATIONS, KEYS, NORMALISE, VALUES, ConfigContext
+from lora_pipeline.kohya_rules import (
+    COMBINATIONS,
+    KEYS,
+    NORMALISE,
+    PIPELINE_INPUTS,
+    VALUES,
+    ConfigContext,
+    PipelineInputs,
+)
 from lora_pipeline.problems import Problem, ProblemCode
 
-
-@dataclass(frozen=True)
-class PipelineInputs:
-    dataset_name: str
-    output_name: str | None  # from pipeline.toml; wins over config.toml's output_name (warn if both differ)
-    base_model_hf_id: str | None  # a Hugging Face id; None when an S3 `model` channel supplies the base model
-    sample_every_n_epochs: int | None  # None = no sample prompts
+__all__ = ["KohyaConfigResult", "PipelineInputs", "build_effective_config"]
 
 
 @dataclass(frozen=True)
@@ -68,12 +64,6 @@ class KohyaConfigResult:
             "# The training container adds the paths (data, output, model, resume) on the command line.\n\n"
         )
         return header + tomli_w.dumps(dict(sorted(self.effective.items())))
-
-
-def safe_output_name(name: str) -> str:
-    """`name` reduced to [A-Za-z0-9_-]: other runs of characters become one `_`; never empty."""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")
-    return cleaned or "lora"
 
 
 def build_effective_config(
@@ -122,11 +112,13 @@ def _has_kind(spec: ArgSpec, value: Any) -> bool:
 
 
 class _Builder:
+    """Reads one config.toml through the stages of `finish`, collecting problems in one ConfigContext."""
+
     def __init__(self, file: str, inputs: PipelineInputs) -> None:
         self.file = file
         self.inputs = inputs
         self.specs = argument_specs()
-        self.ctx = ConfigContext(file, {}, {})
+        self.ctx = ConfigContext(file, {}, {}, inputs)
         self.tables = self.ctx.tables
         self.problems = self.ctx.problems
 
@@ -176,7 +168,7 @@ class _Builder:
 
     def finish(self, user: dict[str, Any]) -> KohyaConfigResult:
         """The rule sets of `kohya_rules` around the reader's own stages: NORMALISE, KEYS, types, VALUES,
-        defaults, COMBINATIONS."""
+        defaults, PIPELINE_INPUTS, COMBINATIONS."""
         self.ctx.config = dict(user)
         NORMALISE.run(self.ctx)
         KEYS.run(self.ctx)
@@ -184,9 +176,11 @@ class _Builder:
         VALUES.run(self.ctx)
         config = self.ctx.config
         effective = self.with_defaults(config)
-        COMBINATIONS.run(
-            ConfigContext(self.file, effective, self.tables, user=config, problems=self.problems)
+        context = ConfigContext(
+            self.file, effective, self.tables, self.inputs, user=config, problems=self.problems
         )
+        PIPELINE_INPUTS.run(context)
+        COMBINATIONS.run(context)
         return KohyaConfigResult(effective=effective, problems=self.problems)
 
     def check_types(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -242,93 +236,4 @@ class _Builder:
             and not latent_augmentation
         ):
             effective["cache_latents"] = True
-        effective["output_name"] = self.output_name(config.get("output_name"))
-        self.set_base_model(effective, config.get("pretrained_model_name_or_path"))
-        self.set_sampling(effective, config)
         return effective
-
-    def output_name(self, configured: str | None) -> str:
-        fallback = safe_output_name(self.inputs.dataset_name)
-        if self.inputs.output_name is not None:
-            if configured is not None and configured != self.inputs.output_name:
-                self.report(
-                    CONFIG_OUTPUT_NAME,
-                    f"{self.where('output_name', configured)}: pipeline.toml's output_name "
-                    f'"{self.inputs.output_name}" wins.',
-                )
-            return self.inputs.output_name
-        if configured is None:
-            return fallback
-        name = configured.removesuffix(".safetensors")
-        if name == BLOG_OUTPUT_NAME:
-            self.report(
-                CONFIG_OUTPUT_NAME,
-                f"{self.where('output_name', configured)}: the blog sample's name would give every LoRA the "
-                f'same file name; using the dataset\'s name "{fallback}".',
-                "Set output_name to a name for this LoRA, in pipeline.toml or config.toml.",
-            )
-            return fallback
-        if not SAFE_NAME.fullmatch(name):
-            self.report(
-                CONFIG_BAD_VALUE,
-                f"{self.where('output_name', configured)}: output_name becomes a file name and an S3 key; use "
-                "letters, digits, '.', '_' and '-' only.",
-                f'Write output_name = "{safe_output_name(name)}".',
-            )
-            return fallback
-        if name != configured:
-            self.report(
-                CONFIG_OUTPUT_NAME,
-                f"{self.where('output_name', configured)}: sd-scripts adds the extension itself (it would write "
-                f'"{configured}.safetensors"); using "{name}".',
-                f'Write output_name = "{name}".',
-            )
-        return name
-
-    def set_base_model(self, effective: dict[str, Any], configured: str | None) -> None:
-        hf_id = self.inputs.base_model_hf_id
-        if hf_id is not None:
-            effective["pretrained_model_name_or_path"] = hf_id
-        else:
-            effective.pop("pretrained_model_name_or_path", None)
-        if configured is None or configured == hf_id:
-            return
-        if is_empty(configured):
-            self.report(
-                CONFIG_EMPTY_KEY_DROPPED,
-                f"{self.where('pretrained_model_name_or_path', configured)}: set by the pipeline; dropped.",
-            )
-            return
-        source = f'"{hf_id}"' if hf_id else "the S3 model channel"
-        self.report(
-            CONFIG_PIPELINE_OWNED,
-            f"{self.where('pretrained_model_name_or_path', configured)}: the base model comes from pipeline.toml's "
-            f"base_model ({source}); removed.",
-            "Set base_model in pipeline.toml instead.",
-        )
-
-    def set_sampling(self, effective: dict[str, Any], config: dict[str, Any]) -> None:
-        """Sample prompts come from pipeline.toml; the container writes them to the sample_prompts file."""
-        every = self.inputs.sample_every_n_epochs
-        # sample_sampler alone is harmless and stays.
-        sample_keys = ("sample_every_n_epochs", "sample_every_n_steps", "sample_at_first")
-        if every is None:
-            for key in sample_keys:
-                if key in effective:
-                    self.report(
-                        CONFIG_PIPELINE_OWNED,
-                        f"{self.where(key, effective.pop(key))}: samples are only rendered when pipeline.toml "
-                        "has sample_prompts; removed.",
-                        "Give sample_prompts (and sample_every_n_epochs) in pipeline.toml.",
-                    )
-            return
-        configured = config.get("sample_every_n_epochs")
-        if configured is not None and configured != every:
-            self.report(
-                CONFIG_PIPELINE_OWNED,
-                f"{self.where('sample_every_n_epochs', configured)}: pipeline.toml's sample_every_n_epochs = "
-                f"{every} wins.",
-                "Set sample_every_n_epochs in pipeline.toml only.",
-            )
-        effective["sample_every_n_epochs"] = every
-        effective.setdefault("sample_sampler", DEFAULT_SAMPLE_SAMPLER)

@@ -313,3 +313,9 @@ def parse_resolution(text: str) -> tuple[int, int] | None:
         return None
     width, height = int(parts[0]), int(parts[-1])
     return width, height
+
+
+def safe_output_name(name: str) -> str:
+    """`name` reduced to [A-Za-z0-9_-]: other runs of characters become one `_`; never empty."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")
+    return cleaned or "lora"

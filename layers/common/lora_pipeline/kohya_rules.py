@@ -6,6 +6,8 @@
   table's `policy` column); each is reported and removed.
 - `VALUES` (KV...): single-key rules on the type-checked user config; a key that breaks one is reported and
   left out, so the SDXL default (or nothing) takes its place.
+- `PIPELINE_INPUTS` (KP...): on the effective config: output name, base model and sampling, which
+  pipeline.toml decides.
 - `COMBINATIONS` (KC...): rules over the effective config (defaults filled in).
 
 Each rule cites the sd-scripts v0.10.1 file and function it mirrors (see `lora_pipeline.rules`).
@@ -23,6 +25,7 @@ from lora_pipeline.evaluated_args import CONFIG_KEY, ArgsKind, check_entry, pars
 from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, KeyPolicy, argument_specs
 from lora_pipeline.kohya_facts import (
     ALLOWED_NETWORK_MODULES,
+    BLOG_OUTPUT_NAME,
     BUILTIN_OPTIMIZERS,
     CONFIG_ARGS_UNKNOWN_KEY,
     CONFIG_BAD_CHOICE,
@@ -34,6 +37,7 @@ from lora_pipeline.kohya_facts import (
     CONFIG_NO_EFFECT,
     CONFIG_NOT_ALLOWED,
     CONFIG_NOTHING_TRAINS,
+    CONFIG_OUTPUT_NAME,
     CONFIG_OUTSIDE_SERVICE,
     CONFIG_PIPELINE_OWNED,
     CONFIG_PRECISION_RISK,
@@ -42,22 +46,33 @@ from lora_pipeline.kohya_facts import (
     CONFIG_UNKNOWN_KEY,
     CONFIG_UNSUPPORTED,
     CONFIG_WRONG_TYPE,
+    DEFAULT_SAMPLE_SAMPLER,
     GUI_ATTENTION_VALUES,
     GUI_ONLY_KEYS,
     LR_SCHEDULERS,
     NETWORK_MODULES_REFUSED,
     OUTSIDE_LOGGERS,
+    SAFE_NAME,
     TORCH_LR_SCHEDULERS,
     TORCH_OPTIMIZERS,
     UNKNOWN_KEY_HINTS,
     is_empty,
     is_number,
     parse_resolution,
+    safe_output_name,
     toml_text,
 )
 from lora_pipeline.problems import Problem, ProblemCode
 from lora_pipeline.rules import RuleSet
 from lora_pipeline.trained_parameters import PartRate, part_rates
+
+
+@dataclass(frozen=True)
+class PipelineInputs:
+    dataset_name: str
+    output_name: str | None  # from pipeline.toml; wins over config.toml's output_name (warn if both differ)
+    base_model_hf_id: str | None  # a Hugging Face id; None when an S3 `model` channel supplies the base model
+    sample_every_n_epochs: int | None  # None = no sample prompts
 
 
 @dataclass
@@ -68,6 +83,7 @@ class ConfigContext:
     file: str
     config: dict[str, Any]
     tables: dict[str, str | None]
+    inputs: PipelineInputs
     user: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
@@ -100,6 +116,7 @@ class ConfigContext:
 NORMALISE: RuleSet[ConfigContext] = RuleSet("KN", "Kohya GUI spellings")
 KEYS: RuleSet[ConfigContext] = RuleSet("KK", "keys")
 VALUES: RuleSet[ConfigContext] = RuleSet("KV", "single values")
+PIPELINE_INPUTS: RuleSet[ConfigContext] = RuleSet("KP", "what pipeline.toml decides")
 COMBINATIONS: RuleSet[ConfigContext] = RuleSet("KC", "combinations of settings")
 
 
@@ -516,6 +533,113 @@ def legacy_optimizer_flags(ctx: ConfigContext) -> None:
         f'`{key} = true`: the old spelling of optimizer_type = "{name}"; written that way.',
         f'Write optimizer_type = "{name}".',
     )
+
+
+# --- PIPELINE_INPUTS ----------------------------------------------------------------------------------------
+
+
+@PIPELINE_INPUTS.rule(
+    "KP101", "output-name", "train_network.py (output_name becomes <output_name>.safetensors)"
+)
+def output_name(ctx: ConfigContext) -> None:
+    """pipeline.toml's output_name wins; config.toml's must be a plain file name; else the dataset's name."""
+    ctx.config["output_name"] = _output_name(ctx, ctx.user.get("output_name"))
+
+
+def _output_name(ctx: ConfigContext, configured: str | None) -> str:
+    fallback = safe_output_name(ctx.inputs.dataset_name)
+    if ctx.inputs.output_name is not None:
+        if configured is not None and configured != ctx.inputs.output_name:
+            ctx.report(
+                CONFIG_OUTPUT_NAME,
+                f"{ctx.where('output_name', configured)}: pipeline.toml's output_name "
+                f'"{ctx.inputs.output_name}" wins.',
+            )
+        return ctx.inputs.output_name
+    if configured is None:
+        return fallback
+    name = configured.removesuffix(".safetensors")
+    if name == BLOG_OUTPUT_NAME:
+        ctx.report(
+            CONFIG_OUTPUT_NAME,
+            f"{ctx.where('output_name', configured)}: the blog sample's name would give every LoRA the "
+            f'same file name; using the dataset\'s name "{fallback}".',
+            "Set output_name to a name for this LoRA, in pipeline.toml or config.toml.",
+        )
+        return fallback
+    if not SAFE_NAME.fullmatch(name):
+        ctx.report(
+            CONFIG_BAD_VALUE,
+            f"{ctx.where('output_name', configured)}: output_name becomes a file name and an S3 key; use "
+            "letters, digits, '.', '_' and '-' only.",
+            f'Write output_name = "{safe_output_name(name)}".',
+        )
+        return fallback
+    if name != configured:
+        ctx.report(
+            CONFIG_OUTPUT_NAME,
+            f"{ctx.where('output_name', configured)}: sd-scripts adds the extension itself (it would write "
+            f'"{configured}.safetensors"); using "{name}".',
+            f'Write output_name = "{name}".',
+        )
+    return name
+
+
+@PIPELINE_INPUTS.rule(
+    "KP102", "base-model", "library/sdxl_train_util.py:load_target_model (pretrained_model_name_or_path)"
+)
+def base_model(ctx: ConfigContext) -> None:
+    """The base model comes from pipeline.toml (a Hugging Face id, or the S3 `model` channel)."""
+    effective, configured = ctx.config, ctx.user.get("pretrained_model_name_or_path")
+    hf_id = ctx.inputs.base_model_hf_id
+    if hf_id is not None:
+        effective["pretrained_model_name_or_path"] = hf_id
+    else:
+        effective.pop("pretrained_model_name_or_path", None)
+    if configured is None or configured == hf_id:
+        return
+    if is_empty(configured):
+        ctx.report(
+            CONFIG_EMPTY_KEY_DROPPED,
+            f"{ctx.where('pretrained_model_name_or_path', configured)}: set by the pipeline; dropped.",
+        )
+        return
+    source = f'"{hf_id}"' if hf_id else "the S3 model channel"
+    ctx.report(
+        CONFIG_PIPELINE_OWNED,
+        f"{ctx.where('pretrained_model_name_or_path', configured)}: the base model comes from pipeline.toml's "
+        f"base_model ({source}); removed.",
+        "Set base_model in pipeline.toml instead.",
+    )
+
+
+@PIPELINE_INPUTS.rule("KP103", "sampling", "train_network.py:NetworkTrainer.sample_images")
+def sampling(ctx: ConfigContext) -> None:
+    """Sample prompts come from pipeline.toml; the container writes them to the sample_prompts file."""
+    effective, config = ctx.config, ctx.user
+    every = ctx.inputs.sample_every_n_epochs
+    # sample_sampler alone is harmless and stays.
+    sample_keys = ("sample_every_n_epochs", "sample_every_n_steps", "sample_at_first")
+    if every is None:
+        for key in sample_keys:
+            if key in effective:
+                ctx.report(
+                    CONFIG_PIPELINE_OWNED,
+                    f"{ctx.where(key, effective.pop(key))}: samples are only rendered when pipeline.toml "
+                    "has sample_prompts; removed.",
+                    "Give sample_prompts (and sample_every_n_epochs) in pipeline.toml.",
+                )
+        return
+    configured = config.get("sample_every_n_epochs")
+    if configured is not None and configured != every:
+        ctx.report(
+            CONFIG_PIPELINE_OWNED,
+            f"{ctx.where('sample_every_n_epochs', configured)}: pipeline.toml's sample_every_n_epochs = "
+            f"{every} wins.",
+            "Set sample_every_n_epochs in pipeline.toml only.",
+        )
+    effective["sample_every_n_epochs"] = every
+    effective.setdefault("sample_sampler", DEFAULT_SAMPLE_SAMPLER)
 
 
 # --- COMBINATIONS ---------------------------------------------------------------------------------------------
