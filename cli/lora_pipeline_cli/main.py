@@ -102,7 +102,7 @@ def _validate(args: argparse.Namespace) -> int:
     stack = _stack(args) if args.stack or args.local else None
     limits = stack.limits() if stack else StackLimits()
     if args.path.startswith("s3://"):
-        from lora_pipeline.aws.s3_source import S3DatasetSource
+        from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
 
         bucket, key = parse_s3_uri(args.path)
         dataset = key.removeprefix(DATASETS_PREFIX).strip("/")
@@ -112,7 +112,9 @@ def _validate(args: argparse.Namespace) -> int:
             )
         s3 = stack.client("s3") if stack else boto3.Session(region_name=args.region).client("s3")
         source = S3DatasetSource(s3, bucket, dataset)
-        report = validate_dataset(source, dataset, limits, load_instance_table(args.prices))
+        report = validate_dataset(
+            source, dataset, limits, load_instance_table(args.prices), S3ObjectReader(s3)
+        )
     else:
         with _local_dataset(args.path, args.dataset) as (source, dataset):
             report = _validate_folder(source, dataset, args, limits)

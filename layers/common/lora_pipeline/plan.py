@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from lora_pipeline.buckets import batches_per_epoch, steps_per_epoch
+from lora_pipeline.evaluated_args import network_kwargs
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import JobSettings
 from lora_pipeline.problems import Problem, Severity, define
@@ -26,6 +27,25 @@ SMOKE_TRAINING_STEPS = 10
 # MLP 3072) and OpenCLIP-bigG's 32 layers (1280 wide, MLP 5120).
 UNET_LORA_PARAMS_PER_RANK = 2_659_840
 TEXT_ENCODER_LORA_PARAMS_PER_RANK = 903_168
+# With conv_dim in network_args, networks/lora.py (create_modules) also targets ResnetBlock2D, Downsample2D and
+# Upsample2D (library/sdxl_original_unet.py): their 3x3 convolutions at rank conv_dim (lora_down is 3x3,
+# in * 9 weights per rank; lora_up 1x1, out), and their time-embedding Linear (1280 -> out) and 1x1
+# skip_connection (in != out) at rank network_dim. SDXL's 17 residual blocks (in, out channels), input,
+# middle and output blocks in order, and its 2 down- and 2 up-sampling convolutions (channels):
+SDXL_RESNET_BLOCKS = (
+    *((320, 320), (320, 320), (320, 640), (640, 640), (640, 1280), (1280, 1280)),
+    *((1280, 1280), (1280, 1280)),
+    *((2560, 1280), (2560, 1280), (1920, 1280), (1920, 640), (1280, 640), (960, 640)),
+    *((960, 320), (640, 320), (640, 320)),
+)
+SDXL_SAMPLER_CONVS = (320, 640, 1280, 640)
+SDXL_TIME_EMBED_DIM = 1280
+CONV_LORA_PARAMS_PER_CONV_RANK = sum(
+    9 * c_in + c_out + 9 * c_out + c_out for c_in, c_out in SDXL_RESNET_BLOCKS
+) + sum(9 * c + c for c in SDXL_SAMPLER_CONVS)
+CONV_LORA_PARAMS_PER_RANK = sum(
+    SDXL_TIME_EMBED_DIM + c_out + (c_in + c_out if c_in != c_out else 0) for c_in, c_out in SDXL_RESNET_BLOCKS
+)
 
 PLAN_RUNTIME_TOO_SHORT = define(
     "PLAN_RUNTIME_TOO_SHORT",
@@ -95,10 +115,24 @@ def _int_setting(config: Mapping[str, Any], key: str, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
-def expected_lora_bytes(network_dim: int, trains_text_encoders: bool, save_precision: str | None) -> int:
+def expected_lora_bytes(
+    network_dim: int, trains_text_encoders: bool, save_precision: str | None, conv_dim: int | None = None
+) -> int:
+    """Bytes of the LoRA's weights: parameters per rank x rank x 2 (4 with save_precision "float")."""
     per_rank = UNET_LORA_PARAMS_PER_RANK + (TEXT_ENCODER_LORA_PARAMS_PER_RANK if trains_text_encoders else 0)
+    params = network_dim * per_rank
+    if conv_dim:
+        params += network_dim * CONV_LORA_PARAMS_PER_RANK + conv_dim * CONV_LORA_PARAMS_PER_CONV_RANK
     bytes_per_param = 4 if save_precision == "float" else 2
-    return network_dim * per_rank * bytes_per_param
+    return params * bytes_per_param
+
+
+def conv_dim_of(config: Mapping[str, Any]) -> int | None:
+    """networks/lora.py create_network: int(conv_dim) from network_args, None when absent or unusable."""
+    try:
+        return int(network_kwargs(config)["conv_dim"])
+    except (KeyError, ValueError):
+        return None
 
 
 def make_plan(
@@ -170,7 +204,10 @@ def make_plan(
         network_dim=network_dim,
         trains_text_encoders=trains_text_encoders,
         expected_lora_bytes=expected_lora_bytes(
-            network_dim, trains_text_encoders, save_precision if isinstance(save_precision, str) else None
+            network_dim,
+            trains_text_encoders,
+            save_precision if isinstance(save_precision, str) else None,
+            conv_dim_of(config),
         ),
         instance_type=job.instance_type,
         spot=job.spot,

@@ -13,7 +13,7 @@ from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.aws.event_publisher import EventPublisher
 from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.aws.s3_model_io import unpack_model
-from lora_pipeline.aws.s3_source import S3DatasetSource
+from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
 from lora_pipeline.events import BY_DETAIL_TYPE, TrainingCancelled, TrainingSucceeded
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import StackLimits
@@ -105,7 +105,9 @@ def ingest_upload(
 
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
-    report = validate_dataset(S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, limits)
+    report = validate_dataset(
+        S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, limits, models=S3ObjectReader(s3)
+    )
     layout = RunLayout(run.dataset, run.run_id)
     files = {layout.validation_key: (report.model_dump_json(indent=2), "application/json")}
     if report.kohya_toml is not None:
