@@ -102,3 +102,10 @@ def test_validation_plan_counts_batches_per_bucket(tmp_path: Path) -> None:
     assert (report.plan.buckets, report.plan.batches_per_epoch) == (3, 3)
     assert report.plan.steps_per_epoch == 2  # ceil(3 batches / 2 accumulated)
     assert report.plan.total_steps == 4
+
+
+def test_bucket_limits_are_rounded_to_the_step_as_sd_scripts_does():
+    # train_util.py BaseDataset.adjust_min_max_bucket_reso_by_steps: min rounds down, max rounds up
+    settings = BucketSettings(min_bucket_reso=250, max_bucket_reso=2000, bucket_reso_steps=32)
+    assert (settings.min_bucket_reso, settings.max_bucket_reso) == (224, 2016)
+    assert BucketSettings(min_bucket_reso=256, max_bucket_reso=2048).max_bucket_reso == 2048

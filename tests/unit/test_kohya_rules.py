@@ -29,7 +29,7 @@ RULE_EXAMPLES: dict[str, tuple[str, str]] = {
     "KV103": ('resolution = "big"', "CONFIG_BAD_VALUE"),
     "KV104": ('face_crop_aug_range = "4.0,2.0"', "CONFIG_BAD_VALUE"),
     "KV105": ('metadata_thumbnail = "/etc/passwd"', "CONFIG_UNSUPPORTED"),
-    "KV106": ('caption_extension = "txt"', "CONFIG_BAD_VALUE"),
+    "KV106": ('caption_extension = "txt"', "CONFIG_GUI_KEY_NORMALISED"),
     "KV107": ('save_model_as = "ckpt"', "CONFIG_BAD_VALUE"),
     "KV108": ('optimizer_args = ["a=1=2"]', "CONFIG_BAD_VALUE"),
     "KV109": ('network_module = "os"', "CONFIG_NOT_ALLOWED"),
@@ -283,3 +283,11 @@ def test_every_allowed_optimizer_scheduler_and_module_has_its_accepted_keywords_
         (ArgsKind.NETWORK, ALLOWED_NETWORK_MODULES),
     ):
         assert [name for name in names if receiver_for(kind, name) is None] == []
+
+
+def test_caption_extension_gets_its_missing_dot_as_sd_scripts_adds_it() -> None:
+    # train_util.py DreamBoothSubset.__init__: "txt" is read as ".txt"; a path is never an extension
+    inputs = PipelineInputs("pets", None, "stabilityai/stable-diffusion-xl-base-1.0", None)
+    effective = build_effective_config('caption_extension = "txt"\n', inputs).effective
+    assert effective is not None and effective["caption_extension"] == ".txt"
+    assert [p.code for p in build('caption_extension = "/etc/x"')] == ["CONFIG_BAD_VALUE"]

@@ -38,6 +38,14 @@ class BucketSettings:
     bucket_reso_steps: int = 64
     bucket_no_upscale: bool = False
 
+    def __post_init__(self) -> None:
+        # train_util.py BaseDataset.adjust_min_max_bucket_reso_by_steps: sd-scripts rounds the minimum down and
+        # the maximum up to multiples of bucket_reso_steps before it makes the buckets.
+        steps = self.bucket_reso_steps
+        if steps > 0:
+            object.__setattr__(self, "min_bucket_reso", self.min_bucket_reso - self.min_bucket_reso % steps)
+            object.__setattr__(self, "max_bucket_reso", -(-self.max_bucket_reso // steps) * steps)
+
 
 @dataclass(frozen=True)
 class ImageSize:

@@ -409,14 +409,25 @@ def thumbnail_file(ctx: ConfigContext) -> None:
         )
 
 
-@VALUES.rule("KV106", "caption-extension-dot", "library/train_util.py:DreamBoothDataset.read_caption")
+@VALUES.rule("KV106", "caption-extension-dot", "library/train_util.py:DreamBoothSubset.__init__")
 def caption_extension_dot(ctx: ConfigContext) -> None:
-    """sd-scripts appends caption_extension to the image's base name."""
+    """sd-scripts appends caption_extension to the image's base name, adding a missing leading dot itself."""
     extension = ctx.config.get("caption_extension")
-    if extension is not None and not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
+    if extension is None:
+        return
+    if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", extension):
+        dotted = f".{extension}"
+        ctx.report(
+            CONFIG_GUI_KEY_NORMALISED,
+            f"{ctx.where('caption_extension', extension)}: sd-scripts adds the missing dot and reads "
+            f"{dotted} files.",
+            f'Write caption_extension = "{dotted}".',
+        )
+        ctx.config["caption_extension"] = dotted
+    elif not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
         ctx.bad_value(
             "caption_extension",
-            "sd-scripts appends caption_extension to the image's base name, so it must start with a dot",
+            "sd-scripts appends caption_extension to the image's base name, so it must be a file extension",
             f'Write caption_extension = ".{extension.lstrip(".") or "caption"}".',
         )
 
