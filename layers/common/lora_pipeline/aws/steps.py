@@ -14,7 +14,7 @@ from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.aws.event_publisher import EventPublisher
 from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.aws.s3_model_io import S3ObjectStream, unpack_model, write_manifest
-from lora_pipeline.aws.s3_source import S3DatasetSource
+from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
 from lora_pipeline.events import BY_DETAIL_TYPE, TrainingCancelled, TrainingSucceeded
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import StackLimits
@@ -30,7 +30,7 @@ from lora_pipeline.runs import (
     validation_outcome,
 )
 from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, resume_request_key, s3_uri
-from lora_pipeline.safetensors_lora import LoraFormatError, read_safetensors_header, summarise_lora
+from lora_pipeline.safetensors_lora import Architecture, check_lora_stream
 from lora_pipeline.salvage import SalvagedLora
 from lora_pipeline.validate import validate_dataset
 
@@ -134,7 +134,9 @@ def adopt_resume_request(s3: Any, run: RunInput) -> str | None:
 
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
-    report = validate_dataset(S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, limits)
+    report = validate_dataset(
+        S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, limits, models=S3ObjectReader(s3)
+    )
     layout = RunLayout(run.dataset, run.run_id)
     files = {layout.validation_key: (report.model_dump_json(indent=2), "application/json")}
     if report.kohya_toml is not None:
@@ -182,6 +184,14 @@ def _delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
 class SalvageInput(RunInput):
     output_name: str | None = None
     training_job: dict[str, Any] | None = None  # DescribeTrainingJob output; None for a cancelled run
+    trainer_name: str | None = None  # the run's trainer when `training_job` is None
+
+    @property
+    def trainer(self) -> str:
+        """The trainer the job ran (runs.py puts it in the hyperparameters), not what the file claims."""
+        if self.training_job is not None:
+            return str(self.training_job.get("HyperParameters", {}).get("trainer", ""))
+        return self.trainer_name or ""
 
 
 class _HashingReader:
@@ -207,10 +217,11 @@ def _checkpoint_names(s3: Any, bucket: str, prefix: str) -> list[str]:
 def salvage_run(s3: Any, run: SalvageInput) -> SalvagedLora | None:
     """Publish the newest finished epoch's LoRA of a run that did not finish, and keep its checkpoints.
 
-    The LoRA is read whole (sha256) and its header checked like a final one, then copied to
+    The LoRA is read whole (sha256) and checked like a final one (`check_lora_stream` for the run's trainer:
+    structure, SDXL identity, every tensor's numbers), then copied to
     `model/<name>-<epoch:06d>.safetensors` with a manifest marked `partial`. Checkpoints holding a complete
     state or an epoch LoRA are tagged for the lifecycle rule that expires them (`lora-pipeline resume` uses
-    them meanwhile); others are deleted. Returns None when no epoch finished or its file is not a LoRA.
+    them meanwhile); others are deleted. Returns None when no epoch finished or its LoRA is refused.
     """
     layout = RunLayout(run.dataset, run.run_id)
     names = _checkpoint_names(s3, run.bucket, layout.checkpoints_prefix)
@@ -232,14 +243,14 @@ def salvage_run(s3: Any, run: SalvageInput) -> SalvagedLora | None:
     stream = S3ObjectStream(s3, run.bucket, source_key)
     reader = _HashingReader(stream)
     try:
-        header = read_safetensors_header(reader)
-        summary = summarise_lora(header)
+        check = check_lora_stream(reader, None, Architecture.for_trainer(run.trainer))
         while reader.read(1024 * 1024):
             pass
-    except LoraFormatError:
-        return None
     finally:
         stream.close()
+    if not check.accepted or check.header is None or check.summary is None:
+        return None
+    header, summary = check.header, check.summary
     model_key = layout.model_prefix + name
     s3.copy_object(Bucket=run.bucket, Key=model_key, CopySource={"Bucket": run.bucket, "Key": source_key})
     epochs = header.metadata.get("ss_num_epochs")
@@ -261,6 +272,7 @@ def salvage_run(s3: Any, run: SalvageInput) -> SalvagedLora | None:
         member=name,
         summary=summary,
         metadata=header.metadata,
+        alphas=check.alphas,
     )
     manifest = build_manifest(
         result,
@@ -297,6 +309,8 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
             training_job_name=facts.training_job_name,
             billable_seconds=facts.billable_seconds,
         ),
+        # The trainer the job ran (runs.py puts it in the hyperparameters), not what the file claims.
+        architecture=Architecture.for_trainer(run.training_job.get("HyperParameters", {}).get("trainer", "")),
     )
     _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
     return UnpackOutcome(
@@ -357,6 +371,15 @@ def _stop_training_job(sagemaker: Any, base_name: str) -> tuple[str | None, bool
     return name, status in ("Stopping", "Stopped")
 
 
+def _job_trainer(sagemaker: Any, job: str | None) -> str | None:
+    if job is None:
+        return None
+    hyperparameters: dict[str, str] = sagemaker.describe_training_job(TrainingJobName=job).get(
+        "HyperParameters", {}
+    )
+    return hyperparameters.get("trainer")
+
+
 def clean_up_run(
     table: RunTable,
     sagemaker: Any,
@@ -373,7 +396,15 @@ def clean_up_run(
     job, stopped = _stop_training_job(sagemaker, training_job_base_name(run.dataset, run.run_id))
     # A FAILED execution salvaged its training failure itself (the state machine's Salvage state).
     salvaged = (
-        salvage_run(s3, SalvageInput(dataset=run.dataset, run_id=run.run_id, bucket=run.bucket))
+        salvage_run(
+            s3,
+            SalvageInput(
+                dataset=run.dataset,
+                run_id=run.run_id,
+                bucket=run.bucket,
+                trainer_name=_job_trainer(sagemaker, job),
+            ),
+        )
         if status in ("ABORTED", "TIMED_OUT")
         else None
     )
