@@ -20,6 +20,7 @@ Exit code 0 when every check passed, 1 otherwise (the failed check is printed).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -46,6 +47,7 @@ from kohya_check.job import (
 )
 from lora_pipeline.manifest import RunFacts, build_manifest
 from lora_pipeline.model_archive import LocalFolderSink, UnpackResult, unpack_model_archive
+from lora_pipeline.training_metrics import TrainingProgress, parse_metric_line
 from lora_trainer.workspace import find_resume_state
 
 SDXL_UNET_MODULES = 722
@@ -71,12 +73,26 @@ EXIT_STOPPED = 143
 
 
 def resumed_step(lines: Sequence[str]) -> int:
-    """The step the entrypoint resumed from, as it logs it ('resuming from ... (epoch E, step S)')."""
+    """The step the entrypoint resumed at, as it logs it ('resuming from ... (epoch E, S of T steps done)')."""
     for line in lines:
-        found = re.search(r"resuming from \S+ \(epoch \d+, step (\d+)\)", line)
+        found = re.search(r"resuming from \S+ \(epoch \d+, (\d+) of \d+ steps done\)", line)
         if found:
             return int(found.group(1))
     raise CheckFailed("the second run did not resume from a saved state")
+
+
+def steps_done(lines: Sequence[str]) -> TrainingProgress:
+    """The last progress the entrypoint reported ('lora-metrics step=S/T ...': done of planned total)."""
+    reported = [progress for progress in map(parse_metric_line, lines) if progress is not None]
+    require(bool(reported), "the resumed run reported no progress")
+    return reported[-1]
+
+
+def final_state_epoch(checkpoints: Path, output_name: str) -> int:
+    """The epoch sd-scripts itself records in the state it saves at the end (`<name>-state/train_state.json`)."""
+    state = checkpoints / f"{output_name}-state" / "train_state.json"
+    require(state.is_file(), f"sd-scripts saved no final state ({state.name} is missing)")
+    return int(json.loads(state.read_text())["current_epoch"])
 
 
 def pack_model_archive(model_dir: Path, archive: Path) -> Path:
@@ -116,7 +132,8 @@ def check_lora(result: UnpackResult) -> int:
     )
     for key, wanted in (("ss_network_module", "networks.lora"), ("ss_base_model_version", "sdxl_base_v1-0")):
         require(result.metadata.get(key) == wanted, f"{key} = {result.metadata.get(key)!r}, not {wanted!r}")
-    require("ss_steps" in result.metadata, "sd-scripts' ss_steps metadata is missing")
+    for key in ("ss_steps", "ss_epoch", "ss_network_dim", "ss_network_alpha"):
+        require(key in result.metadata, f"sd-scripts' {key} metadata is missing")
     return summary.unet_modules + summary.text_encoder_modules
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -33,7 +34,8 @@ def main(base_model: str, lora_file: str) -> int:
     import diffusers
 
     pipeline = StableDiffusionXLPipeline.from_pretrained(base_model, torch_dtype=torch.float16)
-    pipeline.load_lora_weights(lora_file)
+    # Offline, Diffusers 0.32 needs the folder and the file name apart (it would look the file up on the hub).
+    pipeline.load_lora_weights(str(Path(lora_file).parent), weight_name=Path(lora_file).name)
     expected = kohya_modules(lora_file)
     loaded = {part: adapted_layers(getattr(pipeline, part).modules()) for part in PARTS}
     print(
