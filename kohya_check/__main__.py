@@ -164,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("run 1: trains until the first epoch's state is saved, then gets SIGTERM")
 
         def first_epoch_saved() -> bool:
-            saved = find_resume_state(opt_ml / "checkpoints")
-            if saved is not None and saved.epoch >= 1:
-                log(f"{saved.directory.name} is saved: SIGTERM, as on a spot interruption")
+            saved = find_resume_state(opt_ml / "checkpoints", TRIGGER)
+            if saved is not None and saved.state.epoch >= 1:
+                log(f"{saved.state.directory.name} is saved: SIGTERM, as on a spot interruption")
                 return True
             return False
 
@@ -182,9 +182,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         archive = pack_model_archive(opt_ml / "model", work / "model.tar.gz")
         result = unpack(archive, args.out.absolute(), TRIGGER)
         modules = check_lora(result)
-        steps = int(result.metadata["ss_steps"])
+        # After a resume sd-scripts' ss_steps counts from the resumed epoch's start: the entrypoint's progress
+        # (done of planned total) and the epoch in sd-scripts' final state say whether the plan was trained.
+        progress = steps_done(second.lines)
+        steps = progress.step
         require(
-            steps == plan.total_steps, f"sd-scripts trained {steps} steps; the plan said {plan.total_steps}"
+            (steps, progress.total_steps) == (plan.total_steps, plan.total_steps),
+            f"the run reported {steps} of {progress.total_steps} steps done; the plan said {plan.total_steps}",
+        )
+        epoch = final_state_epoch(opt_ml / "checkpoints", TRIGGER)
+        require(
+            epoch == plan.epochs,
+            f"sd-scripts' final state records epoch {epoch}; the plan said {plan.epochs}",
         )
         samples = sorted((opt_ml / "output" / "data" / "samples").glob("*.png"))
         require(len(samples) > 0, "sd-scripts rendered no sample image")
