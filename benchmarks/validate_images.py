@@ -93,9 +93,9 @@ class SlowFolder(LocalFolder):
         self.bytes_read += len(data)
         return data
 
-    def read_all(self, path: str) -> bytes:
+    def read_small(self, path: str, limit: int) -> bytes | None:
         time.sleep(self.latency)
-        return super().read_all(path)
+        return super().read_small(path, limit)
 
 
 def timed_check(root: Path, workers: int, latency: float) -> tuple[float, int, int]:

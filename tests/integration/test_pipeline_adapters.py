@@ -66,7 +66,8 @@ def test_s3_source_reads_ranges_tails_and_past_the_end(s3: Any) -> None:
     assert source.read_range("i.png", len(data) + 10, 100) == b""
     assert source.read_tail("i.png", 7) == data[-7:]
     assert source.read_tail("i.png", 10**6) == data
-    assert source.read_all("i.png") == data
+    assert source.read_small("i.png", len(data)) == data
+    assert source.read_small("i.png", len(data) - 1) is None
 
 
 def test_s3_source_serves_many_threads(s3: Any) -> None:

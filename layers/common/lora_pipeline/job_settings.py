@@ -11,7 +11,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from lora_pipeline.instances import InstanceTable
+from lora_pipeline.kohya_config import MAX_UNKNOWN_KEYS_REPORTED
 from lora_pipeline.problems import Problem, Severity, define
+from lora_pipeline.text_formats import loads_toml
 
 SETTINGS_FILE = "pipeline.toml"
 SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -218,14 +220,19 @@ def read_job_settings(
     problems: list[Problem] = []
     if text is not None:
         try:
-            data = tomllib.loads(text)
+            data = loads_toml(text)
         except tomllib.TOMLDecodeError as exc:
             problems.append(JOB_TOML_SYNTAX.at(file, f"{file} is not valid TOML: {exc}."))
-    for key in data:
-        if key not in _KNOWN_KEYS:
-            close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.append(JOB_UNKNOWN_KEY.at(file, f"Unknown key {key!r} in {file}.{hint}"))
+    unknown = [key for key in data if key not in _KNOWN_KEYS]
+    for key in unknown[:MAX_UNKNOWN_KEYS_REPORTED]:
+        close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        problems.append(JOB_UNKNOWN_KEY.at(file, f"Unknown key {key!r} in {file}.{hint}"))
+    if len(unknown) > MAX_UNKNOWN_KEYS_REPORTED:
+        more = len(unknown) - MAX_UNKNOWN_KEYS_REPORTED
+        problems.append(
+            JOB_UNKNOWN_KEY.at(file, f"{more:,} more unknown keys in {file} are not listed one by one.")
+        )
     known = {k: v for k, v in data.items() if k in _KNOWN_KEYS}
     reader = _Reader(known, file)
 

@@ -23,6 +23,7 @@ import tomli_w
 
 from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, ArgKind, ArgSpec, argument_specs
 from lora_pipeline.problems import Problem, ProblemCode, Severity, define
+from lora_pipeline.text_formats import loads_toml
 
 CONFIG_PARSE_ERROR = define(
     "CONFIG_PARSE_ERROR",
@@ -49,6 +50,8 @@ CONFIG_DUPLICATE_KEY = define(
     "The same argument is set in two tables (sd-scripts would silently keep the last one)",
     "Keep the key in one place only.",
 )
+# Unknown keys listed one by one (with a spelling suggestion each); the rest are counted in one problem.
+MAX_UNKNOWN_KEYS_REPORTED = 20
 CONFIG_UNKNOWN_KEY = define(
     "CONFIG_UNKNOWN_KEY",
     Severity.ERROR,
@@ -375,7 +378,7 @@ def build_effective_config(
     if text is None:
         return builder.finish({})
     try:
-        document = tomllib.loads(text)
+        document = loads_toml(text)
     except tomllib.TOMLDecodeError as error:
         problem = CONFIG_PARSE_ERROR.at(file, f"{file} is not valid TOML: {error}.")
         return KohyaConfigResult(effective=None, problems=[problem])
@@ -460,6 +463,7 @@ class _Builder:
         self.specs = argument_specs()
         self.problems: list[Problem] = []
         self.tables: dict[str, str | None] = {}
+        self.unknown_keys = 0
 
     # -- reporting --
 
@@ -514,6 +518,12 @@ class _Builder:
         self.check_values(config)
         effective = self.with_defaults(config)
         self.check_combinations(effective, config)
+        if self.unknown_keys > MAX_UNKNOWN_KEYS_REPORTED:
+            self.report(
+                CONFIG_UNKNOWN_KEY,
+                f"{self.unknown_keys - MAX_UNKNOWN_KEYS_REPORTED:,} more keys that sdxl_train_network.py "
+                f"{SD_SCRIPTS_VERSION} does not know are not listed one by one.",
+            )
         return KohyaConfigResult(effective=effective, problems=self.problems)
 
     def normalise_gui_keys(self, user: dict[str, Any]) -> dict[str, Any]:
@@ -670,6 +680,9 @@ class _Builder:
         return kept
 
     def report_unknown(self, key: str, value: Any) -> None:
+        self.unknown_keys += 1
+        if self.unknown_keys > MAX_UNKNOWN_KEYS_REPORTED:
+            return  # counted; a file of thousands of typos gets one summary line (and no difflib for each)
         hint = _UNKNOWN_KEY_HINTS.get(key)
         if hint is None:
             close = difflib.get_close_matches(key, self.specs.keys(), n=3)

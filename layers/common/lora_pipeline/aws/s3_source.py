@@ -34,12 +34,11 @@ class S3DatasetSource:
                     entries.append(FileEntry(path, int(obj["Size"])))
         return sorted(entries, key=lambda e: e.path)
 
-    def _get(self, path: str, byte_range: str | None) -> bytes:
-        kwargs = {"Bucket": self._bucket, "Key": self._prefix + path}
-        if byte_range is not None:
-            kwargs["Range"] = byte_range
+    def _get(self, path: str, byte_range: str) -> bytes:
         try:
-            body = self._client.get_object(**kwargs)["Body"]
+            body = self._client.get_object(Bucket=self._bucket, Key=self._prefix + path, Range=byte_range)[
+                "Body"
+            ]
         except ClientError as exc:
             if error_code(exc) == "InvalidRange":
                 return b""
@@ -58,5 +57,6 @@ class S3DatasetSource:
             return b""
         return self._get(path, f"bytes=-{length}")
 
-    def read_all(self, path: str) -> bytes:
-        return self._get(path, None)
+    def read_small(self, path: str, limit: int) -> bytes | None:
+        data = self._get(path, f"bytes=0-{limit}")
+        return data if len(data) <= limit else None
