@@ -359,6 +359,23 @@ def step_functions_new_executions_are_running() -> None:
     Execution.status = property(status)  # type: ignore[method-assign,assignment]
 
 
+def step_functions_stop_aborts_task_token_waits() -> None:
+    """Step Functions: moto's StopExecution leaves a `.waitForTaskToken` task waiting until its heartbeat or
+    timeout runs out (and each SendTaskHeartbeat keeps it waiting); AWS aborts the task at once."""
+    from moto.stepfunctions.parser.asl.eval.environment import Environment
+
+    shipped = _require(Environment, "set_stop", "step_functions_stop_aborts_task_token_waits")
+
+    def set_stop(self: Any, stop_date: Any, cause: str | None, error: str | None) -> None:
+        shipped(self, stop_date, cause, error)  # also called for each frame of the execution
+        token = self.states.context_object.context_object_data.get("Task", {}).get("Token")
+        endpoint = self.callback_pool_manager.get(token) if token else None
+        if endpoint is not None:
+            endpoint.interrupt_all()
+
+    Environment.set_stop = set_stop
+
+
 def dynamodb_atomic_writes() -> None:
     """DynamoDB: moto checks a ConditionExpression and then writes, unlocked, so two threads can both pass
     the check; make each item write (and item read) atomic, as DynamoDB guarantees (concurrent ingest calls
@@ -391,6 +408,7 @@ ADAPTATIONS: Final[tuple[Callable[[], None], ...]] = (
     step_functions_status_change_events,
     step_functions_parse_each_definition_once,
     step_functions_new_executions_are_running,
+    step_functions_stop_aborts_task_token_waits,
     dynamodb_atomic_writes,
 )
 
