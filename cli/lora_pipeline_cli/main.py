@@ -11,6 +11,7 @@ from pathlib import Path
 import boto3
 import botocore.exceptions
 
+from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import StackLimits
 from lora_pipeline.report import ValidationReport
@@ -99,13 +100,24 @@ def _upload(args: argparse.Namespace) -> int:
             return EXIT_REJECTED
     if not args.local:
         require_training_image(stack)
+    active = RunTable(stack.client("dynamodb"), stack.table_name).dataset_state(dataset)[0].active
     plan = plan_upload(folder)
     for skipped in plan.skipped:
         sys.stderr.write(f"skipped {skipped} (not part of a dataset)\n")
     with progress.bytes_bar(f"Uploading {dataset}", plan.total_bytes) as advance:
         keys = upload_dataset(stack.client("s3"), stack.bucket, folder, dataset, plan, args.start, advance)
     where = f"s3://{stack.bucket}/{DATASETS_PREFIX}{dataset}/"
-    then = "the run starts now" if args.start else "the run starts once the upload has been quiet for a while"
+    if active is not None and not active.settling:
+        then = (
+            f"run {active.run_id} of {dataset} is in progress and does not train them: when it ends, one "
+            "follow-up run validates and trains the dataset as it is then (none if you cancel it)"
+        )
+    else:
+        then = (
+            "the run starts now"
+            if args.start
+            else "the run starts once the upload has been quiet for a while"
+        )
     sys.stdout.write(
         f"Uploaded {len(keys)} files to {where}; {then}. Follow it with `lora-pipeline status {dataset}`.\n"
     )
@@ -117,6 +129,8 @@ def _status(args: argparse.Namespace) -> int:
     prices = load_instance_table(args.prices)
     found = runs.list_runs(stack, args.dataset)[: args.limit]
     sys.stdout.write(render_status([runs.run_status(stack, run, prices) for run in found]))
+    for warning in runs.notification_warnings(stack):
+        sys.stderr.write(f"warning: {warning}\n")
     return EXIT_OK
 
 

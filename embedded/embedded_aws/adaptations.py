@@ -361,19 +361,27 @@ def step_functions_new_executions_are_running() -> None:
 
 def step_functions_stop_aborts_task_token_waits() -> None:
     """Step Functions: moto's StopExecution leaves a `.waitForTaskToken` task waiting until its heartbeat or
-    timeout runs out (and each SendTaskHeartbeat keeps it waiting); AWS aborts the task at once."""
+    timeout runs out (and each SendTaskHeartbeat keeps it waiting), and the task's failure on waking turns
+    the execution FAILED; AWS aborts the task at once and the execution stays ABORTED."""
     from moto.stepfunctions.parser.asl.eval.environment import Environment
+    from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
 
-    shipped = _require(Environment, "set_stop", "step_functions_stop_aborts_task_token_waits")
+    shipped_stop = _require(Environment, "set_stop", "step_functions_stop_aborts_task_token_waits")
+    shipped_error = _require(Environment, "set_error", "step_functions_stop_aborts_task_token_waits")
 
     def set_stop(self: Any, stop_date: Any, cause: str | None, error: str | None) -> None:
-        shipped(self, stop_date, cause, error)  # also called for each frame of the execution
+        shipped_stop(self, stop_date, cause, error)  # also called for each frame of the execution
         token = self.states.context_object.context_object_data.get("Task", {}).get("Token")
         endpoint = self.callback_pool_manager.get(token) if token else None
         if endpoint is not None:
             endpoint.interrupt_all()
 
+    def set_error(self: Any, error: Any) -> None:
+        if not isinstance(self.program_state(), ProgramStopped):
+            shipped_error(self, error)
+
     Environment.set_stop = set_stop
+    Environment.set_error = set_error
 
 
 def dynamodb_atomic_writes() -> None:
