@@ -129,8 +129,9 @@ def _status(args: argparse.Namespace) -> int:
     prices = load_instance_table(args.prices)
     found = runs.list_runs(stack, args.dataset)[: args.limit]
     sys.stdout.write(render_status([runs.run_status(stack, run, prices) for run in found]))
-    for warning in runs.notification_warnings(stack):
-        sys.stderr.write(f"warning: {warning}\n")
+    if not args.local:  # a local stack sends no email at all: nothing to warn about
+        for warning in runs.notification_warnings(stack):
+            sys.stderr.write(f"warning: {warning}\n")
     return EXIT_OK
 
 
