@@ -290,15 +290,14 @@ def _history(sfn: Any, execution_arn: str) -> tuple[bool, Stage]:
     return emitted, stage
 
 
-def _emit_once(table: RunTable, publisher: EventPublisher, event: TrainingFailed | TrainingCancelled) -> bool:
+def _emit_once(table: RunTable, publisher: EventPublisher, event: TrainingFailed | TrainingCancelled) -> None:
     if not table.claim_terminal_event(event.dataset, event.run_id, event.DETAIL_TYPE):
-        return False  # this end was handled before (EventBridge delivers at least once)
+        return  # this end was handled before (EventBridge delivers at least once)
     try:
         publisher.publish(event)
     except Exception:
         table.unclaim_terminal_event(event.dataset, event.run_id)
         raise
-    return True
 
 
 def run_ended(
