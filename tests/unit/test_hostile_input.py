@@ -14,13 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from lora_pipeline.base_model import check_s3_checkpoint
 from lora_pipeline.dataset import MAX_CAPTION_BYTES, DatasetRules, check_dataset
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import StackLimits, read_job_settings
-from lora_pipeline.kohya_config import MAX_UNKNOWN_KEYS_REPORTED, PipelineInputs, build_effective_config
+from lora_pipeline.kohya_config import PipelineInputs, build_effective_config
 from lora_pipeline.model_archive import LocalFolderSink, ModelArchiveError, unpack_model_archive
+from lora_pipeline.rules import MAX_UNKNOWN_KEYS_REPORTED
 from lora_pipeline.s3_layout import parse_dataset_key, unsafe_key_reason
-from lora_pipeline.safetensors_lora import SafetensorsHeaderError, read_safetensors_header
+from lora_pipeline.safetensors_lora import (
+    SafetensorsHeaderError,
+    check_lora_stream,
+    read_safetensors_header,
+    trigger_words,
+)
 from lora_pipeline.storage import FileEntry, LocalFolder
 from lora_pipeline.validate import MAX_SETTINGS_BYTES, validate_dataset
 from tests.corpus import make_good_dataset
@@ -69,6 +76,30 @@ def test_a_model_archive_whose_lora_header_is_deeply_nested_is_refused(tmp_path:
         unpack_model_archive(_Reader(archive), LocalFolderSink(tmp_path), output_name="bluebot")
 
 
+def test_the_streaming_output_check_reports_a_deeply_nested_header() -> None:
+    header = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    data = struct.pack("<Q", len(header)) + header
+    check = check_lora_stream(_Reader(data), len(data))
+    assert check.header is None and any("nested too deeply" in problem for problem in check.problems)
+
+
+def test_deeply_nested_training_metadata_gives_no_trigger_words() -> None:
+    nested = "[" * 200_000 + "]" * 200_000
+    assert trigger_words({"ss_tag_frequency": nested, "ss_dataset_dirs": nested}) == []
+
+
+def test_an_s3_base_model_with_a_deeply_nested_header_is_not_sdxl() -> None:
+    header = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    data = struct.pack("<Q", len(header)) + header
+
+    class Checkpoint:
+        def read_range(self, uri: str, start: int, length: int) -> bytes:
+            return data[start : start + length]
+
+    problem = check_s3_checkpoint("s3://models/base.safetensors", Checkpoint(), "pipeline.toml")
+    assert problem is not None and problem.code == "JOB_BASE_MODEL_NOT_SDXL"
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self._data, self._at = data, 0
@@ -82,13 +113,16 @@ class _Reader:
 # --- size caps -----------------------------------------------------------------------------------------
 
 
-def test_a_100_mb_caption_is_refused_after_reading_64_kib(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decode", [True, False], ids=["full-decode", "headers-only"])
+def test_a_100_mb_caption_is_refused_after_reading_64_kib(tmp_path: Path, decode: bool) -> None:
     folder = make_good_dataset(tmp_path / "bluebot")
     caption = next(folder.glob("10_bluebot/*.caption"))
     with caption.open("wb") as f:  # sparse: costs no disk
         f.truncate(100 * 1024 * 1024)
     result: list = []
-    peak = peak_bytes(lambda: result.append(check_dataset(LocalFolder(folder), DatasetRules())))
+    peak = peak_bytes(
+        lambda: result.append(check_dataset(LocalFolder(folder), DatasetRules(), decode=decode))
+    )
     problems = [p for p in result[0][1] if p.file == caption.relative_to(folder).as_posix()]
     assert [p.code for p in problems] == ["CAPTION_TOO_LARGE"]
     assert f"{MAX_CAPTION_BYTES:,} bytes" in problems[0].message
@@ -171,6 +205,9 @@ UNSAFE_PATHS = [
 def test_unsafe_keys_are_errors_and_never_read(path: str) -> None:
     class Unreadable(LocalFolder):
         def read_range(self, path: str, start: int, length: int) -> bytes:
+            raise AssertionError(f"read {path!r}")
+
+        def read_all(self, path: str) -> bytes:
             raise AssertionError(f"read {path!r}")
 
     listing = [FileEntry(path, 10)]

@@ -40,6 +40,11 @@ class DatasetSource(Protocol):
         Reads at most `limit + 1` bytes, so a huge file costs no more than a small one."""
         ...
 
+    def read_all(self, path: str) -> bytes:
+        """A whole image for the decode pass (the images' sizes are known from the listing). Must be
+        thread-safe."""
+        ...
+
 
 class LocalFolder:
     def __init__(self, root: Path | str) -> None:
@@ -72,3 +77,22 @@ class LocalFolder:
         with open(self.root / path, "rb") as f:
             data = f.read(limit + 1)
         return data if len(data) <= limit else None
+
+    def read_all(self, path: str) -> bytes:
+        return (self.root / path).read_bytes()
+
+
+class ObjectUnreadable(Exception):
+    """An object outside the dataset could not be read; `missing` is True when it does not exist."""
+
+    def __init__(self, message: str, missing: bool) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class ObjectReader(Protocol):
+    """Reads byte ranges of objects named by URI (the base model checkpoint); raises ObjectUnreadable."""
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        """Up to `length` bytes from offset `start` (fewer at the end of the object)."""
+        ...
