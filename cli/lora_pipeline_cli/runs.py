@@ -129,7 +129,7 @@ def training_log_lines(stack: Stack, job_name: str, start_time: int | None = Non
             lines += [(e["timestamp"], e["message"]) for e in page.get("events", [])]
     except logs.exceptions.ResourceNotFoundException:
         return []
-    return sorted(lines)
+    return sorted(lines, key=lambda line: line[0])  # stable: lines of one millisecond keep their order
 
 
 def rejection_summary(stack: Stack, run: RunRecord) -> str:
