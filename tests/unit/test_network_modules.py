@@ -20,7 +20,7 @@ from tests.lora_files import kohya_metadata, lora_tensors, safetensors_bytes
 
 def saved_lora(tmp_path: Path, module: str) -> Path:
     rng = np.random.default_rng(1)
-    tensors = lora_tensors(rank=1, real_shapes=True)
+    tensors = lora_tensors(rank=1)  # real SDXL layer shapes
     for name, tensor in tensors.items():
         if name.endswith("lora_up.weight"):
             tensors[name] = (rng.standard_normal(tensor.shape) * 0.01).astype(tensor.dtype)
