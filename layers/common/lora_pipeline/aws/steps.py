@@ -163,10 +163,10 @@ def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
         files[layout.prompts_key] = (report.prompts_txt, "text/plain")
     for key, (text, content_type) in files.items():
         s3.put_object(Bucket=run.bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
-    outcome = validation_outcome(report, run.bucket, run.run_id)
-    if outcome.valid:
+    outcome: dict[str, Any] = validation_outcome(report, run.bucket, run.run_id).model_dump(mode="json")
+    if outcome["valid"]:
         adopt_resume_request(s3, run)
-    return outcome.model_dump(mode="json")
+    return outcome
 
 
 class RunEndedError(RuntimeError):
