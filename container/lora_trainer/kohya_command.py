@@ -64,6 +64,7 @@ class KohyaRun:
     resume_dir: Path | None
     num_processes: int
     cpu_threads_per_process: int
+    trigger_phrase: str | None = None
 
 
 def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -155,4 +156,7 @@ def build_kohya_command(config_file: Path, config: Mapping[str, Any], run: Kohya
             arguments += ["--sample_every_n_epochs", "1"]
     if run.resume_dir is not None:
         arguments += ["--resume", str(run.resume_dir), "--skip_until_initial_step"]
+    if run.trigger_phrase and not config.get("metadata_trigger_phrase"):
+        # library/sai_model_spec.py add_model_spec_arguments: saved as modelspec.trigger_phrase in every LoRA.
+        arguments += ["--metadata_trigger_phrase", run.trigger_phrase]
     return launcher + arguments

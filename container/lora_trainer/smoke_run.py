@@ -68,6 +68,8 @@ class SmokeRun:
         self.steps_per_epoch = math.ceil(len(self.items) / self.batch_size)
         self.save_every_n_steps = int(config.get("save_every_n_steps") or 0)
         self.save_every_n_epochs = int(config.get("save_every_n_epochs") or 0)
+        self.sample_every_n_epochs = int(config.get("sample_every_n_epochs") or 1)
+        self.started_at = time.time()
         with tempfile.TemporaryDirectory() as tokenizer_dir:
             self.model = build_tiny_sdxl(self.seed, Path(tokenizer_dir), [image.caption for image in images])
         self.noise_scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
@@ -146,10 +148,22 @@ class SmokeRun:
             return state_dir_name(self.args.output_name, epoch=epoch)
         return None
 
+    def _epoch_end(self, done: int) -> None:
+        """sd-scripts' end of an epoch (train_network.py): the epoch's LoRA unless it is the last, then samples.
+        The smoke run's last epoch ends at its last step, even when that cuts it short."""
+        epoch, position = divmod(done, self.steps_per_epoch)
+        if position and done < self.total_steps:
+            return
+        epoch += bool(position)
+        if done < self.total_steps and self.save_every_n_epochs and epoch % self.save_every_n_epochs == 0:
+            self._save_lora(f"{self.args.output_name}-{epoch:06d}.safetensors", epoch, done)
+        final = done >= self.total_steps
+        if self.args.sample_prompts is not None and (final or epoch % self.sample_every_n_epochs == 0):
+            self._render_samples(epoch)
+
     def train(self, stop: Callable[[], bool]) -> int:
         # The model is so small that thread hand-offs cost more than they save, badly so on a busy CPU.
         torch.set_num_threads(1)
-        started_at = time.time()
         parameters = self._add_lora()
         latents = self._latents()
         optimizer = torch.optim.AdamW(parameters, lr=self.learning_rate)
@@ -192,6 +206,7 @@ class SmokeRun:
                 eta_seconds=round(sec_per_step * (self.total_steps - done)),
             )
             print(format_metric_line(metrics), flush=True)
+            self._epoch_end(done)
             if state_name := self._state_to_save(done):
                 print(f"saving state at step {done}: {state_name}", flush=True)
                 accelerator.save_state(str(self.args.output_dir / state_name))
@@ -199,12 +214,11 @@ class SmokeRun:
                 print(f"stopped at step {done} of {self.total_steps}", flush=True)
                 return EXIT_STOPPED
 
-        self._save_lora(started_at)
-        if self.args.sample_prompts is not None:
-            self._render_samples()
+        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self._save_lora(f"{self.args.output_name}.safetensors", epochs, self.total_steps)
         return 0
 
-    def _save_lora(self, started_at: float) -> None:
+    def _save_lora(self, file_name: str, epoch: int, steps: int) -> None:
         dtype = getattr(torch, SAVE_DTYPES.get(str(self.config.get("save_precision", "float")), "float32"))
         layers = int(UNET_CONFIG["layers_per_block"])
         weights = kohya_state_dict(peft_lora_weights(self.model.unet), "unet", self.alpha, layers, dtype)
@@ -217,19 +231,19 @@ class SmokeRun:
             self.images,
             rank=self.rank,
             alpha=self.alpha,
-            steps=self.total_steps,
-            epoch=math.ceil(self.total_steps / self.steps_per_epoch),
+            steps=steps,
+            epoch=epoch,
             total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch,
-            started_at=started_at,
+            started_at=self.started_at,
             unet_only=self.unet_only,
         )
         self.args.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.args.output_dir / f"{self.args.output_name}.safetensors"
+        path = self.args.output_dir / file_name
         save_file(weights, str(path), metadata=metadata)
         print(f"model saved: {path}", flush=True)
 
-    def _render_samples(self) -> None:
+    def _render_samples(self, epoch: int) -> None:
         prompts = [
             _PROMPT_OPTION.sub("", line).strip()
             for line in self.args.sample_prompts.read_text(encoding="utf-8").splitlines()
@@ -239,10 +253,12 @@ class SmokeRun:
         pipeline.set_progress_bar_config(disable=True)
         sample_dir = self.args.output_dir / "sample"
         sample_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d%H%M%S", time.localtime())
         for index, prompt in enumerate(prompts):
             generator = torch.Generator().manual_seed(self.seed + index)
             image = pipeline(
                 prompt, num_inference_steps=2, height=IMAGE_SIZE, width=IMAGE_SIZE, generator=generator
             ).images[0]
-            image.save(sample_dir / f"{self.args.output_name}_{self.total_steps:06d}_{index:02d}.png")
-        print(f"{len(prompts)} sample image(s) written to {sample_dir}", flush=True)
+            # train_util.sample_image_inference's name for an epoch's sample.
+            image.save(sample_dir / f"{self.args.output_name}_e{epoch:06d}_{index:02d}_{stamp}.png")
+        print(f"epoch {epoch}: {len(prompts)} sample image(s) written to {sample_dir}", flush=True)

@@ -43,9 +43,10 @@ def model_keys(s3) -> list[str]:
 
 
 def run_unpack(s3, client=None, part_bytes=MIN_PART_BYTES) -> Manifest:
-    return unpack_model(
+    manifest, _ = unpack_model(
         client or s3, BUCKET, ARCHIVE_KEY, LAYOUT.model_prefix, "bluebot", FACTS, part_bytes=part_bytes
     )
+    return manifest
 
 
 def test_archive_in_s3_becomes_the_lora_and_its_manifest_by_multipart_upload(s3):

@@ -17,6 +17,8 @@ SETTINGS_FILE = "pipeline.toml"
 SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 SMOKE_INSTANCE_TYPE = "ml.m5.xlarge"
 SAMPLE_SIZE_PX = 1024
+# How many per-epoch LoRAs (the newest, besides the final one) a run publishes in model/.
+DEFAULT_KEEP_EPOCH_LORAS = 3
 
 JOB_TOML_SYNTAX = define(
     "JOB_TOML_SYNTAX",
@@ -107,6 +109,7 @@ _KNOWN_KEYS = (
     "output_name",
     "sample_prompts",
     "sample_every_n_epochs",
+    "keep_epoch_loras",
 )
 _HF_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -148,6 +151,7 @@ class JobSettings(BaseModel):
     output_name: str | None = None
     sample_prompts: list[str] = []
     sample_every_n_epochs: int | None = None
+    keep_epoch_loras: int = DEFAULT_KEEP_EPOCH_LORAS
 
     @property
     def base_model_from_s3(self) -> bool:
@@ -247,6 +251,10 @@ def read_job_settings(
     if every is not None and every < 1:
         reader.bad("sample_every_n_epochs", "a whole number of epochs, at least 1")
         every = None
+    keep_epochs = reader.get("keep_epoch_loras", int, "a whole number of LoRAs, 0 or more")
+    if keep_epochs is not None and keep_epochs < 0:
+        reader.bad("keep_epoch_loras", "a whole number of LoRAs, 0 or more")
+        keep_epochs = None
     prompts = reader.get(
         "sample_prompts", list, 'a list of strings, e.g. sample_prompts = ["a photo of sks dog"]'
     )
@@ -317,6 +325,7 @@ def read_job_settings(
         output_name=output_name,
         sample_prompts=list(prompts or []),
         sample_every_n_epochs=(every or 1) if prompts else None,
+        keep_epoch_loras=keep_epochs if keep_epochs is not None else DEFAULT_KEEP_EPOCH_LORAS,
     )
     return settings, problems
 

@@ -5,6 +5,11 @@ The archive is read once, front to back, from a non-seekable stream (an S3 GET b
 Memory stays at a few chunks whatever the archive size: gzip output is produced at most one chunk at a
 time (tarfile's own gzip layer would inflate a whole 1 MB compressed read at once, up to ~1 GB of zeros).
 
+Besides the LoRA, the training container leaves in the archive what is published with it (all optional):
+the per-epoch LoRAs `epochs/<output_name>-<NNNNNN>.safetensors` (checked like the LoRA, written to the
+epoch sink), sample images under `samples/` (written to the sample sink, and kept in memory for the run
+report) and the loss log (kept in memory). They are made visible only when the whole archive was read without error.
+
 Accepted: gzip-compressed or plain tar, and one level of archive inside the archive (SageMaker wraps what
 the container left in /opt/ml/model, which may itself be a model.tar.gz). Refused with a
 `ModelArchiveError` naming the member and the fix: absolute or `..` paths, links and device files,
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -34,11 +40,15 @@ from lora_pipeline.safetensors_lora import (
     read_safetensors_header,
     summarise_lora,
 )
+from lora_pipeline.training_metrics import LOSS_LOG_NAME
 
 GIB = 1024**3
 CHUNK_BYTES = 1024 * 1024
 _EXTENDED_HEADER_LIMIT = 1024 * 1024
 _NESTED_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+SAMPLES_FOLDER = "samples"
+EPOCHS_FOLDER = "epochs"
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _OTHER_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
@@ -55,6 +65,9 @@ class UnpackLimits:
     max_total_bytes: int = 8 * GIB
     max_members: int = 10_000
     max_nesting: int = 1
+    max_sample_bytes: int = 256 * 1024 * 1024
+    """Sample images are held in memory until the end (and embedded in the report); later ones are skipped."""
+    max_loss_log_bytes: int = 16 * 1024 * 1024
 
 
 class ModelArchiveError(ValueError):
@@ -120,6 +133,17 @@ class _LocalFileWriter:
         self._partial.unlink(missing_ok=True)
 
 
+class EpochLora(BaseModel):
+    """A per-epoch LoRA published next to the final one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    epoch: int
+    size: int
+    sha256: str
+
+
 class UnpackResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -131,6 +155,13 @@ class UnpackResult(BaseModel):
     """Where it was in the archive; `outer.tar.gz!/inner` for a nested archive."""
     summary: LoraSummary
     metadata: dict[str, str]
+    epochs: list[EpochLora] = []
+    """The per-epoch LoRAs written next to the LoRA, by epoch."""
+    samples: dict[str, bytes] = {}
+    """Sample image name -> its bytes, by name, as written to the sample sink."""
+    samples_skipped: int = 0
+    loss_log: str | None = None
+    """The container's loss log (training_metrics.parse_loss_log reads it)."""
 
 
 def unpack_model_archive(
@@ -138,6 +169,8 @@ def unpack_model_archive(
     sink: ModelSink,
     *,
     output_name: str | None = None,
+    epoch_sink: ModelSink | None = None,
+    sample_sink: ModelSink | None = None,
     limits: UnpackLimits | None = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> UnpackResult:
@@ -149,7 +182,7 @@ def unpack_model_archive(
     """
     if output_name is not None:
         check_file_name(output_name)
-    unpacker = _Unpacker(sink, output_name, limits or UnpackLimits(), chunk_bytes)
+    unpacker = _Unpacker(sink, output_name, limits or UnpackLimits(), chunk_bytes, epoch_sink, sample_sink)
     try:
         unpacker.scan(source, "model archive", prefix="", depth=0)
         return unpacker.finish()
@@ -281,6 +314,8 @@ class _Unpacker:
     output_name: str | None
     limits: UnpackLimits
     chunk_bytes: int
+    epoch_sink: ModelSink | None = None
+    sample_sink: ModelSink | None = None
     candidates: list[_Candidate] = field(default_factory=list)
     copied: _Candidate | None = None
     """The candidate read so far that can still be the answer (a preferred one replaces any other)."""
@@ -289,6 +324,11 @@ class _Unpacker:
     current: str | None = None
     unopened: list[str] = field(default_factory=list)
     """Archives nested deeper than `max_nesting`."""
+    extras: list[tuple[ModelWriter, EpochLora | None]] = field(default_factory=list)
+    """Open writers of the epoch LoRAs and samples, closed only once the archive was read whole."""
+    samples: dict[str, bytes] = field(default_factory=dict)
+    samples_skipped: int = 0
+    loss_log: str | None = None
 
     def scan(self, stream: ByteReader, what: str, prefix: str, depth: int) -> None:
         try:
@@ -299,7 +339,14 @@ class _Unpacker:
                     continue
                 reader = archive.extractfile(member)
                 assert reader is not None  # regular files only reach here
-                if member.name.lower().endswith(".safetensors"):
+                name = PurePosixPath(member.name)
+                if (epoch := self._epoch_of(name)) is not None:
+                    self._take_epoch(name.name, epoch, member.size, reader)
+                elif name.parent.name == SAMPLES_FOLDER and name.suffix.lower() in SAMPLE_SUFFIXES:
+                    self._take_sample(name.name, member.size, reader)
+                elif name.name == LOSS_LOG_NAME and member.size <= self.limits.max_loss_log_bytes:
+                    self.loss_log = reader.read().decode("utf-8", errors="replace")
+                elif member.name.lower().endswith(".safetensors"):
                     self._take_candidate(member, path, reader)
                 elif member.name.lower().endswith(_NESTED_SUFFIXES):
                     if depth < self.limits.max_nesting:
@@ -340,6 +387,39 @@ class _Unpacker:
                     path,
                 )
             yield member
+
+    def _epoch_of(self, name: PurePosixPath) -> int | None:
+        if self.output_name is None or self.epoch_sink is None or name.parent.name != EPOCHS_FOLDER:
+            return None
+        match = re.fullmatch(rf"{re.escape(self.output_name)}-(\d{{6}})\.safetensors", name.name)
+        return int(match[1]) if match else None
+
+    def _take_epoch(self, name: str, epoch: int, size: int, reader: ByteReader) -> None:
+        """An epoch LoRA that is not an SDXL LoRA is left out; only the final LoRA can fail the unpack."""
+        assert self.epoch_sink is not None
+        writer = self.epoch_sink.open(name)
+        tee = _HashingReader(reader, writer)
+        try:
+            summarise_lora(read_safetensors_header(tee, size=size))
+        except LoraFormatError:
+            writer.abort()
+            return
+        while tee.read(self.chunk_bytes):
+            pass
+        self.extras.append(
+            (writer, EpochLora(name=name, epoch=epoch, size=tee.size, sha256=tee.sha256.hexdigest()))
+        )
+
+    def _take_sample(self, name: str, size: int, reader: ByteReader) -> None:
+        held = sum(len(data) for data in self.samples.values())
+        if self.sample_sink is None or held + size > self.limits.max_sample_bytes:
+            self.samples_skipped += 1
+            return
+        data = reader.read()
+        writer = self.sample_sink.open(name)
+        self.extras.append((writer, None))
+        writer.write(data)
+        self.samples[name] = data
 
     def _take_candidate(self, member: tarfile.TarInfo, path: str, reader: ByteReader) -> None:
         preferred = PurePosixPath(member.name).name == f"{self.output_name}.safetensors"
@@ -412,13 +492,25 @@ class _Unpacker:
         assert chosen.result is not None and chosen.writer is not None
         chosen.writer.close()
         chosen.writer = None
-        return chosen.result
+        for writer, _ in self.extras:
+            writer.close()
+        return chosen.result.model_copy(
+            update={
+                "epochs": sorted((e for _, e in self.extras if e is not None), key=lambda e: e.epoch),
+                "samples": dict(sorted(self.samples.items())),
+                "samples_skipped": self.samples_skipped,
+                "loss_log": self.loss_log,
+            }
+        )
 
     def abort(self) -> None:
         for candidate in self.candidates:
             if candidate.writer is not None:
                 candidate.writer.abort()
                 candidate.writer = None
+        for writer, _ in self.extras:
+            writer.abort()
+        self.extras = []
 
 
 def _check_member_kind(member: tarfile.TarInfo, path: str) -> None:

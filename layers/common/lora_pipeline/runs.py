@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from lora_pipeline.instances import InstanceTable
-from lora_pipeline.job_settings import JobSettings
+from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS, JobSettings
 from lora_pipeline.kohya_config import safe_output_name
 from lora_pipeline.problems import Severity
 from lora_pipeline.report import ValidationReport
@@ -151,6 +151,7 @@ def console_url(region: str, training_job_name: str) -> str:
 
 
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+HYPERPARAMETER_VALUE_LIMIT = 2500  # CreateTrainingJob's limit on one hyperparameter value
 
 
 class TrainingJobSpec(BaseModel):
@@ -193,7 +194,9 @@ def training_job_spec(
     job: JobSettings,
     output_name: str,
     estimated_cost_usd: float | None,
+    trigger_phrase: str | None = None,
 ) -> TrainingJobSpec:
+    """`trigger_phrase` (the subsets' class tokens) is written into the LoRA's metadata by the container."""
     run = RunLayout(dataset, run_id)
     channels = [
         _channel("train", s3_uri(bucket, dataset_prefix(dataset))),
@@ -219,15 +222,27 @@ def training_job_spec(
         input_data_config=channels,
         output_path=s3_uri(bucket, run.output_prefix),
         checkpoint_uri=s3_uri(bucket, run.checkpoints_prefix),
-        hyperparameters={
-            "trainer": job.trainer,
-            "output_name": output_name,
-            "dataset": dataset,
-            "run_id": run_id,
-            "base_model": job.base_model,
-        },
+        hyperparameters=_hyperparameters(dataset, run_id, job, output_name, trigger_phrase),
         estimated_cost_usd=estimated_cost_usd,
     )
+
+
+def _hyperparameters(
+    dataset: str, run_id: str, job: JobSettings, output_name: str, trigger_phrase: str | None
+) -> dict[str, str]:
+    """The container's hyperparameters (all strings); optional ones only when they differ from its defaults."""
+    values = {
+        "trainer": job.trainer,
+        "output_name": output_name,
+        "dataset": dataset,
+        "run_id": run_id,
+        "base_model": job.base_model,
+    }
+    if job.keep_epoch_loras != DEFAULT_KEEP_EPOCH_LORAS:
+        values["keep_epoch_loras"] = str(job.keep_epoch_loras)
+    if trigger_phrase:
+        values["trigger_phrase"] = trigger_phrase[:HYPERPARAMETER_VALUE_LIMIT]
+    return values
 
 
 MAX_PROBLEMS_IN_EVENT = 50
@@ -260,5 +275,13 @@ def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> Va
         problems=[p.model_dump(mode="json") for p in listed],
         problems_omitted=len(report.problems) - len(listed),
         report_uri=s3_uri(bucket, RunLayout(report.dataset, run_id).validation_key),
-        job=training_job_spec(bucket, report.dataset, run_id, report.job, output_name, estimate),
+        job=training_job_spec(
+            bucket,
+            report.dataset,
+            run_id,
+            report.job,
+            output_name,
+            estimate,
+            trigger_phrase=", ".join(report.summary.trigger_words()),
+        ),
     )

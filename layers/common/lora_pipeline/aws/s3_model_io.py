@@ -17,7 +17,15 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 
 from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.manifest import Manifest, RunFacts, build_manifest
-from lora_pipeline.model_archive import ModelArchiveError, UnpackLimits, check_file_name, unpack_model_archive
+from lora_pipeline.model_archive import (
+    EPOCHS_FOLDER,
+    SAMPLES_FOLDER,
+    ModelArchiveError,
+    UnpackLimits,
+    UnpackResult,
+    check_file_name,
+    unpack_model_archive,
+)
 from lora_pipeline.s3_layout import s3_uri
 
 MIB = 1024 * 1024
@@ -178,16 +186,25 @@ def unpack_model(
     *,
     limits: UnpackLimits | None = None,
     part_bytes: int = DEFAULT_PART_BYTES,
-) -> Manifest:
-    """Unpack `s3://bucket/archive_key` into `<model_prefix><output_name>.safetensors` and `manifest.json`.
+) -> tuple[Manifest, UnpackResult]:
+    """Unpack `s3://bucket/archive_key` into `<model_prefix><output_name>.safetensors`, the per-epoch LoRAs
+    into `<model_prefix>epochs/`, the samples into `<model_prefix>samples/`, and write `manifest.json`.
 
-    `model_prefix` is `RunLayout.model_prefix` (ends with '/'). Raises `ModelArchiveError` (a ValueError)
-    when the archive holds no usable LoRA; nothing is written then.
+    `model_prefix` is `RunLayout.model_prefix` (ends with '/'). Returns the manifest and what was unpacked
+    (the samples' bytes and the loss log included, for the run report). Raises `ModelArchiveError`
+    (a ValueError) when the archive holds no usable LoRA; nothing is written then.
     """
     source = S3ObjectStream(s3_client, bucket, archive_key)
     sink = S3MultipartSink(s3_client, bucket, model_prefix, part_bytes)
     try:
-        result = unpack_model_archive(source, sink, output_name=output_name, limits=limits)
+        result = unpack_model_archive(
+            source,
+            sink,
+            output_name=output_name,
+            epoch_sink=S3MultipartSink(s3_client, bucket, f"{model_prefix}{EPOCHS_FOLDER}/", part_bytes),
+            sample_sink=S3MultipartSink(s3_client, bucket, f"{model_prefix}{SAMPLES_FOLDER}/", part_bytes),
+            limits=limits,
+        )
     finally:
         source.close()
     manifest = build_manifest(
@@ -197,4 +214,4 @@ def unpack_model(
         run=run_facts,
     )
     write_manifest(s3_client, bucket, model_prefix + MANIFEST_NAME, manifest)
-    return manifest
+    return manifest, result

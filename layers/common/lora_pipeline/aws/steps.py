@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from lora_pipeline import notifications
 from lora_pipeline.aws.errors import ClientError, error_code
@@ -17,9 +17,13 @@ from lora_pipeline.aws.s3_source import S3DatasetSource
 from lora_pipeline.events import BY_DETAIL_TYPE, TrainingCancelled, TrainingSucceeded
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import StackLimits
-from lora_pipeline.manifest import RunFacts
+from lora_pipeline.manifest import Manifest, RunFacts
+from lora_pipeline.model_archive import UnpackResult
+from lora_pipeline.report import ValidationReport
+from lora_pipeline.run_report import RunReportInputs, render_run_report
 from lora_pipeline.runs import (
     IngestAction,
+    JobFacts,
     execution_name,
     ingest_action,
     job_facts,
@@ -28,6 +32,7 @@ from lora_pipeline.runs import (
     validation_outcome,
 )
 from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, s3_uri
+from lora_pipeline.training_metrics import parse_loss_log
 from lora_pipeline.validate import validate_dataset
 
 # A settle token that no longer waits: the quiet period ended (or _READY came) just before this upload.
@@ -154,7 +159,7 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
     archive_key = (
         parse_s3_uri(archive_uri)[1] if archive_uri else layout.model_archive_key(facts.training_job_name)
     )
-    manifest = unpack_model(
+    manifest, unpacked = unpack_model(
         s3,
         run.bucket,
         archive_key,
@@ -167,6 +172,7 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
             billable_seconds=facts.billable_seconds,
         ),
     )
+    write_run_report(s3, run, manifest, unpacked, facts)
     _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
     return UnpackOutcome(
         model_uri=manifest.model_uri,
@@ -182,10 +188,72 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
     )
 
 
+def _validation_report(s3: Any, bucket: str, key: str) -> ValidationReport | None:
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise
+    try:
+        return ValidationReport.model_validate_json(body)
+    except ValidationError:
+        return None  # written by another version of the pipeline: the page goes without plan and warnings
+
+
+def write_run_report(
+    s3: Any, run: RunInput, manifest: Manifest, unpacked: UnpackResult, facts: JobFacts
+) -> str:
+    """Write `report.html` of the run (see run_report); returns its key."""
+    layout = RunLayout(run.dataset, run.run_id)
+    validation = _validation_report(s3, run.bucket, layout.validation_key)
+    page = render_run_report(
+        RunReportInputs(
+            dataset=run.dataset,
+            run_id=run.run_id,
+            manifest=manifest,
+            job=facts,
+            plan=validation.plan if validation else None,
+            problems=validation.problems if validation else [],
+            loss=parse_loss_log(unpacked.loss_log or ""),
+            samples=unpacked.samples,
+            samples_skipped=unpacked.samples_skipped,
+            created_at=datetime.now(UTC),
+        )
+    )
+    s3.put_object(
+        Bucket=run.bucket,
+        Key=layout.report_key,
+        Body=page.encode("utf-8"),
+        ContentType="text/html; charset=utf-8",
+    )
+    return layout.report_key
+
+
 CREDENTIALS_NOTE = (
     "The link is signed with the notification function's temporary credentials, so it stops working when "
     "they expire, which can be well before the date above. The S3 URI below always works."
 )
+
+
+def _run_results(s3: Any, event: TrainingSucceeded, expiry_seconds: int) -> notifications.RunResults:
+    """The trigger words from the run's manifest and a presigned link to its report."""
+    bucket, key = parse_s3_uri(event.manifest_uri)
+    try:
+        manifest = Manifest.model_validate_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except (ClientError, ValidationError):
+        manifest = None  # the email still goes out; it names no trigger words
+    report_key = RunLayout(event.dataset, event.run_id).report_key
+    try:
+        s3.head_object(Bucket=event.bucket, Key=report_key)
+    except ClientError:
+        report = None  # a run unpacked before reports existed
+    else:
+        url = s3.generate_presigned_url(
+            "get_object", Params={"Bucket": event.bucket, "Key": report_key}, ExpiresIn=expiry_seconds
+        )
+        report = notifications.DownloadLink(url, datetime.now(UTC) + timedelta(seconds=expiry_seconds))
+    return notifications.RunResults(manifest.trigger_phrase if manifest else None, report)
 
 
 def notify(
@@ -193,7 +261,7 @@ def notify(
 ) -> str:
     """Render one pipeline event as an email and publish it to the topic; returns the subject."""
     event = BY_DETAIL_TYPE[detail_type].model_validate(detail)
-    link = None
+    link = results = None
     if isinstance(event, TrainingSucceeded):
         bucket, key = parse_s3_uri(event.model_uri)
         url = s3.generate_presigned_url(
@@ -201,7 +269,8 @@ def notify(
         )
         expires_at = datetime.now(UTC) + timedelta(seconds=expiry_seconds)
         link = notifications.DownloadLink(url, expires_at, CREDENTIALS_NOTE)
-    message = notifications.render(event, link)
+        results = _run_results(s3, event, expiry_seconds)
+    message = notifications.render(event, link, results)
     sns.publish(TopicArn=topic_arn, Subject=message.subject, Message=message.body)
     return message.subject
 
