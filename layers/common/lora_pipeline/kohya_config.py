@@ -334,6 +334,23 @@ DEFAULTS: dict[str, Any] = {
 }
 DEFAULT_MAX_TRAIN_EPOCHS = 10
 DEFAULT_SAMPLE_SAMPLER = "euler_a"
+# Keys by which config.toml decides about the text encoders itself; without any of them the pipeline trains
+# the U-Net only, from cached text-encoder outputs (see with_defaults).
+TEXT_ENCODER_KEYS = (
+    "network_train_unet_only",
+    "network_train_text_encoder_only",
+    "cache_text_encoder_outputs",
+    "cache_text_encoder_outputs_to_disk",
+    "text_encoder_lr",
+)
+# BaseDataset.is_text_encoder_output_cacheable (train_util.py): captions that change between steps.
+CAPTION_CHANGING_KEYS = (
+    "shuffle_caption",
+    "caption_dropout_rate",
+    "token_warmup_step",
+    "caption_tag_dropout_rate",
+)
+TEXT_ENCODER_LR_RATIO = 0.1
 
 
 @dataclass(frozen=True)
@@ -906,10 +923,34 @@ class _Builder:
             and not latent_augmentation
         ):
             effective["cache_latents"] = True
+            # The container puts the dataset copy under /opt/ml/checkpoints: the .npz files written next to
+            # the images survive a spot restart.
+            effective["cache_latents_to_disk"] = True
+        self.set_text_encoder_training(effective, config)
         effective["output_name"] = self.output_name(config.get("output_name"))
         self.set_base_model(effective, config.get("pretrained_model_name_or_path"))
         self.set_sampling(effective, config)
         return effective
+
+    def set_text_encoder_training(self, effective: dict[str, Any], config: dict[str, Any]) -> None:
+        """GPU time per step: sd-scripts' README recommends training only the U-Net for SDXL LoRAs; then the
+        text encoders' outputs can be computed once and cached (docs/sdxl_train_network.md) instead of running
+        both encoders every step. `network_train_unet_only = false` trains the text encoders again, at a tenth
+        of the U-Net's learning rate (the ratio docs/sdxl_train_network.md uses) unless text_encoder_lr is set.
+        A config that sets any TEXT_ENCODER_KEYS itself is taken as written."""
+        if not any(key in config for key in TEXT_ENCODER_KEYS):
+            effective["network_train_unet_only"] = True
+            # sdxl_train_network.py assert_extra_args: cached outputs need fixed captions.
+            if not any(config.get(key) for key in CAPTION_CHANGING_KEYS):
+                effective["cache_text_encoder_outputs"] = True
+            return
+        trains_both = not (
+            config.get("network_train_unet_only") or config.get("network_train_text_encoder_only")
+        )
+        unet_lr = config.get("unet_lr", effective.get("learning_rate"))
+        prodigy = str(effective.get("optimizer_type", "")).lower() == "prodigy"  # adapts every rate itself
+        if trains_both and "text_encoder_lr" not in config and _is_number(unet_lr) and not prodigy:
+            effective["text_encoder_lr"] = float(unet_lr) * TEXT_ENCODER_LR_RATIO
 
     def output_name(self, configured: str | None) -> str:
         fallback = safe_output_name(self.inputs.dataset_name)
