@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-reject test lint typecheck unit clean image image-local bench-validate template-check
+.PHONY: venv demo demo-reject test lint typecheck unit clean image image-local bench-validate template-check browser
 
 venv: $(STAMP)
 
@@ -29,8 +29,15 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: lint typecheck template-check
+test: lint typecheck template-check browser
 	$(BIN)/pytest -q
+
+# The run report's screenshot test renders report.html in headless chromium (Debian's package), installed here
+# when it is missing (root, or passwordless sudo).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 # The SAM CLI gets its own venv (its pins clash with the main venv's pydantic). `sam validate --lint` runs
 # offline and needs no credentials; cfn-lint from the main venv checks the same template with our pins.

@@ -44,7 +44,9 @@ def test_smoke_job_publishes_a_kohya_lora_with_metrics_and_samples(tmp_path: Pat
     # Samples are published with the LoRA (model.tar.gz), no longer only in output.tar.gz.
     assert [p.suffix for p in (opt_ml / "model/samples").iterdir()] == [".png"]
     # The dataset copy the trainer reads now lives under checkpoints/ (its latent caches survive a restart).
-    assert not list((opt_ml / "checkpoints/dataset").rglob("*.npz")), "stale latent caches must not be trained on"
+    assert not list((opt_ml / "checkpoints/dataset").rglob("*.npz")), (
+        "stale latent caches must not be trained on"
+    )
 
 
 def test_dataset_without_subset_folders_fails_with_an_actionable_reason(tmp_path: Path) -> None:

@@ -299,3 +299,80 @@ def test_a_failing_sink_is_aborted_and_its_error_is_not_blamed_on_the_archive():
     with pytest.raises(OSError, match="No space left"):
         unpack_model_archive(OneWayStream(tar_bytes([Member("a.safetensors", LORA)])), sink)
     assert sink.events == ["abort"]
+
+
+def _extras_archive(*, epoch_lora: bytes = OTHER_LORA, truncated: bool = False) -> bytes:
+    members = [
+        Member("epochs/", kind=tarfile.DIRTYPE),
+        Member("epochs/bluebot-000001.safetensors", epoch_lora),
+        Member("epochs/bluebot-000002.safetensors", OTHER_LORA),
+        Member("samples/bluebot_e000001_00_20261130.png", b"png one"),
+        Member("samples/bluebot_e000002_00_20261130.png", b"png two"),
+        Member("samples/notes.txt", b"not an image"),
+        Member("training_loss.jsonl", b'{"step": 1, "epoch": 1, "loss": 0.5}\n'),
+        Member("bluebot-000009.safetensors", OTHER_LORA),  # not under epochs/: ignored, as before
+        Member("bluebot.safetensors", LORA),
+    ]
+    data = tar_bytes(members)
+    return data[: len(data) - 4096] if truncated else data
+
+
+def test_epoch_loras_samples_and_the_loss_log_come_out_with_the_lora(tmp_path):
+    epochs, samples = tmp_path / "epochs", tmp_path / "samples"
+    epochs.mkdir()
+    samples.mkdir()
+    result = unpack_model_archive(
+        OneWayStream(_extras_archive()),
+        LocalFolderSink(tmp_path),
+        output_name="bluebot",
+        epoch_sink=LocalFolderSink(epochs),
+        sample_sink=LocalFolderSink(samples),
+    )
+
+    assert files_in(tmp_path) == ["bluebot.safetensors", "epochs", "samples"]
+    assert files_in(epochs) == ["bluebot-000001.safetensors", "bluebot-000002.safetensors"]
+    assert [(e.name, e.epoch, e.sha256) for e in result.epochs] == [
+        ("bluebot-000001.safetensors", 1, hashlib.sha256(OTHER_LORA).hexdigest()),
+        ("bluebot-000002.safetensors", 2, hashlib.sha256(OTHER_LORA).hexdigest()),
+    ]
+    assert files_in(samples) == ["bluebot_e000001_00_20261130.png", "bluebot_e000002_00_20261130.png"]
+    assert result.samples["bluebot_e000002_00_20261130.png"] == b"png two"
+    assert result.loss_log == '{"step": 1, "epoch": 1, "loss": 0.5}\n'
+
+
+def test_a_broken_epoch_lora_is_left_out_and_a_broken_archive_leaves_nothing(tmp_path):
+    epochs, samples = tmp_path / "epochs", tmp_path / "samples"
+    epochs.mkdir()
+    samples.mkdir()
+    sinks = {"epoch_sink": LocalFolderSink(epochs), "sample_sink": LocalFolderSink(samples)}
+    result = unpack_model_archive(
+        OneWayStream(_extras_archive(epoch_lora=b"not a lora at all")),
+        LocalFolderSink(tmp_path),
+        output_name="bluebot",
+        **sinks,
+    )
+    assert [e.epoch for e in result.epochs] == [2]
+    for folder in (epochs, samples):
+        for path in folder.iterdir():
+            path.unlink()
+    (tmp_path / "bluebot.safetensors").unlink()
+
+    with pytest.raises(ModelArchiveError):
+        unpack_model_archive(
+            OneWayStream(_extras_archive(truncated=True)),
+            LocalFolderSink(tmp_path),
+            output_name="bluebot",
+            **sinks,
+        )
+    assert files_in(epochs) == [] and files_in(samples) == [], "extras appear only with a whole archive"
+
+
+def test_samples_beyond_the_memory_budget_are_counted_not_held(tmp_path):
+    result = unpack_model_archive(
+        OneWayStream(_extras_archive()),
+        LocalFolderSink(tmp_path),
+        output_name="bluebot",
+        sample_sink=LocalFolderSink(tmp_path),
+        limits=UnpackLimits(max_sample_bytes=len(b"png one")),
+    )
+    assert list(result.samples) == ["bluebot_e000001_00_20261130.png"] and result.samples_skipped == 1
