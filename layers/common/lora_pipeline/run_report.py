@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 
 from lora_pipeline.manifest import Manifest
+from lora_pipeline.notifications import duration
 from lora_pipeline.plan import Plan
 from lora_pipeline.problems import Problem, Severity
 from lora_pipeline.runs import JobFacts
@@ -56,11 +57,7 @@ def _e(value: object) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+    return "unknown" if seconds is None else duration(round(seconds))
 
 
 def _usd(value: float | None) -> str:
