@@ -247,8 +247,7 @@ def _epoch_of(path: Path, output_name: str) -> int | None:
 def publish_extras(opt_ml: OptMl, output_name: str, keep_epoch_loras: int) -> list[str]:
     """Copy what comes with the final LoRA into `model/`: the newest `keep_epoch_loras` per-epoch LoRAs
     (sd-scripts' `<output_name>-<epoch:06d>.safetensors`, train_util.get_epoch_ckpt_name) to `model/epochs/`,
-    the sample images (`<output_dir>/sample/`) to `model/samples/` and the loss log. Returns what was copied,
-    for the log."""
+    and the sample images (`<output_dir>/sample/`) to `model/samples/`. Returns what was copied, for the log."""
     checkpoints = opt_ml.checkpoints_dir
     epochs = sorted(
         (epoch, path) for path in checkpoints.glob("*.safetensors") if (epoch := _epoch_of(path, output_name))
@@ -270,11 +269,14 @@ def publish_extras(opt_ml: OptMl, output_name: str, keep_epoch_loras: int) -> li
         shutil.copyfile(image, opt_ml.samples_dir / image.name)
     if images:
         copied.append(f"{len(images)} sample image(s)")
-    loss_log = checkpoints / LOSS_LOG_NAME
-    if loss_log.is_file():
-        shutil.copyfile(loss_log, opt_ml.model_dir / LOSS_LOG_NAME)
-        copied.append(LOSS_LOG_NAME)
     return copied
+
+
+def copy_loss_log(opt_ml: OptMl) -> None:
+    """The per-step loss, kept in checkpoints/ across spot restarts, goes to output.tar.gz for the run report."""
+    loss_log = opt_ml.checkpoints_dir / LOSS_LOG_NAME
+    if loss_log.is_file():
+        shutil.copyfile(loss_log, opt_ml.output_data_dir / LOSS_LOG_NAME)
 
 
 def publish_model(opt_ml: OptMl, output_name: str, tail: list[str]) -> str | None:
@@ -324,6 +326,7 @@ def _train(opt_ml: OptMl, environ: Mapping[str, str]) -> int:
             f"an earlier attempt of this job already wrote {finished.name}: published it without training again"
         )
         publish_extras(opt_ml, hyperparameters.output_name, hyperparameters.keep_epoch_loras)
+        copy_loss_log(opt_ml)
         return EXIT_OK
     launch = plan_launch(opt_ml, inputs, environ)
     log(
@@ -335,6 +338,7 @@ def _train(opt_ml: OptMl, environ: Mapping[str, str]) -> int:
         loss_log=opt_ml.checkpoints_dir / LOSS_LOG_NAME,
     )
     exit_code = _Supervisor(opt_ml.checkpoints_dir).run(launch, output)
+    copy_loss_log(opt_ml)
     if exit_code is None:
         saved = find_resume_state(opt_ml.checkpoints_dir)
         where = (

@@ -175,5 +175,6 @@ def test_smoke_job_publishes_the_last_epoch_loras_samples_of_each_epoch_and_the_
     assert epoch_header.metadata["ss_epoch"] == "3"
     samples = sorted(p.name for p in (model / "samples").iterdir())
     assert [name.split("_")[1] for name in samples] == ["e000001", "e000002", "e000003", "e000004"]
-    steps = [json.loads(line)["step"] for line in (model / "training_loss.jsonl").read_text().splitlines()]
+    loss_log = opt_ml / "output/data/training_loss.jsonl"  # output.tar.gz; the run report plots it
+    steps = [json.loads(line)["step"] for line in loss_log.read_text().splitlines()]
     assert steps == [1, 2, 3, 4]

@@ -5,11 +5,19 @@ in the email; and the CLI's download and report commands."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from embedded_aws.training import ArchiveExecutor
+from embedded_aws.training import (
+    ArchiveExecutor,
+    TrainingProgress,
+    TrainingResult,
+    model_artifact_uri,
+    split_s3_uri,
+)
 from lora_pipeline.s3_layout import RunLayout
 from lora_pipeline_cli.main import main
 from tests.integration.pipeline_support import dataset, emails, pipeline, upload
@@ -34,13 +42,24 @@ SAMPLES = {f"bluebot_e{epoch:06d}_00_20261130120000.png": png((0, 200, 0)) for e
 LOSS_LOG = "".join(json.dumps({"step": s, "epoch": 1 + s // 3, "loss": 0.3 / s}) + "\n" for s in range(1, 7))
 
 
+class _JobWithOutput(ArchiveExecutor):
+    """Uploads model.tar.gz and, as SageMaker does for /opt/ml/output/data, output.tar.gz with the loss log."""
+
+    def run(self, request: dict[str, Any], s3_client: Any, progress: TrainingProgress) -> TrainingResult:
+        bucket, key = split_s3_uri(model_artifact_uri(request))
+        output = tar_bytes(
+            [Member("logs/events.out", b"tensorboard"), Member("training_loss.jsonl", LOSS_LOG.encode())]
+        )
+        s3_client.put_object(Bucket=bucket, Key=key.replace("model.tar.gz", "output.tar.gz"), Body=output)
+        return super().run(request, s3_client, progress)
+
+
 def _archive() -> bytes:
     return tar_bytes(
         [
             Member("bluebot.safetensors", FINAL),
             Member("epochs/bluebot-000001.safetensors", EPOCH_1),
             *(Member(f"samples/{name}", data) for name, data in SAMPLES.items()),
-            Member("training_loss.jsonl", LOSS_LOG.encode()),
         ]
     )
 
@@ -48,7 +67,7 @@ def _archive() -> bytes:
 def test_a_run_publishes_epochs_samples_and_a_report_and_the_email_names_the_trigger_words(
     tmp_path: Path,
 ) -> None:
-    with pipeline(ArchiveExecutor(_archive())) as stack:
+    with pipeline(_JobWithOutput(_archive())) as stack:
         upload(stack, dataset(tmp_path))
         stack.wait_until_idle(timeout=120)
         (execution,) = stack.executions()
@@ -67,7 +86,9 @@ def test_a_run_publishes_epochs_samples_and_a_report_and_the_email_names_the_tri
         report = stack.s3.get_object(Bucket=stack.bucket, Key=layout.report_key)
         assert report["ContentType"].startswith("text/html")
         page = report["Body"].read().decode()
-        assert page.count('<img class="sample"') == len(SAMPLES) and '<polyline id="loss-line"' in page
+        assert page.count('<img class="sample"') == len(SAMPLES)
+        line = re.search(r'<polyline id="loss-line"[^>]* points="([^"]*)"', page)
+        assert line is not None and len(line[1].split()) == 6, "every step of the loss log in output.tar.gz"
         assert "bluebot-000001.safetensors" in page
 
         body = emails(stack)["LoRA ready: bluebot"]

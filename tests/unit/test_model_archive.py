@@ -14,6 +14,7 @@ from lora_pipeline.model_archive import (
     LocalFolderSink,
     ModelArchiveError,
     UnpackLimits,
+    read_member,
     unpack_model_archive,
 )
 from tests.lora_files import (
@@ -309,7 +310,6 @@ def _extras_archive(*, epoch_lora: bytes = OTHER_LORA, truncated: bool = False) 
         Member("samples/bluebot_e000001_00_20261130.png", b"png one"),
         Member("samples/bluebot_e000002_00_20261130.png", b"png two"),
         Member("samples/notes.txt", b"not an image"),
-        Member("training_loss.jsonl", b'{"step": 1, "epoch": 1, "loss": 0.5}\n'),
         Member("bluebot-000009.safetensors", OTHER_LORA),  # not under epochs/: ignored, as before
         Member("bluebot.safetensors", LORA),
     ]
@@ -317,7 +317,7 @@ def _extras_archive(*, epoch_lora: bytes = OTHER_LORA, truncated: bool = False) 
     return data[: len(data) - 4096] if truncated else data
 
 
-def test_epoch_loras_samples_and_the_loss_log_come_out_with_the_lora(tmp_path):
+def test_epoch_loras_and_samples_come_out_with_the_lora(tmp_path):
     epochs, samples = tmp_path / "epochs", tmp_path / "samples"
     epochs.mkdir()
     samples.mkdir()
@@ -337,7 +337,17 @@ def test_epoch_loras_samples_and_the_loss_log_come_out_with_the_lora(tmp_path):
     ]
     assert files_in(samples) == ["bluebot_e000001_00_20261130.png", "bluebot_e000002_00_20261130.png"]
     assert result.samples["bluebot_e000002_00_20261130.png"] == b"png two"
-    assert result.loss_log == '{"step": 1, "epoch": 1, "loss": 0.5}\n'
+
+
+def test_one_small_file_is_read_from_an_output_archive(tmp_path):
+    archive = tar_bytes(
+        [Member("logs/events.out", b"x" * 5000), Member("training_loss.jsonl", b'{"step": 1}\n')]
+    )
+    assert read_member(OneWayStream(archive), "training_loss.jsonl", max_bytes=100) == b'{"step": 1}\n'
+    assert read_member(OneWayStream(archive), "training_loss.jsonl", max_bytes=5) is None, "too big"
+    assert read_member(OneWayStream(archive), "other.json", max_bytes=100) is None
+    with pytest.raises(ModelArchiveError):
+        read_member(OneWayStream(archive[:-40]), "missing.json", max_bytes=100)
 
 
 def test_a_broken_epoch_lora_is_left_out_and_a_broken_archive_leaves_nothing(tmp_path):

@@ -8,7 +8,7 @@ time (tarfile's own gzip layer would inflate a whole 1 MB compressed read at onc
 Besides the LoRA, the training container leaves in the archive what is published with it (all optional):
 the per-epoch LoRAs `epochs/<output_name>-<NNNNNN>.safetensors` (checked like the LoRA, written to the
 epoch sink), sample images under `samples/` (written to the sample sink, and kept in memory for the run
-report) and the loss log (kept in memory). They are made visible only when the whole archive was read without error.
+report). They are made visible only when the whole archive was read without error.
 
 Accepted: gzip-compressed or plain tar, and one level of archive inside the archive (SageMaker wraps what
 the container left in /opt/ml/model, which may itself be a model.tar.gz). Refused with a
@@ -40,7 +40,6 @@ from lora_pipeline.safetensors_lora import (
     read_safetensors_header,
     summarise_lora,
 )
-from lora_pipeline.training_metrics import LOSS_LOG_NAME
 
 GIB = 1024**3
 CHUNK_BYTES = 1024 * 1024
@@ -67,7 +66,6 @@ class UnpackLimits:
     max_nesting: int = 1
     max_sample_bytes: int = 256 * 1024 * 1024
     """Sample images are held in memory until the end (and embedded in the report); later ones are skipped."""
-    max_loss_log_bytes: int = 16 * 1024 * 1024
 
 
 class ModelArchiveError(ValueError):
@@ -160,8 +158,6 @@ class UnpackResult(BaseModel):
     samples: dict[str, bytes] = {}
     """Sample image name -> its bytes, by name, as written to the sample sink."""
     samples_skipped: int = 0
-    loss_log: str | None = None
-    """The container's loss log (training_metrics.parse_loss_log reads it)."""
 
 
 def unpack_model_archive(
@@ -189,6 +185,22 @@ def unpack_model_archive(
     except BaseException:
         unpacker.abort()
         raise
+
+
+def read_member(
+    source: ByteReader, name: str, max_bytes: int, chunk_bytes: int = CHUNK_BYTES
+) -> bytes | None:
+    """The bytes of the top-level member `name` of a (gzip'd) tar read once from `source`; None when it is
+    missing or larger than `max_bytes`. Used for small files of SageMaker's output.tar.gz."""
+    try:
+        archive = _open_tar(source, chunk_bytes, "output archive")
+        for member in archive:
+            if member.isfile() and member.name.removeprefix("./") == name:
+                reader = archive.extractfile(member)
+                return reader.read() if reader is not None and member.size <= max_bytes else None
+    except (tarfile.TarError, EOFError, zlib.error) as error:
+        raise ModelArchiveError(f"the archive is truncated or corrupt ({error})", "Re-run the job") from error
+    return None
 
 
 def _open_tar(stream: ByteReader, chunk_bytes: int, what: str) -> tarfile.TarFile:
@@ -328,7 +340,6 @@ class _Unpacker:
     """Open writers of the epoch LoRAs and samples, closed only once the archive was read whole."""
     samples: dict[str, bytes] = field(default_factory=dict)
     samples_skipped: int = 0
-    loss_log: str | None = None
 
     def scan(self, stream: ByteReader, what: str, prefix: str, depth: int) -> None:
         try:
@@ -344,8 +355,6 @@ class _Unpacker:
                     self._take_epoch(name.name, epoch, member.size, reader)
                 elif name.parent.name == SAMPLES_FOLDER and name.suffix.lower() in SAMPLE_SUFFIXES:
                     self._take_sample(name.name, member.size, reader)
-                elif name.name == LOSS_LOG_NAME and member.size <= self.limits.max_loss_log_bytes:
-                    self.loss_log = reader.read().decode("utf-8", errors="replace")
                 elif member.name.lower().endswith(".safetensors"):
                     self._take_candidate(member, path, reader)
                 elif member.name.lower().endswith(_NESTED_SUFFIXES):
@@ -499,7 +508,6 @@ class _Unpacker:
                 "epochs": sorted((e for _, e in self.extras if e is not None), key=lambda e: e.epoch),
                 "samples": dict(sorted(self.samples.items())),
                 "samples_skipped": self.samples_skipped,
-                "loss_log": self.loss_log,
             }
         )
 

@@ -24,6 +24,7 @@ from lora_pipeline.model_archive import (
     UnpackLimits,
     UnpackResult,
     check_file_name,
+    read_member,
     unpack_model_archive,
 )
 from lora_pipeline.s3_layout import s3_uri
@@ -215,3 +216,23 @@ def unpack_model(
     )
     write_manifest(s3_client, bucket, model_prefix + MANIFEST_NAME, manifest)
     return manifest, result
+
+
+def read_output_file(
+    s3_client: Any, bucket: str, archive_key: str, name: str, max_bytes: int
+) -> bytes | None:
+    """A small file from a job's output.tar.gz (what the container left in /opt/ml/output/data); None when
+    the job wrote no output archive, the file is not in it, or the archive is broken (it holds nothing the
+    LoRA depends on)."""
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=archive_key)["Body"]
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise
+    try:
+        return read_member(body, name, max_bytes)
+    except ModelArchiveError:
+        return None
+    finally:
+        body.close()

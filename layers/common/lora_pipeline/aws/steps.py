@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,7 @@ from lora_pipeline import notifications
 from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.aws.event_publisher import EventPublisher
 from lora_pipeline.aws.run_table import RunTable
-from lora_pipeline.aws.s3_model_io import unpack_model
+from lora_pipeline.aws.s3_model_io import read_output_file, unpack_model
 from lora_pipeline.aws.s3_source import S3DatasetSource
 from lora_pipeline.events import BY_DETAIL_TYPE, TrainingCancelled, TrainingSucceeded
 from lora_pipeline.instances import InstanceTable
@@ -32,12 +33,15 @@ from lora_pipeline.runs import (
     validation_outcome,
 )
 from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, s3_uri
-from lora_pipeline.training_metrics import parse_loss_log
+from lora_pipeline.training_metrics import LOSS_LOG_NAME, LossPoint, parse_loss_log
 from lora_pipeline.validate import validate_dataset
 
 # A settle token that no longer waits: the quiet period ended (or _READY came) just before this upload.
 _CLOSED_TOKEN_ERRORS = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
 _LOCK_ATTEMPTS = 5
+# SageMaker writes output.tar.gz (the container's /opt/ml/output/data) next to model.tar.gz.
+OUTPUT_ARCHIVE = "output.tar.gz"
+LOSS_LOG_LIMIT = 16 * 1024 * 1024  # about 300,000 steps of loss log
 
 
 class RunInput(BaseModel):
@@ -172,7 +176,21 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
             billable_seconds=facts.billable_seconds,
         ),
     )
-    write_run_report(s3, run, manifest, unpacked, facts)
+    loss_log = read_output_file(
+        s3,
+        run.bucket,
+        posixpath.join(posixpath.dirname(archive_key), OUTPUT_ARCHIVE),
+        LOSS_LOG_NAME,
+        LOSS_LOG_LIMIT,
+    )
+    write_run_report(
+        s3,
+        run,
+        manifest,
+        unpacked,
+        facts,
+        parse_loss_log(loss_log.decode("utf-8", "replace") if loss_log else ""),
+    )
     _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
     return UnpackOutcome(
         model_uri=manifest.model_uri,
@@ -202,7 +220,12 @@ def _validation_report(s3: Any, bucket: str, key: str) -> ValidationReport | Non
 
 
 def write_run_report(
-    s3: Any, run: RunInput, manifest: Manifest, unpacked: UnpackResult, facts: JobFacts
+    s3: Any,
+    run: RunInput,
+    manifest: Manifest,
+    unpacked: UnpackResult,
+    facts: JobFacts,
+    loss: list[LossPoint],
 ) -> str:
     """Write `report.html` of the run (see run_report); returns its key."""
     layout = RunLayout(run.dataset, run.run_id)
@@ -215,7 +238,7 @@ def write_run_report(
             job=facts,
             plan=validation.plan if validation else None,
             problems=validation.problems if validation else [],
-            loss=parse_loss_log(unpacked.loss_log or ""),
+            loss=loss,
             samples=unpacked.samples,
             samples_skipped=unpacked.samples_skipped,
             created_at=datetime.now(UTC),
