@@ -252,7 +252,7 @@ def publish_extras(opt_ml: OptMl, output_name: str, keep_epoch_loras: int) -> li
     epochs = sorted(
         (epoch, path) for path in checkpoints.glob("*.safetensors") if (epoch := _epoch_of(path, output_name))
     )
-    wanted = [path for _, path in epochs[len(epochs) - keep_epoch_loras :]] if keep_epoch_loras else []
+    wanted = [path for _, path in epochs[-keep_epoch_loras:]] if keep_epoch_loras else []
     epochs_dir = opt_ml.model_dir / "epochs"
     shutil.rmtree(epochs_dir, ignore_errors=True)  # from an earlier attempt of this job
     if wanted:
@@ -265,9 +265,8 @@ def publish_extras(opt_ml: OptMl, output_name: str, keep_epoch_loras: int) -> li
     images = sorted(p for p in sample_dir.iterdir() if p.is_file()) if sample_dir.is_dir() else []
     if images:
         opt_ml.samples_dir.mkdir(parents=True, exist_ok=True)
-    for image in images:
-        shutil.copyfile(image, opt_ml.samples_dir / image.name)
-    if images:
+        for image in images:
+            shutil.copyfile(image, opt_ml.samples_dir / image.name)
         copied.append(f"{len(images)} sample image(s)")
     return copied
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from lora_pipeline.run_report import MAX_PLOT_POINTS, loss_plot_svg, render_run_report
+from lora_pipeline.run_report import MAX_PLOT_POINTS, loss_plot_svg, render_run_report, sample_grid
 from lora_pipeline.training_metrics import LossPoint, parse_loss_log
 from tests.run_reports import EPOCHS, SAMPLE_COLOURS, report_inputs
 
@@ -63,3 +63,18 @@ def test_the_loss_log_keeps_the_last_value_of_a_step_trained_again_after_a_resum
         ]
     )
     assert parse_loss_log(text) == [LossPoint(1, 1, 0.5), LossPoint(2, 1, 0.3)]
+
+
+def test_sample_names_are_read_after_the_output_name_even_when_it_looks_like_one() -> None:
+    samples = {
+        "my_000123_45_e000002_01_20261130120000_42.png": b"a",  # epoch 2, prompt 2 (with a seed suffix)
+        "my_000123_45_000300_00_20261130120000.png": b"b",  # a step sample
+        "my_000123_45_cover.png": b"c",  # not sd-scripts' name: shown, not placed
+    }
+    grid = sample_grid(samples, "my_000123_45")
+    assert [label for label in re.findall(r"<tr><th>((?:epoch|step) \d+)</th>", grid)] == [
+        "epoch 2",
+        "step 300",
+    ]
+    assert "<th>prompt 1</th><th>prompt 2</th>" in grid
+    assert grid.count("<img") == 3

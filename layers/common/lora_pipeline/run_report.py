@@ -33,7 +33,7 @@ MAX_PLOT_POINTS = 1000
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 # train_util.sample_image_inference: `<output_name>_e<epoch:06d>_<index:02d>_<time>[_<seed>].png` at the
 # end of an epoch, `<output_name>_<step:06d>_<index:02d>_...` for step samples.
-_SAMPLE_NAME = re.compile(r"_(?:e(?P<epoch>\d{6})|(?P<step>\d{6}))_(?P<index>\d{2})(?:_[^.]*)?\.\w+$")
+_SAMPLE_NAME = re.compile(r"(?:e(?P<epoch>\d{6})|(?P<step>\d{6}))_(?P<index>\d{2})(?:_[^.]*)?\.\w+")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def loss_plot_svg(points: Sequence[LossPoint]) -> str:
     )
 
 
-def sample_grid(samples: Mapping[str, bytes]) -> str:
+def sample_grid(samples: Mapping[str, bytes], output_name: str) -> str:
     """A table: one row per epoch (or step), one column per prompt, each image embedded as a data: URI."""
     rows: dict[tuple[int, int], dict[int, str]] = {}
     unplaced = []
@@ -114,7 +114,7 @@ def sample_grid(samples: Mapping[str, bytes]) -> str:
         uri = f"data:{_IMAGE_TYPES.get(suffix, 'application/octet-stream')};base64,"
         uri += base64.b64encode(data).decode("ascii")
         image = f'<img class="sample" src="{uri}" alt="{_e(name)}" title="{_e(name)}">'
-        match = _SAMPLE_NAME.search(name)
+        match = _SAMPLE_NAME.fullmatch(name.removeprefix(f"{output_name}_"))
         if match is None:
             unplaced.append(image)
             continue
@@ -229,16 +229,17 @@ def render_run_report(inputs: RunReportInputs) -> str:
         ("rank / alpha", f"{lora.network_dim} / {lora.network_alpha}"),
     ]
     title = f"LoRA run {inputs.dataset} / {inputs.run_id}"
+    output_name = PurePosixPath(manifest.file_name).stem
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
         f"<style>{_STYLE}</style></head><body>"
         f"<h1>{_e(title)}</h1>"
         f'<p>Trigger words: <span class="trigger" id="trigger">{_e(trigger or "none recorded")}</span>. '
-        f"Prompt with <code>&lt;lora:{_e(PurePosixPath(manifest.file_name).stem)}:1&gt;</code> and them.</p>"
+        f"Prompt with <code>&lt;lora:{_e(output_name)}:1&gt;</code> and them.</p>"
         f"<table>{_rows(summary)}</table>"
         f"<h2>Loss</h2>{loss_plot_svg(inputs.loss)}"
-        f"<h2>Samples by epoch</h2>{sample_grid(inputs.samples)}{skipped}"
+        f"<h2>Samples by epoch</h2>{sample_grid(inputs.samples, output_name)}{skipped}"
         f"<h2>Per-epoch LoRAs</h2>{_epochs_section(manifest)}"
         f"<h2>Plan</h2>{_plan_section(inputs.plan)}"
         f"<h2>Validation warnings</h2>{_problems_section(inputs.problems)}"
