@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS
 from lora_trainer.entrypoint import publish_extras
-from lora_trainer.sagemaker_env import OptMl
+from lora_trainer.sagemaker_env import ContractError, OptMl, read_hyperparameters
 
 
 def _checkpoints(root: Path, epochs: list[int]) -> OptMl:
@@ -56,11 +58,6 @@ def test_samples_are_published_with_the_lora(tmp_path: Path) -> None:
 
 
 def test_hyperparameters_carry_the_trigger_phrase_and_the_epochs_to_keep(tmp_path: Path) -> None:
-    import json
-
-    from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS
-    from lora_trainer.sagemaker_env import ContractError, read_hyperparameters
-
     path = tmp_path / "hyperparameters.json"
     base = {"output_name": "bluebot", "dataset": "bluebot", "run_id": "r"}
     path.write_text(json.dumps(base))
