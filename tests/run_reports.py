@@ -70,6 +70,8 @@ def report_inputs(*, epochs: int = EPOCHS, steps: int = 30) -> RunReportInputs:
         subsets=[SubsetPlan(folder="20_bluebot", images=12, repeats=20, samples_per_epoch=240)],
         images=12,
         samples_per_epoch=240,
+        buckets=1,
+        batches_per_epoch=240,
         batch_size=1,
         gradient_accumulation_steps=1,
         gpus=0,

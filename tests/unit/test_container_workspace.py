@@ -212,3 +212,16 @@ def test_dataset_copy_keeps_the_latent_caches_of_unchanged_images_across_a_resta
         "b.png",
     ]
     assert (subset / "b.png").read_bytes() == b"png b, edited"
+
+
+def test_sample_prompt_sizes_are_read_as_sd_scripts_reads_them(tmp_path: Path) -> None:
+    # line_to_prompt_dict matches options case-insensitively and a later option wins: appending --w 1024
+    # after --W 832 would silently render at 1024.
+    source = tmp_path / "prompts.txt"
+    source.write_text("a bluebot --W 832 --H 1216\na bluebot --h 768\na bluebot --w big\n")
+    lines = write_sample_prompts(source, tmp_path / "out.txt").read_text().splitlines()
+    assert lines == [
+        "a bluebot --W 832 --H 1216",
+        "a bluebot --h 768 --w 1024",
+        "a bluebot --w big --w 1024 --h 1024",
+    ]

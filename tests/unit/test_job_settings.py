@@ -147,7 +147,7 @@ def test_sample_prompts_get_sdxl_size_unless_given():
     assert job.sample_every_n_epochs == 1
 
 
-@pytest.mark.parametrize("prompt", ["bluebot --W 512", "bluebot --steps 20", "bluebot --w big"])
+@pytest.mark.parametrize("prompt", ["bluebot --steps 20", "bluebot --w big"])
 def test_sample_prompt_options_are_checked(prompt):
     _, problems = read(f'sample_prompts = ["{prompt}"]\n')
     assert codes(problems) == ["JOB_BAD_SAMPLE_PROMPT"]

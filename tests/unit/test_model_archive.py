@@ -240,9 +240,11 @@ def test_output_name_must_be_a_plain_file_name(tmp_path):
 
 def test_memory_stays_bounded_when_a_tiny_archive_inflates_to_64_mb(tmp_path):
     tensors = lora_tensors(module_limit=1)
-    tensors["lora_unet_padding.lora_down.weight"] = np.zeros((1, 32 * 1024 * 1024), np.float16)
-    tensors["lora_unet_padding.lora_up.weight"] = np.zeros((8, 1), np.float16)
-    tensors["lora_unet_padding.alpha"] = np.array(1.0, np.float16)
+    # A real SDXL layer (5120 -> 1280) at an absurd rank: 66 MiB of zeros in lora_down.
+    padding = "lora_te2_text_model_encoder_layers_0_mlp_fc2"
+    tensors[f"{padding}.lora_down.weight"] = np.zeros((6600, 5120), np.float16)
+    tensors[f"{padding}.lora_up.weight"] = np.zeros((1280, 6600), np.float16)
+    tensors[f"{padding}.alpha"] = np.array(1.0, np.float16)
     archive = tar_bytes([Member("bluebot.safetensors", safetensors_bytes(tensors, kohya_metadata()))])
     del tensors
     assert len(archive) < 1024 * 1024
@@ -375,6 +377,30 @@ def test_a_broken_epoch_lora_is_left_out_and_a_broken_archive_leaves_nothing(tmp
             **sinks,
         )
     assert files_in(epochs) == [] and files_in(samples) == [], "extras appear only with a whole archive"
+
+
+def test_epoch_loras_get_the_output_check_of_the_runs_architecture(tmp_path):
+    """Each epoch LoRA is read whole by check_lora_stream: NaN weights, or widths that do not fit the run's
+    architecture, leave that epoch out while the final LoRA is still published."""
+    nan = lora_tensors(rank=2, module_limit=10)
+    first_up = next(name for name in nan if name.endswith("lora_up.weight"))
+    nan[first_up] = np.full_like(nan[first_up], np.nan)
+    narrow = {
+        "lora_unet_input_blocks_4_1_proj_in.lora_down.weight": np.full((4, 32), 0.01, np.float32),
+        "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": np.full((64, 4), 0.01, np.float32),
+        "lora_unet_input_blocks_4_1_proj_in.alpha": np.array(2.0, np.float32),
+    }
+    for bad in (nan, narrow):
+        epochs = tmp_path / str(len(bad))
+        epochs.mkdir()
+        result = unpack_model_archive(
+            OneWayStream(_extras_archive(epoch_lora=safetensors_bytes(bad, kohya_metadata(2)))),
+            LocalFolderSink(tmp_path),
+            output_name="bluebot",
+            epoch_sink=LocalFolderSink(epochs),
+        )
+        assert [e.epoch for e in result.epochs] == [2]
+        assert files_in(epochs) == ["bluebot-000002.safetensors"]
 
 
 def test_samples_beyond_the_memory_budget_are_counted_not_held(tmp_path):

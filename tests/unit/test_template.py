@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,19 @@ def test_outputs_the_cli_and_the_image_build_rely_on() -> None:
         "IMAGE_TAG",
     }
     assert build["Source"]["Location"] == {"Fn::Sub": "${Bucket}/build/container-source.zip"}
+
+
+def test_validate_can_read_base_model_headers_where_training_reads_base_models() -> None:
+    def readable(name: str) -> list[str]:
+        return [
+            json.dumps(statement["Resource"])
+            for statement in _statements(props(name)["Policies"])
+            if "s3:GetObject"
+            in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+        ]
+
+    training = readable("SageMakerExecutionRole")
+    validate = readable("ValidateFunction")
+    for place in ("base-models/*", "BaseModelS3Uri"):
+        assert any(place in resource for resource in training)
+        assert any(place in resource for resource in validate)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS, JobSettings
-from lora_pipeline.kohya_config import safe_output_name
+from lora_pipeline.kohya_facts import safe_output_name
 from lora_pipeline.problems import Severity
 from lora_pipeline.report import ValidationReport
 from lora_pipeline.s3_layout import RunLayout, dataset_prefix, s3_uri

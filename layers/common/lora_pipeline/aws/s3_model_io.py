@@ -28,6 +28,7 @@ from lora_pipeline.model_archive import (
     unpack_model_archive,
 )
 from lora_pipeline.s3_layout import s3_uri
+from lora_pipeline.safetensors_lora import Architecture
 
 MIB = 1024 * 1024
 # S3 refuses parts under 5 MiB (except the last); above 64 MiB the part buffer crowds a 1 GB Lambda.
@@ -187,13 +188,15 @@ def unpack_model(
     *,
     limits: UnpackLimits | None = None,
     part_bytes: int = DEFAULT_PART_BYTES,
+    architecture: Architecture = Architecture.SDXL,
 ) -> tuple[Manifest, UnpackResult]:
     """Unpack `s3://bucket/archive_key` into `<model_prefix><output_name>.safetensors`, the per-epoch LoRAs
     into `<model_prefix>epochs/`, the samples into `<model_prefix>samples/`, and write `manifest.json`.
 
-    `model_prefix` is `RunLayout.model_prefix` (ends with '/'). Returns the manifest and what was unpacked
-    (the samples' bytes and the loss log included, for the run report). Raises `ModelArchiveError`
-    (a ValueError) when the archive holds no usable LoRA; nothing is written then.
+    `model_prefix` is `RunLayout.model_prefix` (ends with '/'). Every byte of the LoRA and of each epoch LoRA
+    is read once and checked (`safetensors_lora.check_lora_stream`) against `architecture`. Returns the
+    manifest and what was unpacked (the samples' bytes and the loss log included, for the run report). Raises
+    `ModelArchiveError` (a ValueError) when the archive holds no usable LoRA; nothing is written then.
     """
     source = S3ObjectStream(s3_client, bucket, archive_key)
     sink = S3MultipartSink(s3_client, bucket, model_prefix, part_bytes)
@@ -205,6 +208,7 @@ def unpack_model(
             epoch_sink=S3MultipartSink(s3_client, bucket, f"{model_prefix}{EPOCHS_FOLDER}/", part_bytes),
             sample_sink=S3MultipartSink(s3_client, bucket, f"{model_prefix}{SAMPLES_FOLDER}/", part_bytes),
             limits=limits,
+            architecture=architecture,
         )
     finally:
         source.close()

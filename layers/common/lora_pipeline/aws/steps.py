@@ -14,7 +14,7 @@ from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.aws.event_publisher import EventPublisher
 from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.aws.s3_model_io import read_output_file, unpack_model
-from lora_pipeline.aws.s3_source import S3DatasetSource
+from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
 from lora_pipeline.events import BY_DETAIL_TYPE, TrainingCancelled, TrainingSucceeded
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import StackLimits
@@ -33,6 +33,7 @@ from lora_pipeline.runs import (
     validation_outcome,
 )
 from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, s3_uri
+from lora_pipeline.safetensors_lora import Architecture
 from lora_pipeline.training_metrics import LOSS_LOG_NAME, LossPoint, parse_loss_log
 from lora_pipeline.validate import validate_dataset
 
@@ -113,7 +114,9 @@ def ingest_upload(
 
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
-    report = validate_dataset(S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, limits)
+    report = validate_dataset(
+        S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, limits, models=S3ObjectReader(s3)
+    )
     layout = RunLayout(run.dataset, run.run_id)
     files = {layout.validation_key: (report.model_dump_json(indent=2), "application/json")}
     if report.kohya_toml is not None:
@@ -175,6 +178,8 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
             training_job_name=facts.training_job_name,
             billable_seconds=facts.billable_seconds,
         ),
+        # The trainer the job ran (runs.py puts it in the hyperparameters), not what the file claims.
+        architecture=Architecture.for_trainer(run.training_job.get("HyperParameters", {}).get("trainer", "")),
     )
     loss_log = read_output_file(
         s3,
