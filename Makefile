@@ -80,16 +80,17 @@ SD_SCRIPTS := build/sd-scripts
 SD_SCRIPTS_ARCHIVE ?=
 
 $(SD_SCRIPTS)/.fetched: $(IMAGE_REQUIREMENTS)
-	rm -rf $(SD_SCRIPTS) && mkdir -p $(SD_SCRIPTS)
+	rm -rf $(SD_SCRIPTS).new && mkdir -p $(SD_SCRIPTS).new
 ifneq ($(SD_SCRIPTS_ARCHIVE),)
 	test "$$(gzip -dc $(SD_SCRIPTS_ARCHIVE) | git get-tar-commit-id)" = "$(SD_SCRIPTS_COMMIT)" \
 		|| { echo "$(SD_SCRIPTS_ARCHIVE) is not sd-scripts $(SD_SCRIPTS_TAG) ($(SD_SCRIPTS_COMMIT))"; exit 1; }
-	tar xzf $(SD_SCRIPTS_ARCHIVE) -C $(SD_SCRIPTS) --strip-components=1
+	tar xzf $(SD_SCRIPTS_ARCHIVE) -C $(SD_SCRIPTS).new --strip-components=1
 else
-	git clone --quiet --depth 1 --branch $(SD_SCRIPTS_TAG) https://github.com/kohya-ss/sd-scripts.git $(SD_SCRIPTS)
-	test "$$(git -C $(SD_SCRIPTS) rev-parse HEAD)" = "$(SD_SCRIPTS_COMMIT)" \
+	git clone --quiet --depth 1 --branch $(SD_SCRIPTS_TAG) https://github.com/kohya-ss/sd-scripts.git $(SD_SCRIPTS).new
+	test "$$(git -C $(SD_SCRIPTS).new rev-parse HEAD)" = "$(SD_SCRIPTS_COMMIT)" \
 		|| { echo "sd-scripts $(SD_SCRIPTS_TAG) is no longer commit $(SD_SCRIPTS_COMMIT)"; exit 1; }
 endif
+	rm -rf $(SD_SCRIPTS) && mv $(SD_SCRIPTS).new $(SD_SCRIPTS)
 	touch $@
 
 # The reference environment: the image's pins on Python 3.11 (torch 2.6.0's CUDA build runs on the CPU), with
