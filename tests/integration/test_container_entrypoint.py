@@ -169,9 +169,9 @@ def test_smoke_job_publishes_the_last_epoch_loras_samples_of_each_epoch_and_the_
         "bluebot-000003.safetensors",
     ], "the newest keep_epoch_loras epochs; the final epoch is bluebot.safetensors itself"
     for path in [model / "bluebot.safetensors", *(model / "epochs").iterdir()]:
-        header, _ = inspect_lora_file(path)
+        header, _ = inspect_lora_file(path, Architecture.SMOKE)
         assert header.metadata["modelspec.trigger_phrase"] == "bluebot"
-    epoch_header, _ = inspect_lora_file(model / "epochs/bluebot-000003.safetensors")
+    epoch_header, _ = inspect_lora_file(model / "epochs/bluebot-000003.safetensors", Architecture.SMOKE)
     assert epoch_header.metadata["ss_epoch"] == "3"
     samples = sorted(p.name for p in (model / "samples").iterdir())
     assert [name.split("_")[1] for name in samples] == ["e000001", "e000002", "e000003", "e000004"]
