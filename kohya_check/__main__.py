@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kohya_check.job import (
@@ -55,7 +55,7 @@ SDXL_TEXT_ENCODER_MODULES = 264
 CHECK_CONFIG = """\
 # kohya-check: a few real optimizer steps of the full-size SDXL U-Net on a CPU.
 resolution = "256,256"
-max_train_epochs = 2
+max_train_epochs = 3
 train_batch_size = 1
 network_dim = 4
 network_alpha = 2
@@ -70,6 +70,27 @@ output_name = "{TRIGGER}"
 sample_prompts = ["a photo of {TRIGGER} standing on grass --w 256 --h 256 --s 2"]
 """
 EXIT_STOPPED = 143
+# Two spot interruptions in a row, each right after an epoch's state is saved.
+INTERRUPT_AFTER_EPOCHS = (1, 2)
+
+
+def state_saved(opt_ml: Path, epoch: int) -> Callable[[], bool]:
+    """True once sd-scripts has completely saved the state of `epoch` (the moment a spot stop costs nothing)."""
+
+    def saved() -> bool:
+        state = find_resume_state(opt_ml / "checkpoints")
+        if state is not None and state.epoch >= epoch:
+            log(f"{state.directory.name} is saved: SIGTERM, as on a spot interruption")
+            return True
+        return False
+
+    return saved
+
+
+def rendered_samples(opt_ml: Path) -> list[Path]:
+    """The sample images the job published with the LoRA (the entrypoint copies them from sd-scripts' `sample/`
+    folder to `model/samples/`)."""
+    return sorted((opt_ml / "model" / "samples").glob("*.png"))
 
 
 def resumed_step(lines: Sequence[str]) -> int:
@@ -161,32 +182,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             work / "dataset", config=CHECK_CONFIG, settings=CHECK_SETTINGS, images=2, size=256
         )
         plan = lay_out_opt_ml(dataset, opt_ml, base_model)
-        log("run 1: trains until the first epoch's state is saved, then gets SIGTERM")
-
-        def first_epoch_saved() -> bool:
-            saved = find_resume_state(opt_ml / "checkpoints")
-            if saved is not None and saved.epoch >= 1:
-                log(f"{saved.directory.name} is saved: SIGTERM, as on a spot interruption")
-                return True
-            return False
-
-        first = run_entrypoint(kohya_python, environment, stop_when=first_epoch_saved)
+        runs, resumed_at = [], []
+        for epoch in INTERRUPT_AFTER_EPOCHS:
+            log(f"run {len(runs) + 1}: SIGTERM once the state of epoch {epoch} is saved")
+            stopped = run_entrypoint(kohya_python, environment, stop_when=state_saved(opt_ml, epoch))
+            require(
+                stopped.exit_code == EXIT_STOPPED,
+                f"run {len(runs) + 1} exited {stopped.exit_code}, not {EXIT_STOPPED}",
+            )
+            runs.append(stopped)
+            if len(runs) > 1:
+                resumed_at.append(resumed_step(stopped.lines))
+        log(f"run {len(runs) + 1}: the restarted job resumes from sd-scripts' saved state and finishes")
+        last = run_entrypoint(kohya_python, environment)
+        require(last.exit_code == 0, f"the last run exited {last.exit_code}")
+        runs.append(last)
+        resumed_at.append(resumed_step(last.lines))
+        expected_starts = [epoch * plan.steps_per_epoch for epoch in INTERRUPT_AFTER_EPOCHS]
         require(
-            first.exit_code == EXIT_STOPPED,
-            f"the interrupted run exited {first.exit_code}, not {EXIT_STOPPED}",
+            resumed_at == expected_starts,
+            f"the restarts resumed at steps {resumed_at}; each should start where the saved epoch ended "
+            f"({expected_starts}), so that no epoch is trained twice or skipped",
         )
-        log("run 2: the restarted job resumes from sd-scripts' saved state")
-        second = run_entrypoint(kohya_python, environment)
-        require(second.exit_code == 0, f"the resumed run exited {second.exit_code}")
-        resumed_at = resumed_step(second.lines)
+        progress = steps_done(last.lines)
+        steps = progress.step
+        require(
+            (progress.step, progress.total_steps) == (plan.total_steps, plan.total_steps),
+            f"training ended at step {progress.step}/{progress.total_steps}; the plan said {plan.total_steps}",
+        )
+        epoch = final_state_epoch(opt_ml / "checkpoints", TRIGGER)
+        require(
+            epoch == plan.epochs, f"sd-scripts recorded epoch {epoch} at the end; the plan said {plan.epochs}"
+        )
         archive = pack_model_archive(opt_ml / "model", work / "model.tar.gz")
         result = unpack(archive, args.out.absolute(), TRIGGER)
         modules = check_lora(result)
-        steps = int(result.metadata["ss_steps"])
-        require(
-            steps == plan.total_steps, f"sd-scripts trained {steps} steps; the plan said {plan.total_steps}"
-        )
-        samples = sorted((opt_ml / "model" / "samples").glob("*.png"))
+        samples = rendered_samples(opt_ml)
         require(len(samples) > 0, "sd-scripts rendered no sample image")
         lora = args.out.absolute() / result.name
         check_diffusers_load(Path(sys.executable), base_model, lora, environment)
@@ -194,11 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckFailed, subprocess.CalledProcessError) as failure:
         log(f"FAILED: {failure}")
         return 1
-    peak = max(first.peak_rss_bytes, second.peak_rss_bytes)
+    peak = max(run.peak_rss_bytes for run in runs)
     log(f"peak resident memory of the training processes: {peak / 2**30:.1f} GiB")
     print(
-        f"kohya-check: {modules} modules, {steps} steps, resumed at step {resumed_at}, "
-        f"{len(samples)} samples, {time.monotonic() - started:.0f} s"
+        f"kohya-check: {modules} modules, {steps} steps, resumed at step "
+        f"{', '.join(map(str, resumed_at))}, {len(samples)} samples, {time.monotonic() - started:.0f} s"
     )
     return 0
 

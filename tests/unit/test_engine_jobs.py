@@ -28,10 +28,10 @@ def _benchmark() -> ModuleType:
     return module
 
 
-def test_kohya_check_job_trains_both_text_encoders_for_two_epochs(tmp_path: Path) -> None:
+def test_kohya_check_job_trains_both_text_encoders_for_three_epochs(tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "d", config=CHECK_CONFIG, settings=CHECK_SETTINGS, images=2, size=64)
     plan = lay_out_opt_ml(dataset, tmp_path / "opt-ml", Path("/models/sdxl"))
-    assert (plan.epochs, plan.steps_per_epoch, plan.total_steps) == (2, 2, 4)
+    assert (plan.epochs, plan.steps_per_epoch, plan.total_steps) == (3, 2, 6)
     assert plan.trains_text_encoders
     config = tmp_path / "opt-ml" / "input" / "config"
     hyperparameters = json.loads((config / "hyperparameters.json").read_text())

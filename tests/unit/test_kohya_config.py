@@ -600,7 +600,7 @@ def test_pipeline_sample_interval_wins() -> None:
         "min_timestep = 1200",
         "validation_split = 1.0",
         'face_crop_aug_range = "4.0,2.0"',
-        'caption_extension = "captions/txt"',
+        'caption_extension = "a/b"',
         'save_model_as = "ckpt"',
         'optimizer_args = ["lr"]',
         'optimizer_args = ["d_coef=two"]',
