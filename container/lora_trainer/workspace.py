@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import filecmp
-import json
 import re
 import shutil
 import time
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_pipeline.sample_prompts import with_sdxl_size
+from lora_pipeline.text_formats import loads_json
 
 
 def _is_latent_cache(path: Path) -> bool:
@@ -100,7 +100,7 @@ def read_saved_state(state_dir: Path) -> SavedState | None:
     if not _is_complete(state_dir):
         return None
     try:
-        data = json.loads((state_dir / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
+        data = loads_json((state_dir / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
         return SavedState(state_dir, epoch=int(data["current_epoch"]), step=int(data["current_step"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -168,7 +168,8 @@ def _succeeded(d: TrainingSucceeded, link: DownloadLink | None, results: RunResu
         lines += [
             "",
             "Note: the dataset changed while this run was in progress; this model was trained on the files",
-            "present when the upload settled. Upload again (or add _READY) to train on the new files.",
+            "present when the upload settled. A follow-up run that trains the new files starts now; its own",
+            "emails follow.",
         ]
     lines += ["", f"Use it: A1111/ComfyUI: copy {d.output_name}.safetensors to models/Lora and prompt with"]
     trigger = (
