@@ -180,6 +180,12 @@ def _delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
     return deleted
 
 
+def _delete_published(s3: Any, bucket: str, layout: RunLayout) -> None:
+    """What the unpack step publishes for a run: model/ (LoRA, epochs, samples, manifest) and report.html."""
+    _delete_prefix(s3, bucket, layout.model_prefix)
+    s3.delete_object(Bucket=bucket, Key=layout.report_key)
+
+
 def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable) -> UnpackOutcome:
     """Turn the job's model.tar.gz into the LoRA and its manifest; the spot checkpoints are no longer needed."""
     facts = job_facts(run.training_job, prices)
@@ -220,8 +226,7 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
     )
     if table.run_status(run.dataset, run.run_id) != RUN_RUNNING:
         # Stopped while this ran: the end-of-run function may have cleaned up before these writes.
-        _delete_prefix(s3, run.bucket, layout.model_prefix)
-        s3.delete_object(Bucket=run.bucket, Key=layout.report_key)
+        _delete_published(s3, run.bucket, layout)
         raise RunEndedError(f"run {run.run_id} ended while its model was unpacked; the model was removed")
     _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
     return UnpackOutcome(
@@ -431,7 +436,7 @@ def run_ended(
         if not emitted:
             if cancelled:
                 # Anything unpacked for a run that reports no success goes (the unpack function checks too).
-                _delete_prefix(s3, run.bucket, layout.model_prefix)
+                _delete_published(s3, run.bucket, layout)
             common = {"dataset": run.dataset, "run_id": run.run_id, "bucket": run.bucket, "time": now}
             _emit_once(
                 table,
