@@ -94,6 +94,7 @@ class Hyperparameters:
     trigger_phrase: str | None = None
     """The subsets' class tokens, written into the LoRA as `modelspec.trigger_phrase`."""
     keep_epoch_loras: int = DEFAULT_KEEP_EPOCH_LORAS
+    checkpoint_every_n_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,11 +148,13 @@ def read_hyperparameters(path: Path) -> Hyperparameters:
             f"{path}: output_name = {output_name!r} is not a plain file name. Use a name without slashes "
             "(the LoRA is written as <output_name>.safetensors)."
         )
-    max_steps = raw.get("max_steps")
-    if max_steps is not None and not (max_steps.isdigit() and int(max_steps) > 0):
-        raise ContractError(
-            f"{path}: max_steps = {max_steps!r} is not a positive whole number. Fix or remove it."
-        )
+    counts = {key: raw.get(key) for key in ("max_steps", "checkpoint_every_n_steps")}
+    for key, value in counts.items():
+        if value is not None and not (value.isdigit() and int(value) > 0):
+            raise ContractError(
+                f"{path}: {key} = {value!r} is not a positive whole number. Fix or remove it."
+            )
+    max_steps, checkpoint_every_n_steps = counts.values()
     keep_epoch_loras = raw.get("keep_epoch_loras", str(DEFAULT_KEEP_EPOCH_LORAS))
     if not keep_epoch_loras.isdigit():
         raise ContractError(
@@ -166,6 +169,7 @@ def read_hyperparameters(path: Path) -> Hyperparameters:
         max_steps=int(max_steps) if max_steps else None,
         trigger_phrase=raw.get("trigger_phrase") or None,
         keep_epoch_loras=int(keep_epoch_loras),
+        checkpoint_every_n_steps=int(checkpoint_every_n_steps) if checkpoint_every_n_steps else None,
     )
 
 

@@ -41,13 +41,18 @@ class TrainerOutput:
 
     def __init__(
         self,
-        resumed_step: int,
+        resumed_step: int = 0,
+        total_steps: int | None = None,
         interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         loss_log: Path | None = None,
     ):
+        """`resumed_step`: optimizer steps done before this launch; `total_steps`: the run's planned total, or
+        None to take the bar's own total (right for a run that did not resume); `loss_log`: a JSON-lines file
+        each step's loss is appended to, or None."""
         self.resumed_step = resumed_step
         self.loss_log = loss_log
+        self.total_steps = total_steps
         self.interval = interval
         self.clock = clock
         self.epoch: int | None = None
@@ -71,9 +76,10 @@ class TrainerOutput:
         return [text]
 
     def _from_bar(self, bar: re.Match[str], text: str) -> list[str]:
-        # After --resume with --skip_until_initial_step the bar counts only the remaining steps.
+        # After a resume the bar counts this launch's steps from 0, and its total depends on how sd-scripts
+        # resumed (train_network.py: max_train_steps less the batches still to skip in the resumed epoch).
         step = self.resumed_step + int(bar["n"])
-        total = self.resumed_step + int(bar["total"])
+        total = self.total_steps if self.total_steps is not None else self.resumed_step + int(bar["total"])
         if step == 0 or (self.last_progress is not None and step == self.last_progress.step):
             return []
         now = self.clock()

@@ -164,6 +164,7 @@ class StackLimits:
     min_volume_size_gb: int = 50
     max_runtime_hours: float = 12.0
     use_spot: bool = True
+    checkpoint_interval_minutes: float = 30.0
     base_model_s3_uri: str | None = None
 
 

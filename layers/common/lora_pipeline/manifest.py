@@ -46,6 +46,8 @@ class Manifest(BaseModel):
     samples: list[str] = []
     """The sample images in `model/samples/`."""
     run: RunFacts
+    partial: str | None = None
+    """Set when the run did not finish and this is an epoch's LoRA: `stopped at MaxRuntime after epoch 9 of 10`."""
     unpacked_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property
