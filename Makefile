@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-reject test lint typecheck unit clean image image-local bench-validate template-check \
+.PHONY: venv demo demo-reject test lint typecheck unit clean image image-local bench-validate template-check browser \
 	kohya-venv kohya-check kohya-tests py312-tests fresh-install-check gpu-bench-bundle
 
 venv: $(STAMP)
@@ -35,9 +35,16 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: lint typecheck template-check kohya-venv
+test: lint typecheck template-check browser kohya-venv
 	$(BIN)/pytest -q
 	$(MAKE) py312-tests kohya-tests
+
+# The run report's screenshot test renders report.html in headless chromium (Debian's package), installed here
+# when it is missing (root, or passwordless sudo).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 # The SAM CLI gets its own venv (its pins clash with the main venv's pydantic). `sam validate --lint` runs
 # offline and needs no credentials; cfn-lint from the main venv checks the same template with our pins.

@@ -88,8 +88,9 @@ def state_saved(opt_ml: Path, epoch: int) -> Callable[[], bool]:
 
 
 def rendered_samples(opt_ml: Path) -> list[Path]:
-    """The sample images the job published (the entrypoint copies them from sd-scripts' `sample/` folder)."""
-    return sorted((opt_ml / "output" / "data" / "samples").glob("*.png"))
+    """The sample images the job published with the LoRA (the entrypoint copies them from sd-scripts' `sample/`
+    folder to `model/samples/`)."""
+    return sorted((opt_ml / "model" / "samples").glob("*.png"))
 
 
 def resumed_step(lines: Sequence[str]) -> int:

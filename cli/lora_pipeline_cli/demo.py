@@ -2,7 +2,8 @@
 
 The bundled example is uploaded to the real template's bucket; the real event flow runs (trigger, settle,
 validate, training slot, a SageMaker job executed locally by the training container with the smoke trainer,
-unpack, events, email); the email is printed as SNS sends it and the LoRA is copied to ./out/.
+unpack, events, email); the email is printed as SNS sends it, and the LoRA, its run report and its samples
+are copied to ./out/<example>/.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class DemoResult:
     emails: list[SnsMessage]
     model: Path | None
     manifest: Manifest | None
+    report: Path | None = None
 
 
 def run_demo(example: str, work: Path, out: Path, quiet_period_seconds: int, timeout: float) -> DemoResult:
@@ -79,9 +81,14 @@ def run_demo(example: str, work: Path, out: Path, quiet_period_seconds: int, tim
         if not succeeded:
             timeline.say("done", "no model: the email below says why")
             return DemoResult(emails, None, None)
-        model, manifest = runs.download_model(cli_stack, succeeded[0], out / example)
+        model, manifest = runs.download_model(cli_stack, succeeded[0], out / example, samples=True)
+        report = runs.download_report(cli_stack, succeeded[0], out / example)
         timeline.say("done", f"LoRA copied to {model} ({manifest.size_bytes:,} bytes, sha256 verified)")
-    return DemoResult(emails, model, manifest)
+        timeline.say(
+            "done",
+            f"run report in {report}, {len(manifest.samples)} sample image(s) in {report.parent / 'samples'}",
+        )
+    return DemoResult(emails, model, manifest, report)
 
 
 def print_emails(emails: list[SnsMessage]) -> None:
@@ -110,6 +117,8 @@ def main() -> None:
     print_emails(result.emails)
     if result.model is not None:
         sys.stdout.write(f"\nYour LoRA: {result.model}\n")
+    if result.report is not None:
+        sys.stdout.write(f"Its run report: {result.report}\n")
     # The broken example is meant to be rejected: that is its success.
     sys.exit(0 if (result.model is not None) != (args.example == "broken") else 1)
 

@@ -29,12 +29,16 @@ network_dim = 8
 network_alpha = 4
 max_train_epochs = 2
 learning_rate = 1e-4
+# The pipeline trains only the U-Net by default (cheaper per step); this key trains the text encoders too,
+# at a tenth of learning_rate.
+network_train_unet_only = false
 """
 
 EXAMPLE_SETTINGS = """\
 # Job settings. The smoke trainer proves the whole pipeline on a CPU in minutes; remove the line for real Kohya.
 trainer = "smoke"
 output_name = "bluebot"
+sample_prompts = ["a photo of bluebot, a small blue robot waving on the moon"]
 """
 
 

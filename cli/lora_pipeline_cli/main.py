@@ -224,8 +224,25 @@ def _download(args: argparse.Namespace) -> int:
     stack = _stack(args)
     run = runs.find_run(stack, args.run, succeeded_only=True)
     target = Path(args.output or Path("out") / run.dataset)
-    model, manifest = runs.download_model(stack, run, target)
+    everything = args.all
+    model, manifest = runs.download_model(
+        stack, run, target, epochs=args.epochs or everything, samples=args.samples or everything
+    )
     sys.stdout.write(f"{model} ({manifest.size_bytes:,} bytes, sha256 {manifest.sha256[:12]}…, verified)\n")
+    if args.epochs or everything:
+        sys.stdout.write(f"{len(manifest.epochs)} per-epoch LoRA(s) in {target / 'epochs'} (verified)\n")
+    if args.samples or everything:
+        sys.stdout.write(f"{len(manifest.samples)} sample image(s) in {target / 'samples'}\n")
+    if everything:
+        sys.stdout.write(f"{runs.download_report(stack, run, target)}\n")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    run = runs.find_run(stack, args.run, succeeded_only=True)
+    path = runs.download_report(stack, run, Path(args.output or Path("out") / run.dataset))
+    sys.stdout.write(f"{path} (open it in a browser; it needs nothing else)\n")
     return EXIT_OK
 
 
@@ -365,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     download = command("download", _download, "fetch a run's LoRA and manifest (sha256 checked)")
     download.add_argument("run", help="a dataset (its newest successful run), <dataset>/<run-id> or a run id")
     download.add_argument("-o", "--output", help="folder to write to (default: out/<dataset>)")
+    download.add_argument("--epochs", action="store_true", help="also the per-epoch LoRAs (into epochs/)")
+    download.add_argument("--samples", action="store_true", help="also the sample images (into samples/)")
+    download.add_argument("--all", action="store_true", help="the epochs, the samples and report.html too")
+    report = command("report", _report, "save a run's report.html (loss curve, samples, cost)")
+    report.add_argument("run", help="a dataset (its newest successful run), <dataset>/<run-id> or a run id")
+    report.add_argument("-o", "--output", help="folder to write to (default: out/<dataset>)")
     cancel = command(
         "cancel", _cancel, "stop a run: its training job stops, its slot is freed, you get an email"
     )

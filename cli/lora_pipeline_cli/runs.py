@@ -11,10 +11,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.manifest import Manifest
 from lora_pipeline.runs import TRAINING_LOG_GROUP, job_facts, parse_time, training_job_base_name
-from lora_pipeline.s3_layout import READY_MARKER, RunLayout, dataset_prefix, parse_s3_uri, resume_request_key
+from lora_pipeline.s3_layout import (
+    READY_MARKER,
+    RunLayout,
+    dataset_prefix,
+    parse_s3_uri,
+    resume_request_key,
+    s3_uri,
+)
 from lora_pipeline.salvage import ResumeRequest, has_complete_state
 from lora_pipeline.training_metrics import TrainingProgress, parse_metric_line
 from lora_pipeline_cli.stack import Stack, StackError
@@ -216,28 +224,63 @@ def run_status(stack: Stack, run: RunRecord, prices: InstanceTable) -> RunStatus
     )
 
 
-def download_model(stack: Stack, run: RunRecord, target: Path) -> tuple[Path, Manifest]:
-    """Fetch the run's LoRA and manifest into `target`, checking the sha256 the manifest records."""
+def _download_checked(s3: Any, uri: str, path: Path, sha256: str) -> None:
+    bucket, key = parse_s3_uri(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s3.download_file(bucket, key, str(path))
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        path.unlink()
+        raise StackError(f"{path.name} does not match the sha256 in manifest.json; download it again.")
+
+
+def download_model(
+    stack: Stack, run: RunRecord, target: Path, *, epochs: bool = False, samples: bool = False
+) -> tuple[Path, Manifest]:
+    """Fetch the run's LoRA and manifest into `target`, checking the sha256 the manifest records; with
+    `epochs` the per-epoch LoRAs into `target/epochs/` (checked too), with `samples` the sample images into
+    `target/samples/` (the layout the run report's links expect)."""
     if run.status != SUCCEEDED:
         raise StackError(f"Run {run.dataset}/{run.run_id} is {run.status}: only a succeeded run has a model.")
     s3 = stack.client("s3")
-    manifest_key = RunLayout(run.dataset, run.run_id).manifest_key
+    layout = RunLayout(run.dataset, run.run_id)
     manifest = Manifest.model_validate_json(
-        s3.get_object(Bucket=stack.bucket, Key=manifest_key)["Body"].read()
+        s3.get_object(Bucket=stack.bucket, Key=layout.manifest_key)["Body"].read()
     )
     target.mkdir(parents=True, exist_ok=True)
     model_path = target / manifest.file_name
-    bucket, key = parse_s3_uri(manifest.model_uri)
-    s3.download_file(bucket, key, str(model_path))
-    digest = hashlib.sha256()
-    with model_path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != manifest.sha256:
-        model_path.unlink()
-        raise StackError(f"{model_path.name} does not match the sha256 in manifest.json; download it again.")
+    _download_checked(s3, manifest.model_uri, model_path, manifest.sha256)
+    if epochs:
+        for epoch in manifest.epochs:
+            uri = s3_uri(stack.bucket, layout.epochs_prefix + epoch.name)
+            _download_checked(s3, uri, target / "epochs" / epoch.name, epoch.sha256)
+    if samples and manifest.samples:
+        (target / "samples").mkdir(exist_ok=True)
+        for name in manifest.samples:
+            s3.download_file(stack.bucket, layout.samples_prefix + name, str(target / "samples" / name))
     (target / "manifest.json").write_bytes(manifest.to_json())
     return model_path, manifest
+
+
+def download_report(stack: Stack, run: RunRecord, target: Path) -> Path:
+    """Save the run's report.html into `target`."""
+    key = RunLayout(run.dataset, run.run_id).report_key
+    try:
+        page = stack.client("s3").get_object(Bucket=stack.bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            raise StackError(
+                f"Run {run.dataset}/{run.run_id} has no report ({key}): the unpack step writes it when a run "
+                "succeeds; runs from before the report existed have none."
+            ) from None
+        raise
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / "report.html"
+    path.write_bytes(page)
+    return path
 
 
 CONFIRM_COMMAND = (

@@ -23,6 +23,7 @@ from types import FrameType
 import lora_pipeline
 import lora_trainer
 from lora_pipeline.safetensors_lora import Architecture, LoraFormatError, inspect_lora_file
+from lora_pipeline.training_metrics import LOSS_LOG_NAME
 from lora_trainer.kohya_command import (
     KohyaRun,
     base_model_for,
@@ -90,8 +91,11 @@ def _child_environment(inputs: JobInputs, threads: int, environ: Mapping[str, st
 def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) -> Launch:
     """Prepare the scratch files and the trainer command; nothing runs yet."""
     scratch = opt_ml.scratch_dir
-    copied = copy_dataset(inputs.dataset_dir, scratch / "dataset")
-    log(f"copied {copied} dataset files to {scratch / 'dataset'} (latent caches left behind)")
+    dataset = opt_ml.dataset_copy_dir
+    copied = copy_dataset(inputs.dataset_dir, dataset)
+    log(
+        f"copied {copied} new or changed dataset files to {dataset} (the dataset's own latent caches left behind)"
+    )
     config = read_kohya_config(inputs.kohya_config_file)
     config_file = write_training_config(
         config, scratch / "kohya.toml", inputs.hyperparameters.checkpoint_every_n_steps
@@ -119,9 +123,13 @@ def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) ->
     processes = max(1, gpus)
     threads = max(1, (os.cpu_count() or 1) // processes)
     if hyperparameters.trainer == "smoke":
-        optional = {"--max_train_steps": hyperparameters.max_steps, "--sample_prompts": prompts}
+        optional = {
+            "--max_train_steps": hyperparameters.max_steps,
+            "--sample_prompts": prompts,
+            "--metadata_trigger_phrase": hyperparameters.trigger_phrase,
+        }
         command = [sys.executable, "-m", "lora_trainer.smoke_trainer", "--config_file", str(config_file)]
-        command += ["--train_data_dir", str(scratch / "dataset"), "--output_dir", str(opt_ml.checkpoints_dir)]
+        command += ["--train_data_dir", str(dataset), "--output_dir", str(opt_ml.checkpoints_dir)]
         command += ["--output_name", hyperparameters.output_name]
         command += [str(token) for option, value in optional.items() if value for token in (option, value)]
         command += resume.trainer_arguments() if resume else []
@@ -130,7 +138,7 @@ def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) ->
             log("WARNING: no GPU found; sd-scripts will train on the CPU, which takes days for SDXL")
         run = KohyaRun(
             sd_scripts_dir=SD_SCRIPTS_DIR,
-            train_data_dir=scratch / "dataset",
+            train_data_dir=dataset,
             output_dir=opt_ml.checkpoints_dir,
             output_name=hyperparameters.output_name,
             logging_dir=opt_ml.logs_dir,
@@ -140,6 +148,7 @@ def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) ->
             resume=resume,
             num_processes=processes,
             cpu_threads_per_process=threads,
+            trigger_phrase=hyperparameters.trigger_phrase,
         )
         command = build_kohya_command(config_file, config, run)
     return Launch(command, _child_environment(inputs, threads, environ), resume)
@@ -256,15 +265,43 @@ def write_failure(opt_ml: OptMl, reason: str) -> None:
     log(f"FAILED: {reason}")
 
 
-def copy_samples(opt_ml: OptMl) -> int:
-    source = opt_ml.checkpoints_dir / "sample"
-    if not source.is_dir():
-        return 0
-    opt_ml.samples_dir.mkdir(parents=True, exist_ok=True)
-    images = [p for p in source.iterdir() if p.is_file()]
-    for image in images:
-        shutil.copyfile(image, opt_ml.samples_dir / image.name)
-    return len(images)
+def _epoch_of(path: Path, output_name: str) -> int | None:
+    match = re.fullmatch(rf"{re.escape(output_name)}-(\d{{6}})\.safetensors", path.name)
+    return int(match[1]) if match else None
+
+
+def publish_extras(opt_ml: OptMl, output_name: str, keep_epoch_loras: int) -> list[str]:
+    """Copy what comes with the final LoRA into `model/`: the newest `keep_epoch_loras` per-epoch LoRAs
+    (sd-scripts' `<output_name>-<epoch:06d>.safetensors`, train_util.get_epoch_ckpt_name) to `model/epochs/`,
+    and the sample images (`<output_dir>/sample/`) to `model/samples/`. Returns what was copied, for the log."""
+    checkpoints = opt_ml.checkpoints_dir
+    epochs = sorted(
+        (epoch, path) for path in checkpoints.glob("*.safetensors") if (epoch := _epoch_of(path, output_name))
+    )
+    wanted = [path for _, path in epochs[-keep_epoch_loras:]] if keep_epoch_loras else []
+    epochs_dir = opt_ml.model_dir / "epochs"
+    shutil.rmtree(epochs_dir, ignore_errors=True)  # from an earlier attempt of this job
+    if wanted:
+        epochs_dir.mkdir(parents=True)
+    copied = []
+    for path in wanted:
+        shutil.copyfile(path, epochs_dir / path.name)
+        copied.append(f"epochs/{path.name}")
+    sample_dir = checkpoints / "sample"
+    images = sorted(p for p in sample_dir.iterdir() if p.is_file()) if sample_dir.is_dir() else []
+    if images:
+        opt_ml.samples_dir.mkdir(parents=True, exist_ok=True)
+        for image in images:
+            shutil.copyfile(image, opt_ml.samples_dir / image.name)
+        copied.append(f"{len(images)} sample image(s)")
+    return copied
+
+
+def copy_loss_log(opt_ml: OptMl) -> None:
+    """The per-step loss, kept in checkpoints/ across spot restarts, goes to output.tar.gz for the run report."""
+    loss_log = opt_ml.checkpoints_dir / LOSS_LOG_NAME
+    if loss_log.is_file():
+        shutil.copyfile(loss_log, opt_ml.output_data_dir / LOSS_LOG_NAME)
 
 
 def publish_model(opt_ml: OptMl, output_name: str, tail: list[str], architecture: Architecture) -> str | None:
@@ -322,7 +359,8 @@ def _train(opt_ml: OptMl, environ: Mapping[str, str]) -> int:
         log(
             f"an earlier attempt of this job already wrote {finished.name}: published it without training again"
         )
-        copy_samples(opt_ml)
+        publish_extras(opt_ml, hyperparameters.output_name, hyperparameters.keep_epoch_loras)
+        copy_loss_log(opt_ml)
         return EXIT_OK
     launch = plan_launch(opt_ml, inputs, environ)
     log(
@@ -333,11 +371,10 @@ def _train(opt_ml: OptMl, environ: Mapping[str, str]) -> int:
     output = TrainerOutput(
         resumed_step=resumed.completed_steps if resumed else 0,
         total_steps=resumed.total_steps if resumed else None,
+        loss_log=opt_ml.checkpoints_dir / LOSS_LOG_NAME,
     )
     exit_code = _Supervisor(opt_ml.checkpoints_dir, hyperparameters.output_name).run(launch, output)
-    samples = copy_samples(opt_ml)
-    if samples:
-        log(f"copied {samples} sample image(s) to {opt_ml.samples_dir}")
+    copy_loss_log(opt_ml)
     if exit_code is None:
         saved = find_resume_state(opt_ml.checkpoints_dir, hyperparameters.output_name)
         where = f"from {saved.state.directory.name}" if saved else "from the start (no state was saved)"
@@ -358,6 +395,9 @@ def _train(opt_ml: OptMl, environ: Mapping[str, str]) -> int:
         write_failure(opt_ml, reason)
         _log_salvage(opt_ml, hyperparameters.output_name)
         return EXIT_FAILED
+    published = publish_extras(opt_ml, hyperparameters.output_name, hyperparameters.keep_epoch_loras)
+    if published:
+        log(f"published with the LoRA: {', '.join(published)}")
     return EXIT_OK
 
 

@@ -66,6 +66,7 @@ class KohyaRun:
     resume: ResumePoint | None
     num_processes: int
     cpu_threads_per_process: int
+    trigger_phrase: str | None = None
 
 
 def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,4 +171,7 @@ def build_kohya_command(config_file: Path, config: Mapping[str, Any], run: Kohya
             arguments += ["--sample_every_n_epochs", "1"]
     if run.resume is not None:
         arguments += run.resume.trainer_arguments()
+    if run.trigger_phrase and not config.get("metadata_trigger_phrase"):
+        # library/sai_model_spec.py add_model_spec_arguments: saved as modelspec.trigger_phrase in every LoRA.
+        arguments += ["--metadata_trigger_phrase", run.trigger_phrase]
     return launcher + arguments

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS
 from lora_pipeline.text_formats import loads_json
 
 TrainerName = Literal["kohya", "smoke"]
@@ -63,7 +64,8 @@ class OptMl:
 
     @property
     def samples_dir(self) -> Path:
-        return self.output_data_dir / "samples"
+        """Sample images are published with the LoRA (model.tar.gz -> runs/<dataset>/<run>/model/samples/)."""
+        return self.model_dir / "samples"
 
     @property
     def logs_dir(self) -> Path:
@@ -71,8 +73,14 @@ class OptMl:
 
     @property
     def scratch_dir(self) -> Path:
-        """Local working space on the training volume: the dataset copy and its latent caches."""
+        """Local working space on the training volume: the files the trainer reads besides the dataset."""
         return self.root / "scratch"
+
+    @property
+    def dataset_copy_dir(self) -> Path:
+        """The dataset the trainer reads, inside `checkpoints/` so that the latent caches sd-scripts writes
+        next to the images are restored after a spot restart instead of being encoded again."""
+        return self.checkpoints_dir / "dataset"
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,9 @@ class Hyperparameters:
     run_id: str
     base_model: str | None = None
     max_steps: int | None = None
+    trigger_phrase: str | None = None
+    """The subsets' class tokens, written into the LoRA as `modelspec.trigger_phrase`."""
+    keep_epoch_loras: int = DEFAULT_KEEP_EPOCH_LORAS
     checkpoint_every_n_steps: int | None = None
 
 
@@ -144,6 +155,11 @@ def read_hyperparameters(path: Path) -> Hyperparameters:
                 f"{path}: {key} = {value!r} is not a positive whole number. Fix or remove it."
             )
     max_steps, checkpoint_every_n_steps = counts.values()
+    keep_epoch_loras = raw.get("keep_epoch_loras", str(DEFAULT_KEEP_EPOCH_LORAS))
+    if not keep_epoch_loras.isdigit():
+        raise ContractError(
+            f"{path}: keep_epoch_loras = {keep_epoch_loras!r} is not a whole number (0 or more). Fix or remove it."
+        )
     return Hyperparameters(
         trainer=trainer,
         output_name=output_name,
@@ -151,6 +167,8 @@ def read_hyperparameters(path: Path) -> Hyperparameters:
         run_id=raw["run_id"],
         base_model=raw.get("base_model") or None,
         max_steps=int(max_steps) if max_steps else None,
+        trigger_phrase=raw.get("trigger_phrase") or None,
+        keep_epoch_loras=int(keep_epoch_loras),
         checkpoint_every_n_steps=int(checkpoint_every_n_steps) if checkpoint_every_n_steps else None,
     )
 

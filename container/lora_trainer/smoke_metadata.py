@@ -83,4 +83,6 @@ def metadata_for(
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(finished)),
         "modelspec.description": SMOKE_COMMENT,
     }
+    if args.metadata_trigger_phrase:
+        metadata["modelspec.trigger_phrase"] = args.metadata_trigger_phrase
     return metadata

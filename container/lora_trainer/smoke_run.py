@@ -75,6 +75,8 @@ class SmokeRun:
         self.total_steps = args.max_train_steps or SMOKE_TRAINING_STEPS
         self.items = [image for image in images for _ in range(image.repeats)]
         self.steps_per_epoch = math.ceil(len(self.items) / self.batch_size)
+        self.sample_every_n_epochs = int(config.get("sample_every_n_epochs") or 1)
+        self.started_at = time.time()
         with tempfile.TemporaryDirectory() as tokenizer_dir:
             self.model = build_tiny_sdxl(self.seed, Path(tokenizer_dir), [image.caption for image in images])
         self.noise_scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
@@ -162,11 +164,17 @@ class SmokeRun:
             skip_until_initial_step=self.args.skip_until_initial_step,
         )
 
+    def _epoch_end(self, epoch: int, final: bool) -> None:
+        """sd-scripts' samples at the end of an epoch (train_network.py, `sample_images` after the epoch loop;
+        train_util.sample_images_common skips epochs off `sample_every_n_epochs`); the last epoch always samples.
+        The epoch's LoRA and state come from the schedule's epoch `Save`, made from these same weights."""
+        if self.args.sample_prompts is not None and (final or epoch % self.sample_every_n_epochs == 0):
+            self._render_samples(epoch)
+
     def train(self, stop: Callable[[], bool]) -> int:
         """Train as sd-scripts' loop runs (lora_trainer.sd_scripts_schedule), saving and resuming as it does."""
         # The model is so small that thread hand-offs cost more than they save, badly so on a busy CPU.
         torch.set_num_threads(1)
-        started_at = time.time()
         parameters = self._add_lora()
         latents = self._latents()
         optimizer = torch.optim.AdamW(parameters, lr=self.learning_rate)
@@ -227,19 +235,19 @@ class SmokeRun:
                     ),
                     flush=True,
                 )
+                if event.step_in_epoch == steps_per_epoch or event.global_step >= engine.max_train_steps:
+                    self._epoch_end(event.epoch, final=event.epoch == engine.num_train_epochs)
             elif isinstance(event, Save):
                 recorded.update(current_epoch=event.current_epoch, current_step=event.current_step)
-                self._save(accelerator, event, started_at)
+                self._save(accelerator, event)
             else:
-                self._save_lora(event.model_file, event.epoch, event.global_step, started_at)
-        if self.args.sample_prompts is not None:
-            self._render_samples()
+                self._save_lora(event.model_file, event.epoch, event.global_step)
         return 0
 
-    def _save(self, accelerator: Accelerator, save: Save, started_at: float) -> None:
+    def _save(self, accelerator: Accelerator, save: Save) -> None:
         output_dir: Path = self.args.output_dir
         if save.model_file is not None:
-            self._save_lora(save.model_file, save.current_epoch, save.global_step, started_at)
+            self._save_lora(save.model_file, save.current_epoch, save.global_step)
         print(
             f"saving state at epoch {save.current_epoch} step {save.current_step}: {save.state_dir}",
             flush=True,
@@ -251,7 +259,7 @@ class SmokeRun:
             if (output_dir / name).is_dir():
                 shutil.rmtree(output_dir / name)
 
-    def _save_lora(self, file_name: str, epoch: int, steps: int, started_at: float) -> None:
+    def _save_lora(self, file_name: str, epoch: int, steps: int) -> None:
         dtype = getattr(torch, SAVE_DTYPES.get(str(self.config.get("save_precision", "float")), "float32"))
         layers = int(UNET_CONFIG["layers_per_block"])
         weights = kohya_state_dict(peft_lora_weights(self.model.unet), "unet", self.alpha, layers, dtype)
@@ -268,7 +276,7 @@ class SmokeRun:
             epoch=epoch,
             total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch,
-            started_at=started_at,
+            started_at=self.started_at,
             unet_only=self.unet_only,
         )
         self.args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +284,7 @@ class SmokeRun:
         save_file(weights, str(path), metadata=metadata)
         print(f"saving checkpoint: {path}", flush=True)
 
-    def _render_samples(self) -> None:
+    def _render_samples(self, epoch: int) -> None:
         prompts = [
             _PROMPT_OPTION.sub("", line).strip()
             for line in self.args.sample_prompts.read_text(encoding="utf-8").splitlines()
@@ -286,10 +294,12 @@ class SmokeRun:
         pipeline.set_progress_bar_config(disable=True)
         sample_dir = self.args.output_dir / "sample"
         sample_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d%H%M%S", time.localtime())
         for index, prompt in enumerate(prompts):
             generator = torch.Generator().manual_seed(self.seed + index)
             image = pipeline(
                 prompt, num_inference_steps=2, height=IMAGE_SIZE, width=IMAGE_SIZE, generator=generator
             ).images[0]
-            image.save(sample_dir / f"{self.args.output_name}_{self.total_steps:06d}_{index:02d}.png")
-        print(f"{len(prompts)} sample image(s) written to {sample_dir}", flush=True)
+            # train_util.sample_image_inference's name for an epoch's sample.
+            image.save(sample_dir / f"{self.args.output_name}_e{epoch:06d}_{index:02d}_{stamp}.png")
+        print(f"epoch {epoch}: {len(prompts)} sample image(s) written to {sample_dir}", flush=True)

@@ -3,8 +3,10 @@
 It takes the same options as sd-scripts for what the entrypoint decides (config file, data, output, resume,
 sample prompts) and honours the same contract: the dataset rules of sd-scripts (including "No data found" and
 exit 0 when no subset folder is usable), `<output_name>-<NNNNNN>-state` / `<output_name>-step<NNNNNNNN>-state`
-directories written by `accelerate` with `train_state.json`, resume with the step count kept, samples in
-`<output_dir>/sample/`, and a Kohya-format `<output_name>.safetensors` with sd-scripts' metadata. The result
+directories written by `accelerate` with `train_state.json`, resume with the step count kept, per-epoch LoRAs `<output_name>-<NNNNNN>.safetensors`
+(`save_every_n_epochs`) and samples `<output_dir>/sample/<output_name>_e<NNNNNN>_<NN>_<time>.png`
+(`sample_every_n_epochs`) at the end of each epoch, and a Kohya-format `<output_name>.safetensors` with
+sd-scripts' metadata. The result
 proves the pipeline, not a style: the base model is random.
 """
 
@@ -69,6 +71,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--initial_step", type=int, default=None)
     parser.add_argument("--skip_until_initial_step", action="store_true")
     parser.add_argument("--sample_prompts", type=Path, default=None)
+    parser.add_argument("--metadata_trigger_phrase", default=None)
     return parser.parse_args(argv)
 
 

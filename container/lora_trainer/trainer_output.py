@@ -3,14 +3,18 @@
 sd-scripts draws a tqdm bar (`steps:  12%|#   | 120/1000 [02:00<14:40, 1.00s/it, avr_loss=0.0831]`) redrawn with
 carriage returns; CloudWatch would keep every redraw. The bar becomes a `lora-metrics` line at most every
 `interval` seconds (and at the last step). The smoke trainer prints metric lines itself; they pass through.
+Every step's loss (each redraw, not only the printed ones) is appended to the loss log, one JSON object a line
+(`{"step": 12, "epoch": 1, "loss": 0.083}`), which the run report plots.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from lora_pipeline.training_metrics import TrainingProgress, format_metric_line, parse_metric_line
 
@@ -41,10 +45,13 @@ class TrainerOutput:
         total_steps: int | None = None,
         interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        loss_log: Path | None = None,
     ):
         """`resumed_step`: optimizer steps done before this launch; `total_steps`: the run's planned total, or
-        None to take the bar's own total (right for a run that did not resume)."""
+        None to take the bar's own total (right for a run that did not resume); `loss_log`: a JSON-lines file
+        each step's loss is appended to, or None."""
         self.resumed_step = resumed_step
+        self.loss_log = loss_log
         self.total_steps = total_steps
         self.interval = interval
         self.clock = clock
@@ -58,6 +65,7 @@ class TrainerOutput:
         if not text:
             return []
         if (progress := parse_metric_line(text)) is not None:
+            self._log_loss(progress)
             self.last_progress = progress
             return [text]
         if (bar := _BAR.search(text)) is not None:
@@ -87,7 +95,15 @@ class TrainerOutput:
             sec_per_step=sec_per_step,
             eta_seconds=_seconds(bar["remaining"]),
         )
+        self._log_loss(self.last_progress)
         if not due:
             return []
         self._last_emitted_at = now
         return [format_metric_line(self.last_progress)]
+
+    def _log_loss(self, progress: TrainingProgress) -> None:
+        if self.loss_log is None or progress.loss is None:
+            return
+        record = {"step": progress.step, "epoch": progress.epoch, "loss": progress.loss}
+        with self.loss_log.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")

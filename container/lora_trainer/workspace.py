@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import filecmp
 import math
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -14,24 +16,51 @@ from lora_pipeline.sample_prompts import with_sdxl_size
 from lora_pipeline.text_formats import loads_json
 
 
-def copy_dataset(source: Path, destination: Path) -> int:
-    """Copy the dataset's subset folders to local scratch and return how many files were copied.
+def _is_latent_cache(path: Path) -> bool:
+    return path.suffix.lower() == ".npz"
 
-    Latent caches (`.npz`) are left behind: a stale cache from an earlier run would be trained on instead of
-    the images. Files in the dataset root (config.toml, pipeline.toml, _READY) are not training data.
+
+def _caches_of(image_or_caption: Path) -> list[Path]:
+    """sd-scripts' caches next to a training file: `<stem>.npz`, `<stem>_<W>x<H>_sdxl.npz` (latents,
+    library/strategy_sd.py SdSdxlLatentsCachingStrategy.get_latents_npz_path) and `<stem>_te_outputs.npz`
+    (text encoder outputs, library/strategy_sdxl.py get_outputs_npz_path)."""
+    pattern = re.compile(rf"{re.escape(image_or_caption.stem)}(_\d+x\d+_sdxl|_te_outputs)?\.npz")
+    return [p for p in image_or_caption.parent.glob("*.npz") if pattern.fullmatch(p.name)]
+
+
+def copy_dataset(source: Path, destination: Path) -> int:
+    """Make `destination` hold the dataset's subset folders; returns how many files were (re)copied.
+
+    `destination` lives under the checkpoints folder, so the latent caches sd-scripts writes next to the
+    images (`cache_latents_to_disk`) come back after a spot restart: a file already there with the same
+    bytes is kept with its caches; a changed or new file is copied and its caches removed; anything else
+    in `destination` goes. Latent caches in the *source* are never copied: one from an earlier run (or
+    another tool) would be trained on instead of the image. Files in the dataset root (config.toml,
+    pipeline.toml, _READY) are not training data.
     """
-    if destination.exists():
-        shutil.rmtree(destination)
-    destination.mkdir(parents=True)
+    destination.mkdir(parents=True, exist_ok=True)
+    wanted: set[Path] = set()
     copied = 0
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
         for file in sorted(folder.rglob("*")):
-            if not file.is_file() or file.suffix.lower() == ".npz":
+            if not file.is_file() or _is_latent_cache(file):
                 continue
             target = destination / file.relative_to(source)
+            wanted.add(target)
+            if target.is_file() and filecmp.cmp(file, target, shallow=False):
+                continue
+            for cache in _caches_of(target):
+                cache.unlink()
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(file, target)
             copied += 1
+    kept_caches = {cache for target in wanted for cache in _caches_of(target)}
+    for path in sorted(destination.rglob("*"), reverse=True):
+        if path.is_dir():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path not in wanted and path not in kept_caches:
+            path.unlink()
     return copied
 
 

@@ -33,6 +33,16 @@ def test_bluebot_demo_trains_and_emails_the_lora(tmp_path: Path) -> None:
     assert header.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
     assert (tmp_path / "out" / "bluebot" / "manifest.json").is_file()
 
+    # What training made is published and named: trigger words in the LoRA and the email, the samples and
+    # the run report next to the LoRA.
+    assert header.metadata["modelspec.trigger_phrase"] == "bluebot"
+    assert "Trigger words: bluebot" in ready and "Run report" in ready
+    assert result.report == tmp_path / "out" / "bluebot" / "report.html"
+    page = result.report.read_text()
+    assert '<polyline id="loss-line"' in page and "data:image/png;base64," in page
+    samples = sorted((tmp_path / "out" / "bluebot" / "samples").iterdir())
+    assert samples and [p.name for p in samples] == sorted(result.manifest.samples)
+
 
 def test_broken_demo_is_rejected_with_every_fix_and_no_training(tmp_path: Path) -> None:
     result = run_demo("broken", tmp_path / "work", tmp_path / "out", quiet_period_seconds=2, timeout=300)

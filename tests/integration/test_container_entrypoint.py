@@ -41,8 +41,12 @@ def test_smoke_job_publishes_a_kohya_lora_with_metrics_and_samples(tmp_path: Pat
         key.startswith("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q") for key in header.tensors
     )
     assert _metric_steps(result.stdout) == [1, 2, 3]
-    assert [p.suffix for p in (opt_ml / "output/data/samples").iterdir()] == [".png"]
-    assert not list((opt_ml / "scratch").rglob("*.npz")), "stale latent caches must not be trained on"
+    # Samples are published with the LoRA (model.tar.gz), no longer only in output.tar.gz.
+    assert [p.suffix for p in (opt_ml / "model/samples").iterdir()] == [".png"]
+    # The dataset copy the trainer reads now lives under checkpoints/ (its latent caches survive a restart).
+    assert not list((opt_ml / "checkpoints/dataset").rglob("*.npz")), (
+        "stale latent caches must not be trained on"
+    )
 
 
 def test_dataset_without_subset_folders_fails_with_an_actionable_reason(tmp_path: Path) -> None:
@@ -142,6 +146,38 @@ def test_restart_after_the_final_save_publishes_without_training_again(tmp_path:
     assert (opt_ml / "model/bluebot.safetensors").read_bytes() == (
         opt_ml / "checkpoints/bluebot.safetensors"
     ).read_bytes()
+
+
+@pytest.mark.slow
+def test_smoke_job_publishes_the_last_epoch_loras_samples_of_each_epoch_and_the_loss_log(
+    tmp_path: Path,
+) -> None:
+    # Two images, one repeat, batch 2: one step per epoch, so 4 steps are 4 epochs (save_every_n_epochs = 1
+    # is the pipeline's spot-safe default): epoch LoRAs 1..3, the final LoRA, samples after every epoch.
+    opt_ml = make_opt_ml(tmp_path, prompts="a bluebot\n", max_steps=4, subsets={"1_bluebot": 2})
+    hyperparameters_file = opt_ml / "input/config/hyperparameters.json"
+    hyperparameters = json.loads(hyperparameters_file.read_text())
+    hyperparameters |= {"trigger_phrase": "bluebot", "keep_epoch_loras": "2"}
+    hyperparameters_file.write_text(json.dumps(hyperparameters))
+
+    result = run_entrypoint(opt_ml)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    model = opt_ml / "model"
+    assert sorted(p.name for p in (model / "epochs").iterdir()) == [
+        "bluebot-000002.safetensors",
+        "bluebot-000003.safetensors",
+    ], "the newest keep_epoch_loras epochs; the final epoch is bluebot.safetensors itself"
+    for path in [model / "bluebot.safetensors", *(model / "epochs").iterdir()]:
+        header, _ = inspect_lora_file(path, Architecture.SMOKE)
+        assert header.metadata["modelspec.trigger_phrase"] == "bluebot"
+    epoch_header, _ = inspect_lora_file(model / "epochs/bluebot-000003.safetensors", Architecture.SMOKE)
+    assert epoch_header.metadata["ss_epoch"] == "3"
+    samples = sorted(p.name for p in (model / "samples").iterdir())
+    assert [name.split("_")[1] for name in samples] == ["e000001", "e000002", "e000003", "e000004"]
+    loss_log = opt_ml / "output/data/training_loss.jsonl"  # output.tar.gz; the run report plots it
+    steps = [json.loads(line)["step"] for line in loss_log.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
 
 
 def _interrupt_when(opt_ml: Path, step: int) -> tuple[int, str]:

@@ -42,7 +42,8 @@ def test_kohya_job_runs_sd_scripts_through_accelerate_with_forced_paths(tmp_path
     call = json.loads((sd_scripts / "call.json").read_text())
     options = call["options"]
     assert options["pretrained_model_name_or_path"] == str(base_model)
-    assert options["train_data_dir"] == str(opt_ml / "scratch/dataset")
+    # Under checkpoints/: the latent caches sd-scripts writes next to the images survive a spot restart.
+    assert options["train_data_dir"] == str(opt_ml / "checkpoints/dataset")
     assert options["output_dir"] == str(opt_ml / "checkpoints")
     assert options["tokenizer_cache_dir"] is not None and "sdpa" in options and "save_state" in options
     assert options["sample_every_n_epochs"] == "1" and "resume" not in options
@@ -57,4 +58,5 @@ def test_kohya_job_runs_sd_scripts_through_accelerate_with_forced_paths(tmp_path
     assert (opt_ml / "model/bluebot.safetensors").read_bytes() == (
         sd_scripts / "lora.safetensors"
     ).read_bytes()
-    assert (opt_ml / "output/data/samples/bluebot_000001_00.png").exists()
+    # Published with the LoRA (model.tar.gz), no longer only in output.tar.gz.
+    assert (opt_ml / "model/samples/bluebot_000001_00.png").exists()

@@ -157,6 +157,8 @@ def test_a_cancel_while_unpacking_leaves_no_model(tmp_path: Path, monkeypatch: p
         layout = RunLayout("bluebot", execution.input["run_id"])
         listed = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=layout.model_prefix)
         assert listed.get("KeyCount", 0) == 0
+        reports = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=layout.report_key)
+        assert reports.get("KeyCount", 0) == 0, "no run report for a cancelled run"
         assert last_events(stack) == [("Training Cancelled", execution.input["run_id"])]
         assert "LoRA ready: bluebot" not in subjects(stack)
 

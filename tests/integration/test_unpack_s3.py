@@ -45,9 +45,10 @@ def model_keys(s3) -> list[str]:
 
 
 def run_unpack(s3, client=None, part_bytes=MIN_PART_BYTES) -> Manifest:
-    return unpack_model(
+    manifest, _ = unpack_model(
         client or s3, BUCKET, ARCHIVE_KEY, LAYOUT.model_prefix, "bluebot", FACTS, part_bytes=part_bytes
     )
+    return manifest
 
 
 def test_archive_in_s3_becomes_the_lora_and_its_manifest_by_multipart_upload(s3):
@@ -186,7 +187,7 @@ def test_the_architecture_of_the_runs_trainer_decides_the_widths(s3):
     with pytest.raises(ModelArchiveError, match="do not fit SDXL's layer"):
         run_unpack(s3)
     assert model_keys(s3) == []
-    manifest = unpack_model(
+    manifest, _ = unpack_model(
         s3, BUCKET, ARCHIVE_KEY, LAYOUT.model_prefix, "bluebot", FACTS, architecture=Architecture.SMOKE
     )
     assert manifest.lora.unet_modules == 1 and manifest.lora.te2_modules == 1

@@ -191,6 +191,38 @@ def test_paths_outside_attention_blocks_are_refused() -> None:
         original_unet_path("down_blocks.0.resnets.0.conv1", layers_per_block=2)
 
 
+def test_dataset_copy_keeps_the_latent_caches_of_unchanged_images_across_a_restart(tmp_path: Path) -> None:
+    """The copy lives under checkpoints/: after a spot restart it is back with sd-scripts' .npz files
+    (library/strategy_sd.py / strategy_sdxl.py names), which stay only while their image is the same."""
+    source = tmp_path / "train"
+    (source / "10_bluebot").mkdir(parents=True)
+    for name in ("a", "b", "ab"):
+        (source / "10_bluebot" / f"{name}.png").write_bytes(f"png {name}".encode())
+    destination = tmp_path / "checkpoints" / "dataset"
+    assert copy_dataset(source, destination) == 3
+    subset = destination / "10_bluebot"
+    caches = {
+        "a": ["a_1024x1024_sdxl.npz", "a_te_outputs.npz"],
+        "b": ["b_0832x1216_sdxl.npz"],
+        "ab": ["ab_1024x1024_sdxl.npz"],
+    }
+    for names in caches.values():
+        for name in names:
+            (subset / name).write_bytes(b"latents")
+    (source / "10_bluebot" / "b.png").write_bytes(b"png b, edited")  # changed while the job was down
+    (source / "10_bluebot" / "ab.png").unlink()  # removed
+
+    assert copy_dataset(source, destination) == 1, "only the changed image is copied again"
+
+    assert sorted(p.name for p in subset.iterdir()) == [
+        "a.png",
+        "a_1024x1024_sdxl.npz",
+        "a_te_outputs.npz",
+        "b.png",
+    ]
+    assert (subset / "b.png").read_bytes() == b"png b, edited"
+
+
 def test_the_plans_checkpoint_interval_reaches_the_container(tmp_path: Path) -> None:
     job = JobSettings(
         instance_type="ml.g5.2xlarge",

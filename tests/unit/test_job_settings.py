@@ -1,7 +1,13 @@
 import pytest
 
 from lora_pipeline.instances import load_instance_table
-from lora_pipeline.job_settings import SDXL_BASE_MODEL, SMOKE_INSTANCE_TYPE, StackLimits, read_job_settings
+from lora_pipeline.job_settings import (
+    DEFAULT_KEEP_EPOCH_LORAS,
+    SDXL_BASE_MODEL,
+    SMOKE_INSTANCE_TYPE,
+    StackLimits,
+    read_job_settings,
+)
 
 TABLE = load_instance_table()
 LIMITS = StackLimits()
@@ -151,3 +157,14 @@ def test_sample_interval_without_prompts_warns():
     job, problems = read("sample_every_n_epochs = 3\n")
     assert codes(problems) == ["JOB_SAMPLES_WITHOUT_PROMPTS"]
     assert job.sample_every_n_epochs is None
+
+
+def test_keep_epoch_loras_has_a_small_default_and_must_be_a_count():
+    job, problems = read(None)
+    assert job.keep_epoch_loras == DEFAULT_KEEP_EPOCH_LORAS and 0 < DEFAULT_KEEP_EPOCH_LORAS <= 5
+    job, problems = read("keep_epoch_loras = 0\n")
+    assert problems == [] and job.keep_epoch_loras == 0
+    for line in ("keep_epoch_loras = -1", 'keep_epoch_loras = "2"', "keep_epoch_loras = true"):
+        job, problems = read(line + "\n")
+        assert codes(problems) == ["JOB_BAD_VALUE"], line
+        assert job.keep_epoch_loras == DEFAULT_KEEP_EPOCH_LORAS

@@ -104,7 +104,10 @@ def test_every_option_exists_in_sd_scripts_and_gets_the_right_number_of_values(
     tmp_path: Path, config: dict[str, object]
 ) -> None:
     run = _run(
-        tmp_path, sample_prompts=tmp_path / "prompts.txt", resume=_mid_epoch(tmp_path / "checkpoints/x-state")
+        tmp_path,
+        sample_prompts=tmp_path / "prompts.txt",
+        resume=_mid_epoch(tmp_path / "checkpoints/x-state"),
+        trigger_phrase="bluebot, bluebot night",
     )
     options = _options(_script_arguments(build_kohya_command(tmp_path / "effective.toml", config, run)))
     for name, values in options.items():
@@ -245,3 +248,15 @@ def test_base_model_precedence(tmp_path: Path) -> None:
     assert base_model_for(config, None, "from/job") == "from/job"
     assert base_model_for(config, None, None) == "from/config"
     assert base_model_for({}, None, None) == DEFAULT_BASE_MODEL
+
+
+def test_the_trigger_phrase_goes_into_the_lora_unless_the_config_sets_its_own(
+    tmp_path: Path, config: dict[str, object]
+) -> None:
+    run = _run(tmp_path, trigger_phrase="bluebot, bluebot night")
+    options = _options(_script_arguments(build_kohya_command(tmp_path / "e.toml", config, run)))
+    # library/sai_model_spec.py add_model_spec_arguments -> modelspec.trigger_phrase in every saved LoRA.
+    assert options["metadata_trigger_phrase"] == ["bluebot, bluebot night"]
+    own = {**config, "metadata_trigger_phrase": "my words"}
+    options = _options(_script_arguments(build_kohya_command(tmp_path / "e.toml", own, run)))
+    assert "metadata_trigger_phrase" not in options, "the config's own phrase (in the config file) wins"

@@ -474,6 +474,44 @@ def test_latents_are_not_cached_by_default_when_augmenting(key: str) -> None:
     assert "cache_latents" not in effective(f"{key} = true\n")
 
 
+def test_by_default_only_the_unet_trains_from_cached_text_encoder_outputs_and_cached_latents() -> None:
+    result = build(None)
+    config = result.effective
+    assert config is not None
+    assert config["network_train_unet_only"] is True
+    assert config["cache_text_encoder_outputs"] is True
+    assert config["cache_latents"] is True and config["cache_latents_to_disk"] is True
+    assert "text_encoder_lr" not in config
+    # The same rules that mirror sdxl_train_network.py assert_extra_args accept the combination.
+    assert [p for p in result.problems if p.severity is Severity.ERROR] == []
+
+
+def test_one_key_trains_the_text_encoders_again_at_a_tenth_of_the_unet_rate() -> None:
+    result = build("network_train_unet_only = false\nlearning_rate = 2e-4\n")
+    config = result.effective
+    assert config is not None and result.problems == []
+    assert config["network_train_unet_only"] is False
+    assert "cache_text_encoder_outputs" not in config, "sd-scripts cannot train encoders from cached outputs"
+    assert config["text_encoder_lr"] == pytest.approx(2e-5)
+    assert effective("network_train_unet_only = false\nunet_lr = 5e-4\n")["text_encoder_lr"] == pytest.approx(
+        5e-5
+    )
+    assert effective("network_train_unet_only = false\ntext_encoder_lr = 3e-5\n")["text_encoder_lr"] == 3e-5
+    stopped = effective("network_train_unet_only = false\nunet_lr = 0.0\n")
+    assert "text_encoder_lr" not in stopped, "a U-Net switched off leaves the encoders at learning_rate"
+    prodigy = effective('network_train_unet_only = false\noptimizer_type = "Prodigy"\n')
+    assert "text_encoder_lr" not in prodigy, "Prodigy adapts every rate itself"
+
+
+@pytest.mark.parametrize("key", ["shuffle_caption = true", "caption_dropout_rate = 0.1"])
+def test_changing_captions_keep_unet_only_training_without_the_text_encoder_cache(key: str) -> None:
+    result = build(key + "\n")
+    config = result.effective
+    assert config is not None
+    assert config["network_train_unet_only"] is True and "cache_text_encoder_outputs" not in config
+    assert [p.code for p in result.problems if p.severity is Severity.ERROR] == []
+
+
 # --- output name ------------------------------------------------------------------------------------------------
 
 

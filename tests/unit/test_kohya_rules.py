@@ -165,7 +165,10 @@ def test_configs_that_train_something_are_not_refused(text: str) -> None:
 
 
 def test_a_part_at_rate_zero_beside_a_trained_part_is_a_warning_naming_it() -> None:
-    [problem] = [p for p in build("unet_lr = 0.0") if p.code == "CONFIG_NO_EFFECT"]
+    # The text encoders train only when the config asks (the default is U-Net only).
+    [problem] = [
+        p for p in build("network_train_unet_only = false\nunet_lr = 0.0") if p.code == "CONFIG_NO_EFFECT"
+    ]
     assert "U-Net" in problem.message and "unet_lr" in problem.message
 
 
@@ -208,7 +211,9 @@ def test_half_precision_weights_warn_where_they_give_nan_or_lose_updates(text: s
 
 
 def test_prodigy_with_two_rates_warns_that_only_the_first_counts() -> None:
-    found = build('optimizer_type = "Prodigy"\nlearning_rate = 1.0\nunet_lr = 0.5')
+    found = build(
+        'network_train_unet_only = false\noptimizer_type = "Prodigy"\nlearning_rate = 1.0\nunet_lr = 0.5'
+    )
     assert any("only the first" in p.message for p in found if p.code == "CONFIG_NO_EFFECT")
 
 

@@ -14,6 +14,7 @@ from lora_pipeline.model_archive import (
     LocalFolderSink,
     ModelArchiveError,
     UnpackLimits,
+    read_member,
     unpack_model_archive,
 )
 from tests.lora_files import (
@@ -301,3 +302,113 @@ def test_a_failing_sink_is_aborted_and_its_error_is_not_blamed_on_the_archive():
     with pytest.raises(OSError, match="No space left"):
         unpack_model_archive(OneWayStream(tar_bytes([Member("a.safetensors", LORA)])), sink)
     assert sink.events == ["abort"]
+
+
+def _extras_archive(*, epoch_lora: bytes = OTHER_LORA, truncated: bool = False) -> bytes:
+    members = [
+        Member("epochs/", kind=tarfile.DIRTYPE),
+        Member("epochs/bluebot-000001.safetensors", epoch_lora),
+        Member("epochs/bluebot-000002.safetensors", OTHER_LORA),
+        Member("samples/bluebot_e000001_00_20261130.png", b"png one"),
+        Member("samples/bluebot_e000002_00_20261130.png", b"png two"),
+        Member("samples/notes.txt", b"not an image"),
+        Member("bluebot-000009.safetensors", OTHER_LORA),  # not under epochs/: ignored, as before
+        Member("bluebot.safetensors", LORA),
+    ]
+    data = tar_bytes(members)
+    return data[: len(data) - 4096] if truncated else data
+
+
+def test_epoch_loras_and_samples_come_out_with_the_lora(tmp_path):
+    epochs, samples = tmp_path / "epochs", tmp_path / "samples"
+    epochs.mkdir()
+    samples.mkdir()
+    result = unpack_model_archive(
+        OneWayStream(_extras_archive()),
+        LocalFolderSink(tmp_path),
+        output_name="bluebot",
+        epoch_sink=LocalFolderSink(epochs),
+        sample_sink=LocalFolderSink(samples),
+    )
+
+    assert files_in(tmp_path) == ["bluebot.safetensors", "epochs", "samples"]
+    assert files_in(epochs) == ["bluebot-000001.safetensors", "bluebot-000002.safetensors"]
+    assert [(e.name, e.epoch, e.sha256) for e in result.epochs] == [
+        ("bluebot-000001.safetensors", 1, hashlib.sha256(OTHER_LORA).hexdigest()),
+        ("bluebot-000002.safetensors", 2, hashlib.sha256(OTHER_LORA).hexdigest()),
+    ]
+    assert files_in(samples) == ["bluebot_e000001_00_20261130.png", "bluebot_e000002_00_20261130.png"]
+    assert result.samples["bluebot_e000002_00_20261130.png"] == b"png two"
+
+
+def test_one_small_file_is_read_from_an_output_archive(tmp_path):
+    archive = tar_bytes(
+        [Member("logs/events.out", b"x" * 5000), Member("training_loss.jsonl", b'{"step": 1}\n')]
+    )
+    assert read_member(OneWayStream(archive), "training_loss.jsonl", max_bytes=100) == b'{"step": 1}\n'
+    assert read_member(OneWayStream(archive), "training_loss.jsonl", max_bytes=5) is None, "too big"
+    assert read_member(OneWayStream(archive), "other.json", max_bytes=100) is None
+    with pytest.raises(ModelArchiveError):
+        read_member(OneWayStream(archive[:-40]), "missing.json", max_bytes=100)
+
+
+def test_a_broken_epoch_lora_is_left_out_and_a_broken_archive_leaves_nothing(tmp_path):
+    epochs, samples = tmp_path / "epochs", tmp_path / "samples"
+    epochs.mkdir()
+    samples.mkdir()
+    sinks = {"epoch_sink": LocalFolderSink(epochs), "sample_sink": LocalFolderSink(samples)}
+    result = unpack_model_archive(
+        OneWayStream(_extras_archive(epoch_lora=b"not a lora at all")),
+        LocalFolderSink(tmp_path),
+        output_name="bluebot",
+        **sinks,
+    )
+    assert [e.epoch for e in result.epochs] == [2]
+    for folder in (epochs, samples):
+        for path in folder.iterdir():
+            path.unlink()
+    (tmp_path / "bluebot.safetensors").unlink()
+
+    with pytest.raises(ModelArchiveError):
+        unpack_model_archive(
+            OneWayStream(_extras_archive(truncated=True)),
+            LocalFolderSink(tmp_path),
+            output_name="bluebot",
+            **sinks,
+        )
+    assert files_in(epochs) == [] and files_in(samples) == [], "extras appear only with a whole archive"
+
+
+def test_epoch_loras_get_the_output_check_of_the_runs_architecture(tmp_path):
+    """Each epoch LoRA is read whole by check_lora_stream: NaN weights, or widths that do not fit the run's
+    architecture, leave that epoch out while the final LoRA is still published."""
+    nan = lora_tensors(rank=2, module_limit=10)
+    first_up = next(name for name in nan if name.endswith("lora_up.weight"))
+    nan[first_up] = np.full_like(nan[first_up], np.nan)
+    narrow = {
+        "lora_unet_input_blocks_4_1_proj_in.lora_down.weight": np.full((4, 32), 0.01, np.float32),
+        "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": np.full((64, 4), 0.01, np.float32),
+        "lora_unet_input_blocks_4_1_proj_in.alpha": np.array(2.0, np.float32),
+    }
+    for bad in (nan, narrow):
+        epochs = tmp_path / str(len(bad))
+        epochs.mkdir()
+        result = unpack_model_archive(
+            OneWayStream(_extras_archive(epoch_lora=safetensors_bytes(bad, kohya_metadata(2)))),
+            LocalFolderSink(tmp_path),
+            output_name="bluebot",
+            epoch_sink=LocalFolderSink(epochs),
+        )
+        assert [e.epoch for e in result.epochs] == [2]
+        assert files_in(epochs) == ["bluebot-000002.safetensors"]
+
+
+def test_samples_beyond_the_memory_budget_are_counted_not_held(tmp_path):
+    result = unpack_model_archive(
+        OneWayStream(_extras_archive()),
+        LocalFolderSink(tmp_path),
+        output_name="bluebot",
+        sample_sink=LocalFolderSink(tmp_path),
+        limits=UnpackLimits(max_sample_bytes=len(b"png one")),
+    )
+    assert list(result.samples) == ["bluebot_e000001_00_20261130.png"] and result.samples_skipped == 1

@@ -153,6 +153,24 @@ def test_durations() -> None:
     assert notifications.duration(7200) == "2 h 00 min"
 
 
+def test_success_names_the_trigger_words_and_links_the_run_report() -> None:
+    report = notifications.DownloadLink(
+        "https://signed.example/report.html", datetime(2026, 11, 27, 11, 0, tzinfo=UTC)
+    )
+    body = notifications.render(
+        succeeded(),
+        results=notifications.RunResults(trigger_phrase="bluebot, bluebot night", report_link=report),
+    ).body
+    assert "Trigger words: bluebot, bluebot night" in body
+    assert (
+        "Run report (loss curve, samples by epoch, cost; expires 2026-11-27 11:00 UTC): https://signed.example/report.html"
+        in body
+    )
+    assert "<lora:bluebot_v1:1> plus the trigger words: bluebot, bluebot night." in body
+    plain = notifications.render(succeeded()).body
+    assert "Trigger words" not in plain and "Run report" not in plain and "plus your trigger word." in plain
+
+
 def _salvaged(**overrides: Any) -> SalvagedLora:
     values: dict[str, Any] = {
         "model_uri": "s3://lora-bucket/runs/bluebot/r/model/bluebot-000009.safetensors",

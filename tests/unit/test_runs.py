@@ -226,3 +226,23 @@ def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path
     assert outcome.problems_omitted == len(report.problems) - runs.MAX_PROBLEMS_IN_EVENT
     assert outcome.problems[0]["code"] == "IMAGE_EMPTY"
     assert len(outcome.model_dump_json()) < 64 * 1024
+
+
+def test_the_job_gets_the_trigger_words_of_the_subsets_that_train_and_the_epochs_to_keep(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lora_pipeline.storage import LocalFolder
+    from lora_pipeline.validate import validate_dataset
+    from tests.corpus import make_good_dataset
+
+    # sd-scripts' folder rules (dataset.parse_subset_folder): repeats < 1 and empty folders train nothing.
+    folder = make_good_dataset(
+        tmp_path / "pets", subsets={"10_sks dog": 2, "5_sks dog": 1, "3_ohwx cat": 1, "0_skipped": 1}
+    )
+    (folder / "2_empty").mkdir()
+    (folder / "pipeline.toml").write_text("keep_epoch_loras = 1\n")
+    report = validate_dataset(LocalFolder(folder), "pets")
+    # Folder order (10_sks dog, 3_ohwx cat, 5_sks dog), each once.
+    assert report.summary.trigger_words() == ["sks dog", "ohwx cat"]
+
+    hyperparameters = runs.validation_outcome(report, "bucket", "run-1").job.hyperparameters
+    assert hyperparameters["trigger_phrase"] == "sks dog, ohwx cat"
+    assert hyperparameters["keep_epoch_loras"] == "1"

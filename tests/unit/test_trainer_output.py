@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from lora_pipeline.training_metrics import TrainingProgress, format_metric_line, parse_metric_line
+from lora_pipeline.training_metrics import (
+    LossPoint,
+    TrainingProgress,
+    format_metric_line,
+    parse_loss_log,
+    parse_metric_line,
+)
 from lora_trainer.trainer_output import TrainerOutput
 from lora_trainer.workspace import ResumePoint, SavedState
 
@@ -69,6 +75,24 @@ def test_smoke_metric_lines_and_other_lines_pass_through_and_only_log_lines_are_
         "ValueError: caption file x.caption is empty"
     ]
     assert list(output.tail) == ["ValueError: caption file x.caption is empty"]
+
+
+def test_every_step_loss_goes_to_the_loss_log_printed_or_not(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "training_loss.jsonl"
+    output = TrainerOutput(resumed_step=100, clock=_Clock(), loss_log=log)  # a resumed run
+    output.lines_for("epoch 3/10")
+    output.lines_for(_bar(1, 50, loss="0.2"))
+    output.lines_for(_bar(1, 50, loss="0.2"))  # a redraw of the same step
+    output.lines_for(_bar(2, 50, loss="0.19"))  # throttled: not printed, still logged
+    output.lines_for(format_metric_line(TrainingProgress(step=103, total_steps=150, epoch=3, loss=0.18)))
+    output.lines_for(
+        format_metric_line(TrainingProgress(step=104, total_steps=150))
+    )  # no loss: nothing to log
+    assert parse_loss_log(log.read_text()) == [
+        LossPoint(101, 3, 0.2),
+        LossPoint(102, 3, 0.19),
+        LossPoint(103, 3, 0.18),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -423,6 +423,16 @@ class DatasetSummary(BaseModel):
     buckets: list[BucketCount]
     """sd-scripts' bucket assignment for the images whose size could be read."""
 
+    def trigger_words(self) -> list[str]:
+        """The class tokens of the subsets that train (at least one repeat and one image), each once, in folder
+        order: what a prompt uses to call up what the LoRA learned."""
+        words: list[str] = []
+        for subset in self.subsets:
+            tokens = subset.class_tokens.strip()
+            if subset.repeats >= 1 and subset.image_count and tokens and tokens not in words:
+                words.append(tokens)
+        return words
+
     def batches_per_epoch(self, batch_size: int) -> int:
         """sd-scripts fills each batch from one bucket, so an epoch has a partial batch per bucket."""
         if self.buckets:

@@ -25,6 +25,8 @@ from lora_pipeline.text_formats import loads_toml
 SETTINGS_FILE = "pipeline.toml"
 SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 SMOKE_INSTANCE_TYPE = "ml.m5.xlarge"
+# How many per-epoch LoRAs (the newest, besides the final one) a run publishes in model/.
+DEFAULT_KEEP_EPOCH_LORAS = 3
 
 JOB_TOML_SYNTAX = define(
     "JOB_TOML_SYNTAX",
@@ -140,6 +142,9 @@ class PipelineToml(BaseModel):
     sample_every_n_epochs: Annotated[int, Field(ge=1)] | None = Field(
         None, description="a whole number of epochs, at least 1"
     )
+    keep_epoch_loras: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="a whole number of LoRAs, 0 or more"
+    )
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ class JobSettings(BaseModel):
     output_name: str | None = None
     sample_prompts: list[str] = []
     sample_every_n_epochs: int | None = None
+    keep_epoch_loras: int = DEFAULT_KEEP_EPOCH_LORAS
 
     @property
     def base_model_from_s3(self) -> bool:
@@ -255,6 +261,9 @@ def _resolve(written: PipelineToml, limits: StackLimits) -> JobSettings:
         output_name=written.output_name,
         sample_prompts=list(prompts),
         sample_every_n_epochs=(written.sample_every_n_epochs or 1) if prompts else None,
+        keep_epoch_loras=written.keep_epoch_loras
+        if written.keep_epoch_loras is not None
+        else DEFAULT_KEEP_EPOCH_LORAS,
     )
 
 

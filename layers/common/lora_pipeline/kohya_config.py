@@ -23,6 +23,7 @@ import tomli_w
 from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, ArgKind, ArgSpec, argument_specs
 from lora_pipeline.kohya_facts import (
     ADAFACTOR_ARGS,
+    CAPTION_CHANGING_KEYS,
     CONFIG_BAD_CHOICE,
     CONFIG_DATASET_CONFIG_FORMAT,
     CONFIG_DUPLICATE_KEY,
@@ -32,6 +33,8 @@ from lora_pipeline.kohya_facts import (
     CONFIG_WRONG_TYPE,
     DEFAULT_MAX_TRAIN_EPOCHS,
     DEFAULTS,
+    TEXT_ENCODER_KEYS,
+    TEXT_ENCODER_LR_RATIO,
     is_number,
     toml_text,
 )
@@ -237,4 +240,28 @@ class _Builder:
             and not latent_augmentation
         ):
             effective["cache_latents"] = True
+            # The container puts the dataset copy under /opt/ml/checkpoints: the .npz files written next to
+            # the images survive a spot restart.
+            effective["cache_latents_to_disk"] = True
+        _set_text_encoder_training(effective, config)
         return effective
+
+
+def _set_text_encoder_training(effective: dict[str, Any], config: dict[str, Any]) -> None:
+    """GPU time per step: sd-scripts' README recommends training only the U-Net for SDXL LoRAs; then the text
+    encoders' outputs can be computed once and cached (docs/sdxl_train_network.md) instead of running both
+    encoders every step. `network_train_unet_only = false` trains the text encoders again, at a tenth of the
+    U-Net's learning rate (the ratio docs/sdxl_train_network.md uses) unless text_encoder_lr is set. A config
+    that sets any TEXT_ENCODER_KEYS itself is taken as written."""
+    if not any(key in config for key in TEXT_ENCODER_KEYS):
+        effective["network_train_unet_only"] = True
+        # sdxl_train_network.py SdxlNetworkTrainer.assert_extra_args: cached outputs need fixed captions.
+        if not any(config.get(key) for key in CAPTION_CHANGING_KEYS):
+            effective["cache_text_encoder_outputs"] = True
+        return
+    trains_both = not (config.get("network_train_unet_only") or config.get("network_train_text_encoder_only"))
+    unet_lr = config.get("unet_lr", effective.get("learning_rate"))
+    prodigy = str(effective.get("optimizer_type", "")).lower() == "prodigy"  # adapts every rate itself
+    # A U-Net rate of 0 switches the U-Net off; a tenth of it would switch the text encoders off too.
+    if trains_both and "text_encoder_lr" not in config and is_number(unet_lr) and unet_lr > 0 and not prodigy:
+        effective["text_encoder_lr"] = float(unet_lr) * TEXT_ENCODER_LR_RATIO

@@ -7,7 +7,7 @@ sd-scripts it comes from.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 import tomli_w
 
@@ -287,6 +287,24 @@ DEFAULTS: dict[str, Any] = {
 }
 DEFAULT_MAX_TRAIN_EPOCHS = 10
 DEFAULT_SAMPLE_SAMPLER = "euler_a"
+# Keys by which config.toml decides about the text encoders itself; without any of them the pipeline trains
+# the U-Net only, from cached text-encoder outputs (kohya_config's defaults).
+TEXT_ENCODER_KEYS = (
+    "network_train_unet_only",
+    "network_train_text_encoder_only",
+    "cache_text_encoder_outputs",
+    "cache_text_encoder_outputs_to_disk",
+    "text_encoder_lr",
+)
+# train_util.py BaseDataset.is_text_encoder_output_cacheable: captions that change between steps.
+CAPTION_CHANGING_KEYS = (
+    "shuffle_caption",
+    "caption_dropout_rate",
+    "token_warmup_step",
+    "caption_tag_dropout_rate",
+)
+# The text encoders' rate as a fraction of the U-Net's when both train (docs/sdxl_train_network.md).
+TEXT_ENCODER_LR_RATIO = 0.1
 
 
 def toml_text(value: Any) -> str:
@@ -298,7 +316,7 @@ def toml_text(value: Any) -> str:
     return tomli_w.dumps({"v": value}).removeprefix("v = ").strip()
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

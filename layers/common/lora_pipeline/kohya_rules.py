@@ -27,6 +27,7 @@ from lora_pipeline.kohya_facts import (
     ALLOWED_NETWORK_MODULES,
     BLOG_OUTPUT_NAME,
     BUILTIN_OPTIMIZERS,
+    CAPTION_CHANGING_KEYS,
     CONFIG_ARGS_UNKNOWN_KEY,
     CONFIG_BAD_CHOICE,
     CONFIG_BAD_VALUE,
@@ -817,17 +818,7 @@ def cache_text_encoder_outputs(ctx: ConfigContext) -> None:
             "text encoders from cached outputs.",
             "Add network_train_unet_only = true, or remove cache_text_encoder_outputs.",
         )
-    # BaseDataset.is_text_encoder_output_cacheable
-    changers = [
-        key
-        for key in (
-            "shuffle_caption",
-            "caption_dropout_rate",
-            "token_warmup_step",
-            "caption_tag_dropout_rate",
-        )
-        if on(key)
-    ]
+    changers = [key for key in CAPTION_CHANGING_KEYS if on(key)]
     if changers:
         ctx.conflict(
             f"cache_text_encoder_outputs cannot be used with {', '.join(changers)}: cached outputs "

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lora_pipeline.model_archive import UnpackResult
+from lora_pipeline.model_archive import EpochLora, UnpackResult
 from lora_pipeline.safetensors_lora import LoraSummary
 
 # Kohya stores the dataset's tag frequencies and modelspec a base64 thumbnail in the metadata; values this
@@ -41,10 +41,19 @@ class Manifest(BaseModel):
     metadata: dict[str, str]
     """The file's `ss_*` and `modelspec.*` metadata (Kohya training settings)."""
     metadata_omitted: list[str]
+    epochs: list[EpochLora] = []
+    """The per-epoch LoRAs in `model/epochs/`, oldest first."""
+    samples: list[str] = []
+    """The sample images in `model/samples/`."""
     run: RunFacts
     partial: str | None = None
     """Set when the run did not finish and this is an epoch's LoRA: `stopped at MaxRuntime after epoch 9 of 10`."""
     unpacked_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def trigger_phrase(self) -> str | None:
+        """The trigger words the LoRA carries (`modelspec.trigger_phrase`, sai_model_spec.py)."""
+        return self.metadata.get("modelspec.trigger_phrase") or None
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=2).encode()
@@ -62,5 +71,7 @@ def build_manifest(result: UnpackResult, *, model_uri: str, archive_uri: str, ru
         lora=result.summary,
         metadata={k: v for k, v in kohya.items() if len(v) <= MAX_METADATA_VALUE_CHARS},
         metadata_omitted=[k for k, v in kohya.items() if len(v) > MAX_METADATA_VALUE_CHARS],
+        epochs=result.epochs,
+        samples=list(result.samples),
         run=run,
     )

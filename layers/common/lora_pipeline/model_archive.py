@@ -6,6 +6,11 @@ The archive is read once, front to back, from a non-seekable stream (an S3 GET b
 Memory stays at a few chunks whatever the archive size: gzip output is produced at most one chunk at a
 time (tarfile's own gzip layer would inflate a whole 1 MB compressed read at once, up to ~1 GB of zeros).
 
+Besides the LoRA, the training container leaves in the archive what is published with it (all optional):
+the per-epoch LoRAs `epochs/<output_name>-<NNNNNN>.safetensors` (checked like the LoRA, written to the
+epoch sink), sample images under `samples/` (written to the sample sink, and kept in memory for the run
+report). They are made visible only when the whole archive was read without error.
+
 Accepted: gzip-compressed or plain tar, and one level of archive inside the archive (SageMaker wraps what
 the container left in /opt/ml/model, which may itself be a model.tar.gz). Refused with a
 `ModelArchiveError` naming the member and the fix: absolute or `..` paths, links and device files,
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -43,6 +49,9 @@ _EXTENDED_HEADER_LIMIT = 1024 * 1024
 _EXTENDED_HEADER_CHAIN = 5
 _CHAIN_ATTRIBUTE = "_lora_pipeline_header_chain"
 _NESTED_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+SAMPLES_FOLDER = "samples"
+EPOCHS_FOLDER = "epochs"
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _OTHER_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
@@ -59,6 +68,8 @@ class UnpackLimits:
     max_total_bytes: int = 8 * GIB
     max_members: int = 10_000
     max_nesting: int = 1
+    max_sample_bytes: int = 256 * 1024 * 1024
+    """Sample images are held in memory until the end (and embedded in the report); later ones are skipped."""
 
 
 class ModelArchiveError(ValueError):
@@ -146,6 +157,17 @@ class _LocalFileWriter:
         self._partial.unlink(missing_ok=True)
 
 
+class EpochLora(BaseModel):
+    """A per-epoch LoRA published next to the final one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    epoch: int
+    size: int
+    sha256: str
+
+
 class UnpackResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -159,6 +181,11 @@ class UnpackResult(BaseModel):
     metadata: dict[str, str]
     alphas: list[float] = []
     """The distinct `alpha` values stored in the modules."""
+    epochs: list[EpochLora] = []
+    """The per-epoch LoRAs written next to the LoRA, by epoch."""
+    samples: dict[str, bytes] = {}
+    """Sample image name -> its bytes, by name, as written to the sample sink."""
+    samples_skipped: int = 0
 
 
 def unpack_model_archive(
@@ -166,6 +193,8 @@ def unpack_model_archive(
     sink: ModelSink,
     *,
     output_name: str | None = None,
+    epoch_sink: ModelSink | None = None,
+    sample_sink: ModelSink | None = None,
     limits: UnpackLimits | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     architecture: Architecture = Architecture.SDXL,
@@ -179,13 +208,31 @@ def unpack_model_archive(
     """
     if output_name is not None:
         check_file_name(output_name)
-    unpacker = _Unpacker(sink, output_name, limits or UnpackLimits(), chunk_bytes, architecture)
+    unpacker = _Unpacker(
+        sink, output_name, limits or UnpackLimits(), chunk_bytes, architecture, epoch_sink, sample_sink
+    )
     try:
         unpacker.scan(source, "model archive", prefix="", depth=0)
         return unpacker.finish()
     except BaseException:
         unpacker.abort()
         raise
+
+
+def read_member(
+    source: ByteReader, name: str, max_bytes: int, chunk_bytes: int = CHUNK_BYTES
+) -> bytes | None:
+    """The bytes of the top-level member `name` of a (gzip'd) tar read once from `source`; None when it is
+    missing or larger than `max_bytes`. Used for small files of SageMaker's output.tar.gz."""
+    try:
+        archive = _open_tar(source, chunk_bytes, "output archive")
+        for member in archive:
+            if member.isfile() and member.name.removeprefix("./") == name:
+                reader = archive.extractfile(member)
+                return reader.read() if reader is not None and member.size <= max_bytes else None
+    except (tarfile.TarError, EOFError, zlib.error) as error:
+        raise ModelArchiveError(f"the archive is truncated or corrupt ({error})", "Re-run the job") from error
+    return None
 
 
 def _open_tar(stream: ByteReader, chunk_bytes: int, what: str) -> tarfile.TarFile:
@@ -336,6 +383,8 @@ class _Unpacker:
     limits: UnpackLimits
     chunk_bytes: int
     architecture: Architecture
+    epoch_sink: ModelSink | None = None
+    sample_sink: ModelSink | None = None
     candidates: list[_Candidate] = field(default_factory=list)
     copied: _Candidate | None = None
     """The candidate read so far that can still be the answer (a preferred one replaces any other)."""
@@ -344,6 +393,10 @@ class _Unpacker:
     current: str | None = None
     unopened: list[str] = field(default_factory=list)
     """Archives nested deeper than `max_nesting`."""
+    extras: list[tuple[ModelWriter, EpochLora | None]] = field(default_factory=list)
+    """Open writers of the epoch LoRAs and samples, closed only once the archive was read whole."""
+    samples: dict[str, bytes] = field(default_factory=dict)
+    samples_skipped: int = 0
 
     def scan(self, stream: ByteReader, what: str, prefix: str, depth: int) -> None:
         try:
@@ -354,7 +407,12 @@ class _Unpacker:
                     continue
                 reader = archive.extractfile(member)
                 assert reader is not None  # regular files only reach here
-                if member.name.lower().endswith(".safetensors"):
+                name = PurePosixPath(member.name)
+                if (epoch := self._epoch_of(name)) is not None:
+                    self._take_epoch(name.name, epoch, member.size, reader)
+                elif name.parent.name == SAMPLES_FOLDER and name.suffix.lower() in SAMPLE_SUFFIXES:
+                    self._take_sample(name.name, member.size, reader)
+                elif member.name.lower().endswith(".safetensors"):
                     self._take_candidate(member, path, reader)
                 elif member.name.lower().endswith(_NESTED_SUFFIXES):
                     if depth < self.limits.max_nesting:
@@ -398,6 +456,38 @@ class _Unpacker:
             # A streamed TarFile still lists every member it has read (pax headers included) in its
             # `members` attribute (not in typeshed, set by TarFile.__init__ since Python 2): drop them.
             archive.members.clear()  # type: ignore[attr-defined]
+
+    def _epoch_of(self, name: PurePosixPath) -> int | None:
+        if self.output_name is None or self.epoch_sink is None or name.parent.name != EPOCHS_FOLDER:
+            return None
+        match = re.fullmatch(rf"{re.escape(self.output_name)}-(\d{{6}})\.safetensors", name.name)
+        return int(match[1]) if match else None
+
+    def _take_epoch(self, name: str, epoch: int, size: int, reader: ByteReader) -> None:
+        """An epoch LoRA is checked as the LoRA is (`check_lora_stream`, the run's architecture); one that
+        fails is left out: only the final LoRA can fail the unpack."""
+        assert self.epoch_sink is not None
+        writer = self.epoch_sink.open(name)
+        tee = _HashingReader(reader, writer)
+        if not check_lora_stream(tee, size, self.architecture, self.chunk_bytes).accepted:
+            writer.abort()
+            return
+        while tee.read(self.chunk_bytes):
+            pass
+        self.extras.append(
+            (writer, EpochLora(name=name, epoch=epoch, size=tee.size, sha256=tee.sha256.hexdigest()))
+        )
+
+    def _take_sample(self, name: str, size: int, reader: ByteReader) -> None:
+        held = sum(len(data) for data in self.samples.values())
+        if self.sample_sink is None or held + size > self.limits.max_sample_bytes:
+            self.samples_skipped += 1
+            return
+        data = reader.read()
+        writer = self.sample_sink.open(name)
+        self.extras.append((writer, None))
+        writer.write(data)
+        self.samples[name] = data
 
     def _take_candidate(self, member: tarfile.TarInfo, path: str, reader: ByteReader) -> None:
         preferred = PurePosixPath(member.name).name == f"{self.output_name}.safetensors"
@@ -469,13 +559,24 @@ class _Unpacker:
         assert chosen.result is not None and chosen.writer is not None
         chosen.writer.close()
         chosen.writer = None
-        return chosen.result
+        for writer, _ in self.extras:
+            writer.close()
+        return chosen.result.model_copy(
+            update={
+                "epochs": sorted((e for _, e in self.extras if e is not None), key=lambda e: e.epoch),
+                "samples": dict(sorted(self.samples.items())),
+                "samples_skipped": self.samples_skipped,
+            }
+        )
 
     def abort(self) -> None:
         for candidate in self.candidates:
             if candidate.writer is not None:
                 candidate.writer.abort()
                 candidate.writer = None
+        for writer, _ in self.extras:
+            writer.abort()
+        self.extras = []
 
 
 def _check_member_kind(member: tarfile.TarInfo, path: str) -> None:

@@ -37,6 +37,15 @@ class DownloadLink:
     credentials_note: str | None = None
 
 
+@dataclass(frozen=True)
+class RunResults:
+    """What the success email adds from the run's files: the trigger words the LoRA carries (its
+    `modelspec.trigger_phrase`) and a link to the run report."""
+
+    trigger_phrase: str | None = None
+    report_link: DownloadLink | None = None
+
+
 def _subject(text: str) -> str:
     ascii_only = text.encode("ascii", "replace").decode("ascii").replace("\n", " ").replace("\r", " ")
     return ascii_only if len(ascii_only) <= SUBJECT_MAX else ascii_only[: SUBJECT_MAX - 3] + "..."
@@ -128,9 +137,17 @@ def _started(d: TrainingStarted) -> Message:
     return Message(_subject(f"Training started: {d.dataset}"), body + "\n" + _footer(d))
 
 
-def _succeeded(d: TrainingSucceeded, link: DownloadLink | None) -> Message:
-    lines = [
-        f"Your LoRA for '{d.dataset}' is ready.",
+def _succeeded(d: TrainingSucceeded, link: DownloadLink | None, results: RunResults) -> Message:
+    lines = [f"Your LoRA for '{d.dataset}' is ready."]
+    if results.trigger_phrase:
+        lines.append(f"Trigger words: {results.trigger_phrase}")
+    if results.report_link is not None:
+        report = results.report_link
+        lines.append(
+            f"Run report (loss curve, samples by epoch, cost; expires {report.expires_at:%Y-%m-%d %H:%M} UTC): "
+            f"{report.url}"
+        )
+    lines += [
         "",
         f"Model: {d.model_uri}",
         f"Size: {d.size_bytes / 1_000_000:.1f} MB, sha256 {d.sha256}",
@@ -156,7 +173,10 @@ def _succeeded(d: TrainingSucceeded, link: DownloadLink | None) -> Message:
             "emails follow.",
         ]
     lines += ["", f"Use it: A1111/ComfyUI: copy {d.output_name}.safetensors to models/Lora and prompt with"]
-    lines.append(f"<lora:{d.output_name}:1> plus your trigger word.")
+    trigger = (
+        f"the trigger words: {results.trigger_phrase}" if results.trigger_phrase else "your trigger word"
+    )
+    lines.append(f"<lora:{d.output_name}:1> plus {trigger}.")
     return Message(_subject(f"LoRA ready: {d.dataset}"), "\n".join(lines) + "\n" + _footer(d))
 
 
@@ -208,14 +228,16 @@ def _cancelled(d: TrainingCancelled) -> Message:
     return Message(_subject(f"Training cancelled: {d.dataset}"), "\n".join(lines) + "\n" + _footer(d))
 
 
-def render(detail: EventDetail, link: DownloadLink | None = None) -> Message:
+def render(
+    detail: EventDetail, link: DownloadLink | None = None, results: RunResults | None = None
+) -> Message:
     match detail:
         case DatasetRejected():
             return _rejected(detail)
         case TrainingStarted():
             return _started(detail)
         case TrainingSucceeded():
-            return _succeeded(detail, link)
+            return _succeeded(detail, link, results or RunResults())
         case TrainingFailed():
             return _failed(detail)
         case TrainingCancelled():

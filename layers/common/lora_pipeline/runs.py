@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from lora_pipeline.instances import InstanceTable
-from lora_pipeline.job_settings import JobSettings
+from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS, JobSettings
 from lora_pipeline.kohya_facts import safe_output_name
 from lora_pipeline.problems import Severity
 from lora_pipeline.report import ValidationReport
@@ -171,6 +171,7 @@ def execution_console_url(execution_arn: str) -> str:
 
 
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+HYPERPARAMETER_VALUE_LIMIT = 2500  # CreateTrainingJob's limit on one hyperparameter value
 
 
 class TrainingJobSpec(BaseModel):
@@ -213,8 +214,11 @@ def training_job_spec(
     job: JobSettings,
     output_name: str,
     estimated_cost_usd: float | None,
+    trigger_phrase: str | None = None,
     checkpoint_every_n_steps: int | None = None,
 ) -> TrainingJobSpec:
+    """`trigger_phrase` (the subsets' class tokens) is written into the LoRA's metadata by the container;
+    `checkpoint_every_n_steps` (from the plan's CheckpointIntervalMinutes) makes it save state that often."""
     run = RunLayout(dataset, run_id)
     channels = [
         _channel("train", s3_uri(bucket, dataset_prefix(dataset))),
@@ -240,16 +244,36 @@ def training_job_spec(
         input_data_config=channels,
         output_path=s3_uri(bucket, run.output_prefix),
         checkpoint_uri=s3_uri(bucket, run.checkpoints_prefix),
-        hyperparameters={
-            "trainer": job.trainer,
-            "output_name": output_name,
-            "dataset": dataset,
-            "run_id": run_id,
-            "base_model": job.base_model,
-        }
-        | ({"checkpoint_every_n_steps": str(checkpoint_every_n_steps)} if checkpoint_every_n_steps else {}),
+        hyperparameters=_hyperparameters(
+            dataset, run_id, job, output_name, trigger_phrase, checkpoint_every_n_steps
+        ),
         estimated_cost_usd=estimated_cost_usd,
     )
+
+
+def _hyperparameters(
+    dataset: str,
+    run_id: str,
+    job: JobSettings,
+    output_name: str,
+    trigger_phrase: str | None,
+    checkpoint_every_n_steps: int | None,
+) -> dict[str, str]:
+    """The container's hyperparameters (all strings); optional ones only when they differ from its defaults."""
+    values = {
+        "trainer": job.trainer,
+        "output_name": output_name,
+        "dataset": dataset,
+        "run_id": run_id,
+        "base_model": job.base_model,
+    }
+    if job.keep_epoch_loras != DEFAULT_KEEP_EPOCH_LORAS:
+        values["keep_epoch_loras"] = str(job.keep_epoch_loras)
+    if trigger_phrase:
+        values["trigger_phrase"] = trigger_phrase[:HYPERPARAMETER_VALUE_LIMIT]
+    if checkpoint_every_n_steps:
+        values["checkpoint_every_n_steps"] = str(checkpoint_every_n_steps)
+    return values
 
 
 MAX_PROBLEMS_IN_EVENT = 50
@@ -274,7 +298,7 @@ def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> Va
     by_severity = sorted(report.problems, key=lambda p: _SEVERITY_ORDER[p.severity])
     listed = by_severity[:MAX_PROBLEMS_IN_EVENT]
     output_name = report.job.output_name or safe_output_name(report.dataset)
-    estimate = report.plan.estimated_usd if report.plan is not None else None
+    plan = report.plan
     return ValidationOutcome(
         valid=report.trainable and report.kohya_toml is not None,
         error_count=report.error_count,
@@ -288,7 +312,8 @@ def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> Va
             run_id,
             report.job,
             output_name,
-            estimate,
-            report.plan.checkpoint_every_n_steps if report.plan is not None else None,
+            plan.estimated_usd if plan is not None else None,
+            trigger_phrase=", ".join(report.summary.trigger_words()),
+            checkpoint_every_n_steps=plan.checkpoint_every_n_steps if plan is not None else None,
         ),
     )

@@ -128,3 +128,17 @@ class RunLayout:
     @property
     def manifest_key(self) -> str:
         return f"{self.model_prefix}manifest.json"
+
+    @property
+    def epochs_prefix(self) -> str:
+        """The per-epoch LoRAs, `<output_name>-<NNNNNN>.safetensors`."""
+        return f"{self.model_prefix}epochs/"
+
+    @property
+    def samples_prefix(self) -> str:
+        return f"{self.model_prefix}samples/"
+
+    @property
+    def report_key(self) -> str:
+        """The run report: one self-contained HTML page."""
+        return f"{self.prefix}report.html"

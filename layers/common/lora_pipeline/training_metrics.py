@@ -11,11 +11,14 @@ learning rate on its console, for example) are left out of the line rather than 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
 
 METRIC_LINE_PREFIX = "lora-metrics"
+# The training container's per-step loss, one JSON object a line: {"step": 12, "epoch": 1, "loss": 0.083}.
+LOSS_LOG_NAME = "training_loss.jsonl"
 
 _NUMBER = r"[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 _LINE = re.compile(rf"{METRIC_LINE_PREFIX} step=(?P<step>\d+)/(?P<total>\d+)(?P<rest>(?: \w+=\S+)*)\s*$")
@@ -88,3 +91,28 @@ METRIC_DEFINITIONS: list[dict[str, str]] = [
     _definition("train:sec_per_step", r"sec_per_step=([0-9.]+)"),
     _definition("train:eta_seconds", r"eta_seconds=([0-9]+)"),
 ]
+
+
+@dataclass(frozen=True)
+class LossPoint:
+    step: int
+    epoch: int | None
+    loss: float
+
+
+def parse_loss_log(text: str) -> list[LossPoint]:
+    """The loss log's points by step. A resumed run trains the steps after its saved state again, so a later
+    line for a step replaces an earlier one; lines that are not a finite loss are skipped."""
+    points: dict[int, LossPoint] = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+            epoch = record.get("epoch")
+            point = LossPoint(
+                int(record["step"]), None if epoch is None else int(epoch), float(record["loss"])
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+        if math.isfinite(point.loss):
+            points[point.step] = point
+    return [points[step] for step in sorted(points)]

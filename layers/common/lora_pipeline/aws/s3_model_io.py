@@ -17,7 +17,16 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 
 from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.manifest import Manifest, RunFacts, build_manifest
-from lora_pipeline.model_archive import ModelArchiveError, UnpackLimits, check_file_name, unpack_model_archive
+from lora_pipeline.model_archive import (
+    EPOCHS_FOLDER,
+    SAMPLES_FOLDER,
+    ModelArchiveError,
+    UnpackLimits,
+    UnpackResult,
+    check_file_name,
+    read_member,
+    unpack_model_archive,
+)
 from lora_pipeline.s3_layout import s3_uri
 from lora_pipeline.safetensors_lora import Architecture
 
@@ -180,18 +189,26 @@ def unpack_model(
     limits: UnpackLimits | None = None,
     part_bytes: int = DEFAULT_PART_BYTES,
     architecture: Architecture = Architecture.SDXL,
-) -> Manifest:
-    """Unpack `s3://bucket/archive_key` into `<model_prefix><output_name>.safetensors` and `manifest.json`.
+) -> tuple[Manifest, UnpackResult]:
+    """Unpack `s3://bucket/archive_key` into `<model_prefix><output_name>.safetensors`, the per-epoch LoRAs
+    into `<model_prefix>epochs/`, the samples into `<model_prefix>samples/`, and write `manifest.json`.
 
-    `model_prefix` is `RunLayout.model_prefix` (ends with '/'). Every byte of the LoRA is read once and
-    checked (`safetensors_lora.check_lora_stream`) against `architecture`. Raises `ModelArchiveError` (a
-    ValueError) when the archive holds no usable LoRA; nothing is written then.
+    `model_prefix` is `RunLayout.model_prefix` (ends with '/'). Every byte of the LoRA and of each epoch LoRA
+    is read once and checked (`safetensors_lora.check_lora_stream`) against `architecture`. Returns the
+    manifest and what was unpacked (the samples' bytes and the loss log included, for the run report). Raises
+    `ModelArchiveError` (a ValueError) when the archive holds no usable LoRA; nothing is written then.
     """
     source = S3ObjectStream(s3_client, bucket, archive_key)
     sink = S3MultipartSink(s3_client, bucket, model_prefix, part_bytes)
     try:
         result = unpack_model_archive(
-            source, sink, output_name=output_name, limits=limits, architecture=architecture
+            source,
+            sink,
+            output_name=output_name,
+            epoch_sink=S3MultipartSink(s3_client, bucket, f"{model_prefix}{EPOCHS_FOLDER}/", part_bytes),
+            sample_sink=S3MultipartSink(s3_client, bucket, f"{model_prefix}{SAMPLES_FOLDER}/", part_bytes),
+            limits=limits,
+            architecture=architecture,
         )
     finally:
         source.close()
@@ -202,4 +219,24 @@ def unpack_model(
         run=run_facts,
     )
     write_manifest(s3_client, bucket, model_prefix + MANIFEST_NAME, manifest)
-    return manifest
+    return manifest, result
+
+
+def read_output_file(
+    s3_client: Any, bucket: str, archive_key: str, name: str, max_bytes: int
+) -> bytes | None:
+    """A small file from a job's output.tar.gz (what the container left in /opt/ml/output/data); None when
+    the job wrote no output archive, the file is not in it, or the archive is broken (it holds nothing the
+    LoRA depends on)."""
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=archive_key)["Body"]
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise
+    try:
+        return read_member(body, name, max_bytes)
+    except ModelArchiveError:
+        return None
+    finally:
+        body.close()

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from lora_pipeline import notifications, salvage
 from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.aws.event_publisher import EventPublisher
 from lora_pipeline.aws.run_table import RUN_RUNNING, RunTable
-from lora_pipeline.aws.s3_model_io import S3ObjectStream, unpack_model, write_manifest
+from lora_pipeline.aws.s3_model_io import S3ObjectStream, read_output_file, unpack_model, write_manifest
 from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
 from lora_pipeline.events import BY_DETAIL_TYPE, Stage, TrainingCancelled, TrainingFailed, TrainingSucceeded
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import StackLimits
-from lora_pipeline.manifest import RunFacts, build_manifest
+from lora_pipeline.manifest import Manifest, RunFacts, build_manifest
 from lora_pipeline.model_archive import UnpackResult
+from lora_pipeline.report import ValidationReport
+from lora_pipeline.run_report import RunReportInputs, render_run_report
 from lora_pipeline.runs import (
     IngestAction,
+    JobFacts,
     execution_console_url,
     execution_name,
     ingest_action,
@@ -33,11 +37,15 @@ from lora_pipeline.runs import (
 from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, resume_request_key, s3_uri
 from lora_pipeline.safetensors_lora import Architecture, check_lora_stream
 from lora_pipeline.salvage import SalvagedLora
+from lora_pipeline.training_metrics import LOSS_LOG_NAME, LossPoint, parse_loss_log
 from lora_pipeline.validate import validate_dataset
 
 # A settle token that no longer waits: the quiet period ended (or _READY came) just before this upload.
 _CLOSED_TOKEN_ERRORS = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
 _LOCK_ATTEMPTS = 5
+# SageMaker writes output.tar.gz (the container's /opt/ml/output/data) next to model.tar.gz.
+OUTPUT_ARCHIVE = "output.tar.gz"
+LOSS_LOG_LIMIT = 16 * 1024 * 1024  # about 300,000 steps of loss log
 
 
 class RunInput(BaseModel):
@@ -102,7 +110,9 @@ def ingest_upload(
 def adopt_resume_request(s3: Any, run: RunInput) -> str | None:
     """Copy the checkpoints a `lora-pipeline resume` asked for into this run's checkpoints, so its training
     job resumes from them; returns the earlier run's id (None when nothing was asked). The request is used
-    once. Copies drop the kept-for-resume tag: they belong to a run in progress."""
+    once. Copies drop the kept-for-resume tag: they belong to a run in progress. The earlier run's dataset
+    copy (`checkpoints/dataset/`) comes with them, so the container keeps the latent caches of the images
+    that did not change since."""
     key = resume_request_key(run.dataset)
     try:
         body = s3.get_object(Bucket=run.bucket, Key=key)["Body"].read()
@@ -201,6 +211,12 @@ def _delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
             deleted += len(keys)
     return deleted
+
+
+def _delete_published(s3: Any, bucket: str, layout: RunLayout) -> None:
+    """What the unpack step publishes for a run: model/ (LoRA, epochs, samples, manifest) and report.html."""
+    _delete_prefix(s3, bucket, layout.model_prefix)
+    s3.delete_object(Bucket=bucket, Key=layout.report_key)
 
 
 class SalvageInput(RunInput):
@@ -319,7 +335,7 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
     archive_key = (
         parse_s3_uri(archive_uri)[1] if archive_uri else layout.model_archive_key(facts.training_job_name)
     )
-    manifest = unpack_model(
+    manifest, unpacked = unpack_model(
         s3,
         run.bucket,
         archive_key,
@@ -334,9 +350,24 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
         # The trainer the job ran (runs.py puts it in the hyperparameters), not what the file claims.
         architecture=Architecture.for_trainer(run.training_job.get("HyperParameters", {}).get("trainer", "")),
     )
+    loss_log = read_output_file(
+        s3,
+        run.bucket,
+        posixpath.join(posixpath.dirname(archive_key), OUTPUT_ARCHIVE),
+        LOSS_LOG_NAME,
+        LOSS_LOG_LIMIT,
+    )
+    write_run_report(
+        s3,
+        run,
+        manifest,
+        unpacked,
+        facts,
+        parse_loss_log(loss_log.decode("utf-8", "replace") if loss_log else ""),
+    )
     if table.run_status(run.dataset, run.run_id) != RUN_RUNNING:
         # Stopped while this ran: the end-of-run function may have cleaned up before these writes.
-        _delete_prefix(s3, run.bucket, layout.model_prefix)
+        _delete_published(s3, run.bucket, layout)
         raise RunEndedError(f"run {run.run_id} ended while its model was unpacked; the model was removed")
     _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
     return UnpackOutcome(
@@ -353,10 +384,77 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
     )
 
 
+def _validation_report(s3: Any, bucket: str, key: str) -> ValidationReport | None:
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise
+    try:
+        return ValidationReport.model_validate_json(body)
+    except ValidationError:
+        return None  # written by another version of the pipeline: the page goes without plan and warnings
+
+
+def write_run_report(
+    s3: Any,
+    run: RunInput,
+    manifest: Manifest,
+    unpacked: UnpackResult,
+    facts: JobFacts,
+    loss: list[LossPoint],
+) -> str:
+    """Write `report.html` of the run (see run_report); returns its key."""
+    layout = RunLayout(run.dataset, run.run_id)
+    validation = _validation_report(s3, run.bucket, layout.validation_key)
+    page = render_run_report(
+        RunReportInputs(
+            dataset=run.dataset,
+            run_id=run.run_id,
+            manifest=manifest,
+            job=facts,
+            plan=validation.plan if validation else None,
+            problems=validation.problems if validation else [],
+            loss=loss,
+            samples=unpacked.samples,
+            samples_skipped=unpacked.samples_skipped,
+            created_at=datetime.now(UTC),
+        )
+    )
+    s3.put_object(
+        Bucket=run.bucket,
+        Key=layout.report_key,
+        Body=page.encode("utf-8"),
+        ContentType="text/html; charset=utf-8",
+    )
+    return layout.report_key
+
+
 CREDENTIALS_NOTE = (
     "The link is signed with the notification function's temporary credentials, so it stops working when "
     "they expire, which can be well before the date above. The S3 URI below always works."
 )
+
+
+def _run_results(s3: Any, event: TrainingSucceeded, expiry_seconds: int) -> notifications.RunResults:
+    """The trigger words from the run's manifest and a presigned link to its report."""
+    bucket, key = parse_s3_uri(event.manifest_uri)
+    try:
+        manifest = Manifest.model_validate_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except (ClientError, ValidationError):
+        manifest = None  # the email still goes out; it names no trigger words
+    report_key = RunLayout(event.dataset, event.run_id).report_key
+    try:
+        s3.head_object(Bucket=event.bucket, Key=report_key)
+    except ClientError:
+        report = None  # a run unpacked before reports existed
+    else:
+        url = s3.generate_presigned_url(
+            "get_object", Params={"Bucket": event.bucket, "Key": report_key}, ExpiresIn=expiry_seconds
+        )
+        report = notifications.DownloadLink(url, datetime.now(UTC) + timedelta(seconds=expiry_seconds))
+    return notifications.RunResults(manifest.trigger_phrase if manifest else None, report)
 
 
 def notify(
@@ -364,7 +462,7 @@ def notify(
 ) -> str:
     """Render one pipeline event as an email and publish it to the topic; returns the subject."""
     event = BY_DETAIL_TYPE[detail_type].model_validate(detail)
-    link = None
+    link = results = None
     if isinstance(event, TrainingSucceeded):
         bucket, key = parse_s3_uri(event.model_uri)
         url = s3.generate_presigned_url(
@@ -372,7 +470,8 @@ def notify(
         )
         expires_at = datetime.now(UTC) + timedelta(seconds=expiry_seconds)
         link = notifications.DownloadLink(url, expires_at, CREDENTIALS_NOTE)
-    message = notifications.render(event, link)
+        results = _run_results(s3, event, expiry_seconds)
+    message = notifications.render(event, link, results)
     sns.publish(TopicArn=topic_arn, Subject=message.subject, Message=message.body)
     return message.subject
 
@@ -483,7 +582,7 @@ def run_ended(
         if cancelled and not emitted:
             # Anything unpacked for a run that reports no success goes (the unpack function checks too);
             # the salvage below then publishes the newest epoch's LoRA as a partial result.
-            _delete_prefix(s3, run.bucket, layout.model_prefix)
+            _delete_published(s3, run.bucket, layout)
         salvaged = (
             salvage_run(
                 s3,
