@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.problems import Problem, Severity, define
+from lora_pipeline.s3_layout import BASE_MODELS_PREFIX, parse_s3_uri
 
 SETTINGS_FILE = "pipeline.toml"
 SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -78,6 +79,13 @@ JOB_BAD_BASE_MODEL = define(
     "base_model is neither an s3://... .safetensors URI nor a Hugging Face model id",
     'Use "s3://bucket/path/model.safetensors" or an id like "stabilityai/stable-diffusion-xl-base-1.0".',
 )
+JOB_BASE_MODEL_NOT_ALLOWED = define(
+    "JOB_BASE_MODEL_NOT_ALLOWED",
+    Severity.ERROR,
+    "an s3:// base_model must be the stack's BaseModelS3Uri or one .safetensors file under the bucket's "
+    f"{BASE_MODELS_PREFIX} prefix (a training job may read no other dataset's or run's files)",
+    f"Copy the model to s3://<bucket>/{BASE_MODELS_PREFIX}<name>.safetensors and use that URI, or remove base_model.",
+)
 JOB_BAD_OUTPUT_NAME = define(
     "JOB_BAD_OUTPUT_NAME",
     Severity.ERROR,
@@ -134,6 +142,8 @@ class StackLimits:
     max_runtime_hours: float = 12.0
     use_spot: bool = True
     base_model_s3_uri: str | None = None
+    bucket: str | None = None
+    """The stack's bucket: an s3:// base_model must lie in it (None when validating without a stack)."""
 
 
 class JobSettings(BaseModel):
@@ -292,6 +302,9 @@ def read_job_settings(
     if base_model is not None and not _valid_base_model(base_model):
         problems.append(JOB_BAD_BASE_MODEL.at(file, f"base_model = {base_model!r} is not usable."))
         resolved_base = limits.base_model_s3_uri or SDXL_BASE_MODEL
+    elif base_model is not None and (refusal := _base_model_refusal(base_model, limits)) is not None:
+        problems.append(JOB_BASE_MODEL_NOT_ALLOWED.at(file, f"base_model = {base_model!r} {refusal}."))
+        resolved_base = limits.base_model_s3_uri or SDXL_BASE_MODEL
     if output_name is not None and not _OUTPUT_NAME.match(output_name):
         problems.append(
             JOB_BAD_OUTPUT_NAME.at(file, f"output_name = {output_name!r} is not a plain file name.")
@@ -319,6 +332,20 @@ def read_job_settings(
         sample_every_n_epochs=(every or 1) if prompts else None,
     )
     return settings, problems
+
+
+def _base_model_refusal(uri: str, limits: StackLimits) -> str | None:
+    """Why an s3:// base_model may not be mounted as the job's `model` channel, or None when it may."""
+    if not uri.startswith("s3://") or uri == limits.base_model_s3_uri:
+        return None
+    bucket, key = parse_s3_uri(uri)
+    if limits.bucket is not None and bucket != limits.bucket:
+        return f"is outside this stack's bucket {limits.bucket}"
+    if not key.startswith(BASE_MODELS_PREFIX):
+        return f"is not under {BASE_MODELS_PREFIX}"
+    if any(segment in ("", ".", "..") for segment in key.split("/")) or any(c in key for c in "*?[\\"):
+        return "is not one plain object key (empty, '.' or '..' segments, wildcards or backslashes)"
+    return None
 
 
 def _valid_base_model(value: str) -> bool:

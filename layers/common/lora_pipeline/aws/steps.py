@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -104,7 +105,9 @@ def ingest_upload(
 
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
-    report = validate_dataset(S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, limits)
+    report = validate_dataset(
+        S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, replace(limits, bucket=run.bucket)
+    )
     layout = RunLayout(run.dataset, run.run_id)
     files = {layout.validation_key: (report.model_dump_json(indent=2), "application/json")}
     if report.kohya_toml is not None:
