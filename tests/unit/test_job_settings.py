@@ -140,7 +140,7 @@ def test_s3_base_model_only_from_the_stack_base_model_or_base_models_prefix(valu
     limits = StackLimits(bucket="stack-bucket", base_model_s3_uri="s3://models/sdxl.safetensors")
     job, problems = read(f'base_model = "{value}"\n', limits)
     assert codes(problems) == ["JOB_BASE_MODEL_NOT_ALLOWED"]
-    assert why in problems[0].message and "pipeline.toml" == problems[0].file
+    assert why in problems[0].message and problems[0].file == "pipeline.toml"
     assert job.base_model == "s3://models/sdxl.safetensors"
 
 
