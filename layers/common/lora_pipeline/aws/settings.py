@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lora_pipeline.job_settings import StackLimits
+if TYPE_CHECKING:
+    from lora_pipeline.job_settings import StackLimits
 
 
 class _Env(BaseModel):
@@ -43,6 +44,9 @@ class ValidateEnv(_Env):
         return value or None
 
     def limits(self) -> StackLimits:
+        # The validate function's rules: loaded by it alone.
+        from lora_pipeline.job_settings import StackLimits
+
         return StackLimits(
             allowed_instance_types=self.allowed_instance_types,
             default_instance_type=self.default_instance_type,

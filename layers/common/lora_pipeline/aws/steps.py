@@ -5,20 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from lora_pipeline import notifications
 from lora_pipeline.aws.errors import ClientError, error_code
-from lora_pipeline.aws.event_publisher import EventPublisher
-from lora_pipeline.aws.run_table import RunTable
-from lora_pipeline.aws.s3_model_io import unpack_model
-from lora_pipeline.aws.s3_source import S3DatasetSource
-from lora_pipeline.events import BY_DETAIL_TYPE, TrainingCancelled, TrainingSucceeded
-from lora_pipeline.instances import InstanceTable
-from lora_pipeline.job_settings import StackLimits
-from lora_pipeline.manifest import RunFacts
 from lora_pipeline.runs import (
     IngestAction,
     execution_name,
@@ -29,7 +20,14 @@ from lora_pipeline.runs import (
     validation_outcome,
 )
 from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, s3_uri
-from lora_pipeline.validate import validate_dataset
+
+# Each handler imports this module; what only one step needs is imported in that step, so that a function's
+# cold start loads only its own part of the domain (the validation rules alone are most of it).
+if TYPE_CHECKING:
+    from lora_pipeline.aws.event_publisher import EventPublisher
+    from lora_pipeline.aws.run_table import RunTable
+    from lora_pipeline.instances import InstanceTable
+    from lora_pipeline.job_settings import StackLimits
 
 # A settle token that no longer waits: the quiet period ended (or _READY came) just before this upload.
 _CLOSED_TOKEN_ERRORS = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
@@ -105,6 +103,9 @@ def ingest_upload(
 
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
+    from lora_pipeline.aws.s3_source import S3DatasetSource
+    from lora_pipeline.validate import validate_dataset
+
     report = validate_dataset(
         S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, replace(limits, bucket=run.bucket)
     )
@@ -151,6 +152,9 @@ def _delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
 
 def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable) -> UnpackOutcome:
     """Turn the job's model.tar.gz into the LoRA and its manifest; the spot checkpoints are no longer needed."""
+    from lora_pipeline.aws.s3_model_io import unpack_model
+    from lora_pipeline.manifest import RunFacts
+
     facts = job_facts(run.training_job, prices)
     layout = RunLayout(run.dataset, run.run_id)
     archive_uri = run.training_job.get("ModelArtifacts", {}).get("S3ModelArtifacts")
@@ -195,6 +199,9 @@ def notify(
     s3: Any, sns: Any, topic_arn: str, detail_type: str, detail: dict[str, Any], expiry_seconds: int
 ) -> str:
     """Render one pipeline event as an email and publish it to the topic; returns the subject."""
+    from lora_pipeline import notifications
+    from lora_pipeline.events import BY_DETAIL_TYPE, TrainingSucceeded
+
     event = BY_DETAIL_TYPE[detail_type].model_validate(detail)
     link = None
     if isinstance(event, TrainingSucceeded):
@@ -241,6 +248,8 @@ def clean_up_run(
     """An execution ended without passing through its own clean-up (stopped, timed out or crashed):
     stop its training job, free its slot and its dataset, delete its spot checkpoints (a new run never
     resumes another run's state) and say so."""
+    from lora_pipeline.events import TrainingCancelled
+
     run = RunInput.model_validate_json(run_input)
     job, stopped = _stop_training_job(sagemaker, training_job_base_name(run.dataset, run.run_id))
     _delete_prefix(s3, run.bucket, RunLayout(run.dataset, run.run_id).checkpoints_prefix)
