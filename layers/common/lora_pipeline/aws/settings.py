@@ -63,6 +63,7 @@ class UnpackEnv(_Env):
 
 class NotifyEnv(_Env):
     topic_arn: str = Field(alias="TOPIC_ARN")
+    idempotency_table: str = Field(alias="IDEMPOTENCY_TABLE")
     # SigV4 presigned URLs live at most 7 days.
     link_expiry_seconds: int = Field(43200, alias="LINK_EXPIRY_SECONDS", ge=60, le=604800)
 
