@@ -465,9 +465,10 @@ def check_dataset(
     source: DatasetSource,
     rules: DatasetRules,
     files: list[FileEntry] | None = None,
-    max_workers: int = 16,
+    max_workers: int | None = None,
 ) -> tuple[DatasetSummary, list[Problem]]:
-    """Every layout, image and caption rule over the dataset; `files` saves a second listing."""
+    """Every layout, image and caption rule over the dataset; `files` saves a second listing. Images are
+    read by `max_workers` threads (default: as many as the source serves at once, `parallel_reads`)."""
     listing = source.list_files() if files is None else files
     layout = _Layout.of(listing)
     problems: list[Problem] = []
@@ -484,7 +485,7 @@ def check_dataset(
     problems += _root_problems(layout, used_captions)
 
     resolutions = bucket_resolutions(rules)
-    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, max_workers or source.parallel_reads)) as pool:
         checked = list(pool.map(lambda image: _check_image(source, rules, image, resolutions), images))
     for result in checked:
         problems += result.problems
