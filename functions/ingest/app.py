@@ -30,6 +30,7 @@ def lambda_handler(event: S3ObjectCreatedEvent, context: LambdaContext) -> dict[
         key,
         event.time,
         datetime.now(UTC),
+        env.heartbeat_every,
     )
     outcome = action.value if action else "ignored"
     powertools.logger.info("upload recorded", extra={"key": key, "action": outcome})

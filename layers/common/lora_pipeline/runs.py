@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +77,11 @@ class ActiveRun:
     settling: bool
     settle_token: str | None
     settled_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    """When ingest last told the settle wait that objects keep coming."""
+
+    def heartbeat_due(self, now: datetime, every: timedelta) -> bool:
+        return self.heartbeat_at is None or now - self.heartbeat_at >= every
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import TYPE_CHECKING, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,6 +24,12 @@ class _Env(BaseModel):
 class IngestEnv(_Env):
     table_name: str = Field(alias="TABLE_NAME")
     state_machine_arn: str = Field(alias="STATE_MACHINE_ARN")
+    quiet_period_seconds: int = Field(alias="QUIET_PERIOD_SECONDS", ge=1)
+
+    @property
+    def heartbeat_every(self) -> timedelta:
+        """A tenth of the quiet period: the settle wait then always lasts at least 90% of it."""
+        return timedelta(seconds=self.quiet_period_seconds / 10)
 
 
 class ValidateEnv(_Env):

@@ -50,10 +50,14 @@ def ingest_upload(
     key: str,
     object_time: datetime,
     now: datetime,
+    heartbeat_every: timedelta = timedelta(0),
 ) -> IngestAction | None:
     """Record one `Object Created` under datasets/: start a run, prolong or end its settling, or note it.
 
-    Returns what was done (None for a key outside any dataset folder).
+    A settling run's wait is heartbeaten at most once per `heartbeat_every` (a 1,000-image upload is 1,000
+    calls here, not 1,000 Step Functions calls), so the quiet period ends between its length minus
+    `heartbeat_every` and its length after the last object. Returns what was done (None for a key outside
+    any dataset folder).
     """
     obj = parse_dataset_key(key)
     if obj is None:
@@ -89,7 +93,9 @@ def ingest_upload(
             try:
                 if action is IngestAction.READY:
                     sfn.send_task_success(taskToken=active.settle_token, output=json.dumps({"ready": True}))
-                else:
+                elif active.heartbeat_due(now, heartbeat_every) and table.claim_heartbeat(
+                    obj.dataset, active.run_id, now, heartbeat_every
+                ):
                     sfn.send_task_heartbeat(taskToken=active.settle_token)
             except ClientError as exc:
                 if error_code(exc) not in _CLOSED_TOKEN_ERRORS:
