@@ -7,14 +7,25 @@ import json
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from embedded_aws.stack import EmbeddedStack
 from embedded_aws.training import ArchiveExecutor
 from lora_pipeline.aws import clients
-from tests.integration.pipeline_support import dataset, lora_archive, pipeline, upload
+from tests.integration.pipeline_support import (
+    dataset,
+    lora_archive,
+    pipeline,
+    pipeline_events,
+    table_item,
+    upload,
+)
+from tests.integration.test_pipeline_runs import ConcurrencyProbe
+from tests.unit.test_slot_queue_history import SLOT_POLL_EVENTS
 
 pytestmark = pytest.mark.slow
 
@@ -95,5 +106,53 @@ def test_ingest_costs_are_bounded_per_object_and_heartbeats_per_tenth_of_the_qui
     # One read and one write per object, plus the start and a heartbeat claim per heartbeat; the rest of the
     # pipeline (validate, unpack, notify) adds a few calls of its own.
     assert dynamodb <= 2 * objects + 2 * heartbeats + 20
-    assert counter.calls["stepfunctions:StartExecution"] == 1 and counter.calls["stepfunctions:SendTaskSuccess"] == 1
+    assert (
+        counter.calls["stepfunctions:StartExecution"] == 1
+        and counter.calls["stepfunctions:SendTaskSuccess"] == 1
+    )
     assert heartbeats <= uploading / (quiet / 10) + 2
+
+
+def test_a_hundred_datasets_at_a_cap_of_two_each_train_once(tmp_path: Path) -> None:
+    probe = ConcurrencyProbe(
+        ArchiveExecutor(lambda request: lora_archive(request["HyperParameters"]["output_name"])), 0.05
+    )
+    names = [f"set{i:03d}" for i in range(100)]
+    started = time.monotonic()
+    with pipeline(probe, MaxConcurrentTrainingJobs="2") as stack:
+        folders = [dataset(tmp_path, name, images=1) for name in names]
+        with ThreadPoolExecutor(max_workers=4) as uploaders:  # four users uploading at once
+            list(uploaders.map(lambda folder: upload(stack, folder), folders))
+        uploaded = time.monotonic() - started
+        stack.wait_until_idle(timeout=240)
+        elapsed = time.monotonic() - started
+
+        executions = stack.executions()
+        assert sorted(e.input["dataset"] for e in executions) == names
+        assert {e.status for e in executions} == {"SUCCEEDED"}
+        assert sorted(probe.started) == names  # each trained exactly once
+        assert probe.most == 2
+        assert sorted(e["dataset"] for e in pipeline_events(stack, "Training Succeeded")) == names
+        slots = table_item(stack, "SLOTS", "SLOTS")
+        assert "holders" not in slots and slots["queue"]["L"] == []
+
+        # History events per slot-queue poll, measured: the run that waited longest against one that did not.
+        by_polls = sorted(executions, key=lambda e: e.states_entered().count("WaitForSlot"))
+        shortest, longest = by_polls[0], by_polls[-1]
+        polls = [e.states_entered().count("WaitForSlot") for e in (shortest, longest)]
+        events = [len(_history(stack, e.arn)) for e in (shortest, longest)]
+    per_poll = (events[1] - events[0]) / (polls[1] - polls[0])
+    print(
+        f"\n100 datasets at a cap of 2: {elapsed:.0f} s (uploads {uploaded:.0f} s); longest wait {polls[1]} polls, "
+        f"{per_poll:.1f} history events per poll"
+    )
+    assert polls[1] >= 10 and per_poll <= SLOT_POLL_EVENTS + 0.5  # + the odd throttling retry
+
+
+def _history(stack: EmbeddedStack, arn: str) -> list[dict[str, Any]]:
+    sfn = stack.client("stepfunctions")
+    return [
+        e
+        for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn)
+        for e in page["events"]
+    ]
