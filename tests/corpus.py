@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import io
 import struct
+import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -199,3 +200,20 @@ def bmp_bytes_with_alpha(width: int, height: int, top_down: bool = False) -> byt
     dib += b"\x00" * (124 - len(dib))
     offset = 14 + len(dib)
     return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + dib + pixels
+
+
+def zip_of(folder: Path, archive: Path, top: str | None) -> Path:
+    """`folder` zipped as macOS's Finder does: under a top folder (or at the root), with __MACOSX and
+    AppleDouble `._` companions."""
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(folder.rglob("*")):
+            name = path.relative_to(folder).as_posix()
+            inside = f"{top}/{name}" if top else name
+            if path.is_dir():
+                zipped.writestr(inside + "/", b"")
+                continue
+            zipped.write(path, inside)
+            companion = Path(inside).with_name("._" + path.name).as_posix()
+            zipped.writestr(f"__MACOSX/{companion}", b"\x00\x05\x16\x07 AppleDouble")
+            zipped.writestr(companion, b"\x00\x05\x16\x07 AppleDouble")
+    return archive

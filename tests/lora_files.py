@@ -71,21 +71,24 @@ def lora_tensors(
     rank: int = 4,
     *,
     text_encoders: bool = True,
-    real_shapes: bool = False,
     module_limit: int | None = None,
     dtype: type[np.floating] = np.float16,
 ) -> dict[str, np.ndarray]:
-    """Kohya LoRA tensors; small 8x8 modules unless `real_shapes`; the first `module_limit` modules only."""
-    rng = np.random.default_rng(0)
+    """Kohya LoRA tensors of a trained SDXL LoRA (real layer shapes, no lora_up left at its zero
+    initialisation); the first `module_limit` modules only (the first are the narrow 640-wide ones)."""
     modules = list(sdxl_module_shapes(text_encoders=text_encoders).items())[:module_limit]
     tensors: dict[str, np.ndarray] = {}
     for module, (in_features, out_features) in modules:
-        if not real_shapes:
-            in_features = out_features = 8
-        tensors[f"{module}.lora_down.weight"] = rng.standard_normal((rank, in_features)).astype(dtype)
-        tensors[f"{module}.lora_up.weight"] = np.zeros((out_features, rank), dtype=dtype)
+        tensors[f"{module}.lora_down.weight"] = _filled((rank, in_features), 0.01, dtype)
+        tensors[f"{module}.lora_up.weight"] = _filled((out_features, rank), 0.001, dtype)
         tensors[f"{module}.alpha"] = np.array(1.0, dtype=dtype)
     return tensors
+
+
+def _filled(shape: tuple[int, int], scale: float, dtype: type[np.floating]) -> np.ndarray:
+    """Cheap non-constant values (full-size files have 14 M of them): a ramp through [-scale, scale]."""
+    size = shape[0] * shape[1]
+    return (np.linspace(-scale, scale, size, dtype=np.float32).reshape(shape)).astype(dtype)
 
 
 def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:

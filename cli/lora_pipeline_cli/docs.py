@@ -1,5 +1,5 @@
-"""Generated parts of the README: the troubleshooting table (every problem code the validator can emit)
-and the worked cost example. `python -m lora_pipeline_cli.docs` rewrites them; a test checks they are current."""
+"""Generated parts of the README: the troubleshooting table (every problem code the validator can emit),
+the worked cost example and the table of config rules. `python -m lora_pipeline_cli.docs` rewrites them; a test checks they are current."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from pathlib import Path
 
 import lora_pipeline.validate  # noqa: F401 - importing it registers every problem code
 from lora_pipeline.instances import load_instance_table
-from lora_pipeline.job_settings import StackLimits, read_job_settings
+from lora_pipeline.job_settings import JOB_RULES, StackLimits, read_job_settings
 from lora_pipeline.kohya_config import PipelineInputs, build_effective_config
+from lora_pipeline.kohya_rules import COMBINATIONS, KEYS, NORMALISE, PIPELINE_INPUTS, VALUES
 from lora_pipeline.plan import SubsetCount, make_plan
 from lora_pipeline.problems import catalogue
 from lora_pipeline_cli.render import duration
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-_SECTIONS = ("troubleshooting", "cost-example")
+_SECTIONS = ("troubleshooting", "cost-example", "config-rules")
 
 
 def _cell(text: str) -> str:
@@ -55,8 +56,21 @@ def cost_example(images: int = 30, repeats: int = 60) -> str:
     return f"{images} images x {repeats} repeats on `{limits.default_instance_type}`:\n\n" + "\n".join(rows)
 
 
+def rules_table() -> str:
+    """Every registered rule of config.toml and pipeline.toml: id, name, what it checks, what it mirrors."""
+    rows = ["| rule | name | checks | mirrors |", "| --- | --- | --- | --- |"]
+    for rule_set in (NORMALISE, KEYS, VALUES, PIPELINE_INPUTS, COMBINATIONS, JOB_RULES):
+        for rule in rule_set:
+            rows.append(f"| {rule.id} | `{rule.name}` | {_cell(rule.summary)} | {_cell(rule.mirrors)} |")
+    return "\n".join(rows)
+
+
 def generated(name: str) -> str:
-    return troubleshooting_table() if name == "troubleshooting" else cost_example()
+    return {
+        "troubleshooting": troubleshooting_table,
+        "cost-example": cost_example,
+        "config-rules": rules_table,
+    }[name]()
 
 
 def _pattern(name: str) -> re.Pattern[str]:

@@ -6,10 +6,18 @@ lives in the `local` process; `--local` commands talk to it through moto's serve
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from embedded_aws import SnsMessage
+    from lora_pipeline_cli.timeline import Timeline
 
 DEFAULT_PORT = 5055
 REGION = "us-east-1"
@@ -29,14 +37,29 @@ def running_endpoint() -> tuple[str, str]:
     return os.environ.get(ENDPOINT_ENV_VAR, f"http://127.0.0.1:{DEFAULT_PORT}"), STACK_NAME
 
 
+# The HTTP server's per-request log (werkzeug's INFO lines): one per --local call and poll, off by default.
+ACCESS_LOG = logging.getLogger("werkzeug")
+
+
+def print_email(timeline: Timeline, email: SnsMessage) -> None:
+    """Show an email the stack sends (SNS subject and body) on the timeline, as its subscriber gets it."""
+    body = "\n".join(f"    {line}" for line in email.message.splitlines())
+    timeline.say("email", escape(f"{email.subject or '(no subject)'}\n{body}"))
+
+
 def serve(
-    port: int, quiet_period_seconds: int, sd_scripts: Path | None = None, base_model: Path | None = None
+    port: int,
+    quiet_period_seconds: int,
+    sd_scripts: Path | None = None,
+    base_model: Path | None = None,
+    access_log: bool = False,
 ) -> None:
     """Bring the stack up and serve it on 127.0.0.1:`port` until Ctrl-C or SIGTERM.
 
     Training jobs run the training container's entrypoint on this machine with the smoke trainer; given an
     sd-scripts checkout (`sd_scripts`) they run the trainer each dataset asks for, real Kohya included, and
     `base_model` (a local SDXL .safetensors) becomes the stack's BaseModelS3Uri, so nothing is downloaded.
+    Every email is printed as it is sent; `access_log` prints each HTTP request the server answers.
     """
     from moto.server import ThreadedMotoServer
 
@@ -68,6 +91,8 @@ def serve(
             stack.s3.create_bucket(Bucket=BASE_MODELS_BUCKET)
             stack.s3.upload_file(str(base_model), BASE_MODELS_BUCKET, base_model.name)
             timeline.say("setup", f"base model {base_model} is {parameters['BaseModelS3Uri']}")
+        stack.on_sns_message(lambda email: print_email(timeline, email))
+        ACCESS_LOG.setLevel(logging.INFO if access_log else logging.WARNING)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         stack.follow_states(timeline.on_entry)

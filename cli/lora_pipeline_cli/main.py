@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
 import botocore.exceptions
 
+from lora_pipeline.dataset import ACCEPTED_IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, parse_subset_folder
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import StackLimits
 from lora_pipeline.report import ValidationReport
-from lora_pipeline.s3_layout import DATASETS_PREFIX, parse_s3_uri
+from lora_pipeline.s3_layout import DATASETS_PREFIX, dataset_prefix, parse_s3_uri
+from lora_pipeline.safetensors_lora import Architecture
 from lora_pipeline.storage import LocalFolder
 from lora_pipeline.validate import validate_dataset
-from lora_pipeline_cli import local, progress, runs
+from lora_pipeline_cli import local, progress, runs, zip_input
 from lora_pipeline_cli.examples import write_broken_dataset, write_example_dataset
+from lora_pipeline_cli.inspect_lora import InspectUsageError, inspect_path
 from lora_pipeline_cli.render import render_report, render_status
 from lora_pipeline_cli.stack import Stack, StackError, connect, require_training_image, stack_name_from
-from lora_pipeline_cli.upload import plan_upload, upload_dataset
+from lora_pipeline_cli.upload import plan_upload, remove_keys, stale_keys, upload_dataset
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+DISTRIBUTION = "sdxl-lora-pipeline"
 # Dataset folder names the S3 keys, the run table and the job names carry without escaping.
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -41,14 +47,47 @@ def _stack(args: argparse.Namespace) -> Stack:
     return connect(stack_name_from(args.stack), boto3.Session(region_name=args.region))
 
 
+@contextmanager
+def _local_dataset(path: str, dataset: str | None) -> Iterator[tuple[LocalFolder, str]]:
+    """The dataset folder given (or unpacked from a .zip) and its name: --dataset, else the folder's."""
+    given = Path(path)
+    if not zip_input.is_zip(given):
+        yield LocalFolder(given), dataset or given.resolve().name
+        return
+    if not given.is_file():
+        raise UsageError(f"{given} does not exist. Pass the dataset folder or a .zip of it.")
+    try:
+        with zip_input.unpacked(given) as (source, name):
+            yield source, dataset or name
+    except zip_input.UnsafeZip as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _is_subset_folder(folder: Path) -> bool:
+    """A `<repeats>_<tokens>` folder holding images and no subset of its own: a subset, not a dataset."""
+    if parse_subset_folder(folder.name) is None:
+        return False
+    image_suffixes = {*ACCEPTED_IMAGE_EXTENSIONS, *UNSUPPORTED_IMAGE_EXTENSIONS}
+    children = list(folder.iterdir())
+    holds_subsets = any(c.is_dir() and parse_subset_folder(c.name) is not None for c in children)
+    return not holds_subsets and any(c.suffix.lower() in image_suffixes for c in children if c.is_file())
+
+
 def _validate_folder(
-    folder: Path, dataset: str, args: argparse.Namespace, limits: StackLimits
+    source: LocalFolder, dataset: str, args: argparse.Namespace, limits: StackLimits
 ) -> ValidationReport:
+    folder = source.root
     if not folder.is_dir():
         raise UsageError(
-            f"{folder} is not a folder. Pass the dataset folder (the one holding <repeats>_<name>/)."
+            f"{folder} is not a folder. Pass the dataset folder (the one holding <repeats>_<name>/) or a .zip of it."
         )
-    return validate_dataset(LocalFolder(folder), dataset, limits, load_instance_table(args.prices))
+    if _is_subset_folder(folder):
+        parent = folder.resolve().parent
+        raise UsageError(
+            f"{folder} is a subset folder (<repeats>_<class tokens>), not a dataset: pass its parent, "
+            f"`lora-pipeline {args.command} {parent}`."
+        )
+    return validate_dataset(source, dataset, limits, load_instance_table(args.prices))
 
 
 def _print_report(report: ValidationReport, args: argparse.Namespace) -> None:
@@ -63,7 +102,7 @@ def _validate(args: argparse.Namespace) -> int:
     stack = _stack(args) if args.stack or args.local else None
     limits = stack.limits() if stack else StackLimits()
     if args.path.startswith("s3://"):
-        from lora_pipeline.aws.s3_source import S3DatasetSource
+        from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
 
         bucket, key = parse_s3_uri(args.path)
         dataset = key.removeprefix(DATASETS_PREFIX).strip("/")
@@ -73,23 +112,28 @@ def _validate(args: argparse.Namespace) -> int:
             )
         s3 = stack.client("s3") if stack else boto3.Session(region_name=args.region).client("s3")
         source = S3DatasetSource(s3, bucket, dataset)
-        report = validate_dataset(source, dataset, limits, load_instance_table(args.prices))
+        report = validate_dataset(
+            source, dataset, limits, load_instance_table(args.prices), S3ObjectReader(s3)
+        )
     else:
-        folder = Path(args.path)
-        report = _validate_folder(folder, args.dataset or folder.resolve().name, args, limits)
+        with _local_dataset(args.path, args.dataset) as (source, dataset):
+            report = _validate_folder(source, dataset, args, limits)
     _print_report(report, args)
     return EXIT_OK if report.trainable else EXIT_REJECTED
 
 
 def _upload(args: argparse.Namespace) -> int:
-    folder = Path(args.path)
-    dataset = args.dataset or folder.resolve().name
+    with _local_dataset(args.path, args.dataset) as (source, dataset):
+        return _upload_folder(source, dataset, args)
+
+
+def _upload_folder(source: LocalFolder, dataset: str, args: argparse.Namespace) -> int:
     if not DATASET_NAME.fullmatch(dataset):
         raise UsageError(
             f"{dataset!r} cannot be a dataset name: use letters, digits, '.', '_' and '-' (pass --dataset NAME)."
         )
     stack = _stack(args)
-    report = _validate_folder(folder, dataset, args, stack.limits())
+    report = _validate_folder(source, dataset, args, stack.limits())
     if not report.trainable:
         _print_report(report, args)
         if not args.force:
@@ -99,17 +143,46 @@ def _upload(args: argparse.Namespace) -> int:
             return EXIT_REJECTED
     if not args.local:
         require_training_image(stack)
+    folder = source.root
     plan = plan_upload(folder)
     for skipped in plan.skipped:
         sys.stderr.write(f"skipped {skipped} (not part of a dataset)\n")
-    with progress.bytes_bar(f"Uploading {dataset}", plan.total_bytes) as advance:
-        keys = upload_dataset(stack.client("s3"), stack.bucket, folder, dataset, plan, args.start, advance)
+    s3 = stack.client("s3")
     where = f"s3://{stack.bucket}/{DATASETS_PREFIX}{dataset}/"
+    stale = stale_keys(s3, stack.bucket, dataset, plan)
+    if stale:
+        _confirm_removal(stale, dataset, where, args)
+        remove_keys(s3, stack.bucket, stale)
+    with progress.bytes_bar(f"Uploading {dataset}", plan.total_bytes) as advance:
+        keys = upload_dataset(s3, stack.bucket, folder, dataset, plan, args.start, advance)
     then = "the run starts now" if args.start else "the run starts once the upload has been quiet for a while"
     sys.stdout.write(
         f"Uploaded {len(keys)} files to {where}; {then}. Follow it with `lora-pipeline status {dataset}`.\n"
     )
     return EXIT_OK
+
+
+def _confirm_removal(stale: list[str], dataset: str, where: str, args: argparse.Namespace) -> None:
+    """List the files the upload removes from S3; go on with --yes or a "y" typed at a terminal."""
+    sys.stderr.write(f"{_count(len(stale), 'file')} in {where} are not in {args.path} and will be removed:\n")
+    sys.stderr.writelines(f"  {key.removeprefix(dataset_prefix(dataset))}\n" for key in stale)
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "Not uploaded: the upload replaces the dataset in S3 and would remove the files above. "
+            "Pass --yes to remove them (there is no terminal to ask), or upload under another --dataset name."
+        )
+    try:
+        answer = input("Remove them and upload? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise UsageError("Not uploaded: nothing in S3 was changed.")
+
+
+def _count(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -123,6 +196,9 @@ def _status(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     stack = _stack(args)
     run = runs.find_run(stack, args.run)
+    if run.status == runs.REJECTED:
+        sys.stdout.write(runs.rejection_summary(stack, run) + "\n")
+        return EXIT_OK
     for line in runs.follow_logs(stack, run, follow=args.follow):
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
@@ -176,8 +252,19 @@ def _local(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{args.sd_scripts} has no sdxl_train_network.py: pass an sd-scripts v0.10.1 checkout."
         )
-    local.serve(args.port, args.quiet_period, args.sd_scripts, args.base_model)
+    local.serve(args.port, args.quiet_period, args.sd_scripts, args.base_model, args.access_log)
     return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    try:
+        accepted, lines = inspect_path(
+            Path(args.path), Architecture.for_trainer(args.trainer), args.output_name
+        )
+    except InspectUsageError as exc:
+        raise UsageError(str(exc)) from exc
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK if accepted else EXIT_REJECTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-pipeline",
         description="Train SDXL LoRAs from a dataset folder, on AWS or on the embedded AWS.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {importlib.metadata.version(DISTRIBUTION)}"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -210,20 +300,33 @@ def build_parser() -> argparse.ArgumentParser:
         "With --stack or --local the stack's limits apply (instance types, volume, runtime), else the defaults. "
         "Exit code 0: trainable; 1: rejected (errors listed with their fixes); 2: usage error.",
     )
-    validate.add_argument("path", help="dataset folder, or s3://<bucket>/datasets/<name>/")
+    validate.add_argument("path", help="dataset folder, a .zip of it, or s3://<bucket>/datasets/<name>/")
     validate.add_argument("--dataset", help="dataset name (default: the folder name)")
-    for sub in (validate, upload := command("upload", _upload, "validate, then upload a dataset folder")):
+    for sub in (
+        validate,
+        upload := command(
+            "upload",
+            _upload,
+            "validate, then upload a dataset folder: S3 then holds exactly the folder (like aws s3 sync --delete)",
+        ),
+    ):
         sub.add_argument(
             "--json", action="store_true", help="print the full report as JSON (validation.json)"
         )
         sub.add_argument(
             "--all", action="store_true", help="list every problem, not the first 10 of each kind"
         )
-    upload.add_argument("path", help="the dataset folder")
+    upload.add_argument("path", help="the dataset folder, or a .zip of it")
     upload.add_argument("--dataset", help="dataset name in S3 (default: the folder name)")
     upload.add_argument("--start", action="store_true", help="write _READY: start now, no quiet period")
     upload.add_argument(
         "--force", action="store_true", help="upload even when validation rejects the dataset"
+    )
+    upload.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="remove the files in S3 that the folder no longer has without asking (the upload replaces the dataset)",
     )
 
     status = command("status", _status, "runs with their state, stage, progress, ETA and cost so far")
@@ -242,6 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     retrain = command("retrain", _retrain, "start a new run of a dataset already in S3")
     retrain.add_argument("dataset")
 
+    inspect = commands.add_parser(
+        "inspect",
+        help="check a LoRA (.safetensors) or a model.tar.gz exactly as the unpack step does",
+        description="Modules per part, rank, alpha, dtype, metadata, trigger words and every problem found. "
+        "Exit code 0: valid; 1: rejected; 2: usage error.",
+    )
+    inspect.add_argument("path", help="a .safetensors file, or a model.tar.gz as SageMaker writes it")
+    inspect.add_argument(
+        "--trainer",
+        choices=["kohya", "smoke"],
+        default="kohya",
+        help="what trained it (smoke: the tiny test model, whose layer widths are not SDXL's)",
+    )
+    inspect.add_argument(
+        "--output-name", help="in an archive, the LoRA to pick: <output-name>.safetensors (as the run does)"
+    )
+    inspect.set_defaults(handler=_inspect)
     example = commands.add_parser(
         "example", help="write a bundled example dataset (drawn procedurally) to a folder"
     )
@@ -261,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--sd-scripts", type=Path, help="an sd-scripts checkout: run real Kohya, not the smoke trainer"
     )
     serve.add_argument("--base-model", type=Path, help="a local SDXL base .safetensors for real Kohya runs")
+    serve.add_argument(
+        "--access-log", action="store_true", help="print every HTTP request the embedded server answers"
+    )
     serve.set_defaults(handler=_local)
     return parser
 

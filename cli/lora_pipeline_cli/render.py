@@ -74,9 +74,12 @@ def render_plan(plan: Plan, output_name: str | None) -> list[str]:
         )
     else:
         lines.append(
-            f"  {plan.epochs} epoch(s) x {plan.steps_per_epoch} steps (batch {plan.batch_size}, "
-            f"gradient accumulation {plan.gradient_accumulation_steps}, {plan.gpus} GPU process(es)) "
-            f"= {plan.total_steps} steps"
+            f"  {plan.samples_per_epoch} samples in {plan.buckets} aspect bucket(s), batch {plan.batch_size} "
+            f"per bucket: {plan.batches_per_epoch} batches/epoch"
+        )
+        lines.append(
+            f"  {plan.epochs} epoch(s) x {plan.steps_per_epoch} steps (gradient accumulation "
+            f"{plan.gradient_accumulation_steps}, {plan.gpus} GPU process(es)) = {plan.total_steps} steps"
         )
         parts = "U-Net + both text encoders" if plan.trains_text_encoders else "U-Net only"
         lines.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from lora_pipeline.s3_layout import READY_MARKER, RunLayout, dataset_prefix, par
 from lora_pipeline.training_metrics import TrainingProgress, parse_metric_line
 from lora_pipeline_cli.stack import Stack, StackError
 
-RUNNING, SUCCEEDED = "RUNNING", "SUCCEEDED"
+RUNNING, SUCCEEDED, REJECTED = "RUNNING", "SUCCEEDED", "REJECTED"
+REJECTION_ERRORS_SHOWN = 5
 _JOB_ENDED = {"Completed", "Failed", "Stopped"}
 LOG_POLL_SECONDS = 5.0
 
@@ -128,6 +130,30 @@ def training_log_lines(stack: Stack, job_name: str, start_time: int | None = Non
     except logs.exceptions.ResourceNotFoundException:
         return []
     return sorted(lines)
+
+
+def rejection_summary(stack: Stack, run: RunRecord) -> str:
+    """Why a REJECTED run never trained, from its execution's output: the reason, the first errors (code and
+    file) and where the full report is."""
+    described = stack.client("stepfunctions").describe_execution(
+        executionArn=_execution_arn(stack, run.execution_name)
+    )
+    state = json.loads(described.get("output") or "{}")
+    lines = [
+        f"Run {run.dataset}/{run.run_id} was rejected before training: no training job ran, so it has no log.",
+        f"Why: {state.get('rejection', {}).get('reason', 'see the rejection email')}",
+    ]
+    validation = state.get("validation", {})
+    errors = [p for p in validation.get("problems", []) if p.get("severity") == "error"]
+    lines += [
+        f"  {p['code']}" + (f" {p['file']}" if p.get("file") else "") for p in errors[:REJECTION_ERRORS_SHOWN]
+    ]
+    if validation.get("error_count", 0) > REJECTION_ERRORS_SHOWN:
+        lines.append(f"  ... {validation['error_count'] - REJECTION_ERRORS_SHOWN} more")
+    if validation.get("report_uri"):
+        lines.append(f"Full report: {validation['report_uri']}")
+    lines.append("Fix the dataset (`lora-pipeline validate <folder>` shows each fix), then upload it again.")
+    return "\n".join(lines)
 
 
 def follow_logs(

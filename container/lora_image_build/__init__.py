@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTAINER_DIR = REPO_ROOT / "container"
 DOMAIN_PACKAGE_DIR = REPO_ROOT / "layers" / "common" / "lora_pipeline"
 SOURCE_KEY = "build/container-source.zip"
-CONTEXT_FILES = ("Dockerfile", ".dockerignore", "buildspec.yml", "image-constraints.txt", "train")
+CONTEXT_FILES = ("Dockerfile", ".dockerignore", "buildspec.yml", "image-requirements.txt", "train")
 CONTEXT_PACKAGES = {"lora_trainer": CONTAINER_DIR / "lora_trainer", "lora_pipeline": DOMAIN_PACKAGE_DIR}
 EXECUTABLES = frozenset({"train"})
 # Zip entries get one fixed time, so the same source gives the same zip (and the same S3 ETag).

@@ -22,7 +22,7 @@ from types import FrameType
 
 import lora_pipeline
 import lora_trainer
-from lora_pipeline.safetensors_lora import LoraFormatError, inspect_lora_file
+from lora_pipeline.safetensors_lora import Architecture, LoraFormatError, inspect_lora_file
 from lora_trainer.kohya_command import (
     KohyaRun,
     base_model_for,
@@ -244,15 +244,18 @@ def copy_samples(opt_ml: OptMl) -> int:
     return len(images)
 
 
-def publish_model(opt_ml: OptMl, output_name: str, tail: list[str]) -> str | None:
-    """Copy the checked LoRA to `model/`; the failure reason when there is none to copy."""
+def publish_model(opt_ml: OptMl, output_name: str, tail: list[str], architecture: Architecture) -> str | None:
+    """Copy the checked LoRA to `model/` (checked as the unpack step will check it: structure, identity,
+    every tensor's numbers); the failure reason when there is none to copy."""
     produced = opt_ml.checkpoints_dir / f"{output_name}.safetensors"
     if not produced.is_file():
         return f"Training ended without writing {produced.name}: {diagnose(tail)}"
     try:
-        _, summary = inspect_lora_file(produced)
+        _, summary = inspect_lora_file(produced, architecture)
     except LoraFormatError as error:
-        return f"Training wrote {produced.name}, but it is not an SDXL LoRA in Kohya format: {error}."
+        return (
+            f"Training wrote {produced.name}, but it is not an SDXL LoRA the output check accepts: {error}."
+        )
     opt_ml.model_dir.mkdir(parents=True, exist_ok=True)
     partial = opt_ml.model_dir / f".{produced.name}.partial"
     shutil.copyfile(produced, partial)
@@ -286,7 +289,13 @@ def _train(opt_ml: OptMl, environ: Mapping[str, str]) -> int:
         directory.mkdir(parents=True, exist_ok=True)
     # A spot restart can come after the final save: the restored checkpoints then hold the finished LoRA.
     finished = opt_ml.checkpoints_dir / f"{hyperparameters.output_name}.safetensors"
-    if finished.is_file() and publish_model(opt_ml, hyperparameters.output_name, tail=[]) is None:
+    if (
+        finished.is_file()
+        and publish_model(
+            opt_ml, hyperparameters.output_name, [], Architecture.for_trainer(hyperparameters.trainer)
+        )
+        is None
+    ):
         log(
             f"an earlier attempt of this job already wrote {finished.name}: published it without training again"
         )
@@ -317,7 +326,9 @@ def _train(opt_ml: OptMl, environ: Mapping[str, str]) -> int:
             opt_ml, f"The {hyperparameters.trainer} trainer exited with code {exit_code}: {diagnose(tail)}"
         )
         return EXIT_FAILED
-    reason = publish_model(opt_ml, hyperparameters.output_name, tail)
+    reason = publish_model(
+        opt_ml, hyperparameters.output_name, tail, Architecture.for_trainer(hyperparameters.trainer)
+    )
     if reason is not None:
         write_failure(opt_ml, reason)
         return EXIT_FAILED

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from lora_pipeline.safetensors_lora import SMOKE_MODEL_NAME
 from lora_trainer.smoke_trainer import TrainingImage
 
 SMOKE_COMMENT = "smoke trainer: tiny random SDXL-shaped model; proves the pipeline, not usable for images"
@@ -69,7 +70,7 @@ def metadata_for(
         "ss_seed": str(config.get("seed", 42)),
         "ss_v2": "False",
         "ss_base_model_version": "sdxl_base_v1-0",
-        "ss_sd_model_name": "smoke-tiny-sdxl",
+        "ss_sd_model_name": SMOKE_MODEL_NAME,
         "ss_training_comment": SMOKE_COMMENT,
         "ss_tag_frequency": json.dumps(tag_frequency),
         "ss_dataset_dirs": json.dumps(dataset_dirs),

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SAMPLE_SIZE_OPTIONS = " --w 1024 --h 1024"
-_SIZE_OPTION = re.compile(r"(^|\s)--(w|h)\s")
+from lora_pipeline.sample_prompts import with_sdxl_size
 
 
 def copy_dataset(source: Path, destination: Path) -> int:
@@ -35,16 +33,12 @@ def copy_dataset(source: Path, destination: Path) -> int:
 
 
 def write_sample_prompts(source: Path, destination: Path) -> Path:
-    """Copy the prompt lines, rendering at SDXL's 1024 px unless a line sets its own size.
-
-    sd-scripts renders samples at 512 px when a prompt line has no `--w`/`--h`, which SDXL draws badly.
-    """
+    """Copy the prompt lines, rendering at SDXL's 1024 px unless a line sets its own size, read as sd-scripts
+    reads it (`lora_pipeline.sample_prompts`: `--W 832` is a size)."""
     lines = []
     for line in source.read_text(encoding="utf-8").splitlines():
         stripped = line.strip()
-        if stripped and not stripped.startswith("#") and not _SIZE_OPTION.search(stripped):
-            stripped += SAMPLE_SIZE_OPTIONS
-        lines.append(stripped)
+        lines.append(with_sdxl_size(stripped) if stripped and not stripped.startswith("#") else stripped)
     destination.parent.mkdir(parents=True, exist_ok=True)
     destination.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return destination

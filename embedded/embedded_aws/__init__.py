@@ -23,13 +23,12 @@ from .container_executor import ContainerExecutor
 from .eventbridge import FailedDelivery
 from .guard import RealAwsRefused, refuse_real_aws
 from .lambda_runtime import Invocation
-from .runtime import RecordedEvent
+from .runtime import RecordedEvent, SnsMessage
 from .sagemaker import TrainingUpdate
 from .stack import (
     DeliveryFailed,
     EmbeddedStack,
     ExecutionRecord,
-    SnsMessage,
     StackDeployFailed,
     TimelineEntry,
 )

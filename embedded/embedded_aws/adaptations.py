@@ -359,6 +359,78 @@ def step_functions_new_executions_are_running() -> None:
     Execution.status = property(status)  # type: ignore[method-assign,assignment]
 
 
+def step_functions_history_in_reverse_order() -> None:
+    """Step Functions: moto's GetExecutionHistory ignores `reverseOrder`, so a caller asking for the newest
+    events first (the CLI's current stage) reads the oldest. `maxResults` stays ignored: every event comes
+    in one page, which paginating callers read just the same."""
+    from moto.core.responses import ActionResult
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    shipped = _require(
+        StepFunctionResponse, "get_execution_history", "step_functions_history_in_reverse_order"
+    )
+
+    def get_execution_history(self: Any) -> Any:
+        if runtime.current_or_none() is None or not self._get_param("reverseOrder"):
+            return shipped(self)
+        history = self.stepfunction_backend.get_execution_history(self._get_param("executionArn"))
+        return ActionResult({**history, "events": list(reversed(history["events"]))})
+
+    StepFunctionResponse.get_execution_history = get_execution_history
+
+
+def logs_filter_by_stream_name_prefix() -> None:
+    """CloudWatch Logs: moto's FilterLogEvents ignores `logStreamNamePrefix` and searches every stream of the
+    group, so one training job's log showed every job's lines; search only the streams with that prefix."""
+    from moto.logs.exceptions import InvalidParameterException
+    from moto.logs.responses import LogsResponse
+
+    shipped = _require(LogsResponse, "filter_log_events", "logs_filter_by_stream_name_prefix")
+
+    def filter_log_events(self: Any) -> Any:
+        prefix = self._get_param("logStreamNamePrefix")
+        if runtime.current_or_none() is None or prefix is None:
+            return shipped(self)
+        if self._get_param("logStreamNames"):
+            raise InvalidParameterException(
+                msg="logStreamNames and logStreamNamePrefix are mutually exclusive."
+            )
+        group = self.logs_backend.groups.get(self._get_param("logGroupName"))
+        names = sorted(name for name in (group.streams if group else {}) if name.startswith(prefix))
+        if group is not None and not names:
+            return json.dumps({"events": [], "searchedLogStreams": []})
+        events, next_token, searched = self.logs_backend.filter_log_events(
+            self._get_param("logGroupName"),
+            names,
+            self._get_param("startTime"),
+            self._get_param("endTime"),
+            self._get_param("limit"),
+            self._get_param("nextToken"),
+            self._get_param("filterPattern"),
+            self._get_param("interleaved", False),
+        )
+        return json.dumps({"events": events, "nextToken": next_token, "searchedLogStreams": searched})
+
+    LogsResponse.filter_log_events = filter_log_events
+
+
+def record_sns_publishes() -> None:
+    """SNS: tell the stack's listeners about every message published to a topic (`lora-pipeline local` prints
+    each email as it is sent)."""
+    from moto.sns.models import Topic
+
+    shipped = _require(Topic, "publish", "record_sns_publishes")
+
+    def publish(self: Any, message: str, subject: str | None = None, *args: Any, **kwargs: Any) -> str:
+        message_id: str = shipped(self, message, subject, *args, **kwargs)
+        stack = runtime.current_or_none()
+        if stack is not None:
+            stack.record_sns_message(self.arn, subject, message)
+        return message_id
+
+    Topic.publish = publish
+
+
 def dynamodb_atomic_requests() -> None:
     """DynamoDB: moto checks a ConditionExpression and then writes, unlocked, so two threads can both pass
     the check; and its UpdateItem response deep-copies the stored item outside any lock, so a concurrent write
@@ -391,6 +463,9 @@ ADAPTATIONS: Final[tuple[Callable[[], None], ...]] = (
     step_functions_status_change_events,
     step_functions_parse_each_definition_once,
     step_functions_new_executions_are_running,
+    step_functions_history_in_reverse_order,
+    logs_filter_by_stream_name_prefix,
+    record_sns_publishes,
     dynamodb_atomic_requests,
 )
 

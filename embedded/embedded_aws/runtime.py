@@ -25,6 +25,15 @@ class RecordedEvent:
     resources: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class SnsMessage:
+    """What SNS would have sent to every subscriber (an email: subject and body)."""
+
+    topic_arn: str
+    subject: str | None
+    message: str
+
+
 class Runtime:
     def __init__(self, lambdas: LambdaHost, deliveries: Deliveries, training: TrainingJobRunner) -> None:
         self.lambdas = lambdas
@@ -32,6 +41,7 @@ class Runtime:
         self.training = training
         self.events: list[RecordedEvent] = []
         self.event_listeners: list[Callable[[RecordedEvent], None]] = []
+        self.sns_listeners: list[Callable[[SnsMessage], None]] = []
         self._lock = threading.Lock()
         self._busy = 0
         self.stopping = threading.Event()
@@ -49,6 +59,11 @@ class Runtime:
             self.events.append(event)
         for listener in list(self.event_listeners):
             listener(event)
+
+    def record_sns_message(self, topic_arn: str, subject: str | None, message: str) -> None:
+        published = SnsMessage(topic_arn, subject, message)
+        for listener in list(self.sns_listeners):
+            listener(published)
 
     @contextmanager
     def busy(self) -> Iterator[None]:

@@ -21,7 +21,7 @@ from .clients import client
 from .eventbridge import Deliveries, FailedDelivery
 from .guard import refuse_real_aws
 from .lambda_runtime import Invocation, LambdaHost
-from .runtime import RecordedEvent, Runtime
+from .runtime import RecordedEvent, Runtime, SnsMessage
 from .sagemaker import TrainingJobRunner, TrainingUpdate
 from .training import NoExecutor, TrainingExecutor
 
@@ -36,15 +36,6 @@ class StackDeployFailed(RuntimeError):
 
 class DeliveryFailed(AssertionError):
     """An asynchronous EventBridge delivery failed (e.g. a handler raised); its traceback is in the log."""
-
-
-@dataclass(frozen=True)
-class SnsMessage:
-    """What SNS would have sent to every subscriber (an email: subject and body)."""
-
-    topic_arn: str
-    subject: str | None
-    message: str
 
 
 @dataclass(frozen=True)
@@ -351,6 +342,10 @@ class EmbeddedStack:
 
         self.runtime.event_listeners.append(from_event)
         self.runtime.training.listeners.append(from_training)
+
+    def on_sns_message(self, callback: Callable[[SnsMessage], None]) -> None:
+        """Call `callback` (from the publishing thread) with every message published to a topic."""
+        self.runtime.sns_listeners.append(callback)
 
     def follow_states(self, callback: Callable[[TimelineEntry], None]) -> None:
         """Call `callback` with a "state" entry for every state an execution enters (histories polled in a

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_pipeline.safetensors_lora import inspect_lora_file
+from lora_pipeline.safetensors_lora import Architecture, inspect_lora_file
 from lora_pipeline_cli.demo import run_demo
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def test_bluebot_demo_trains_and_emails_the_lora(tmp_path: Path) -> None:
 
     assert result.model == tmp_path / "out" / "bluebot" / "bluebot.safetensors"
     assert hashlib.sha256(result.model.read_bytes()).hexdigest() == result.manifest.sha256
-    header, summary = inspect_lora_file(result.model)
+    header, summary = inspect_lora_file(result.model, Architecture.SMOKE)
     assert summary.unet_modules > 0 and summary.te1_modules > 0 and summary.te2_modules > 0
     assert header.metadata["ss_output_name"] == "bluebot"
     assert header.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"

@@ -100,3 +100,27 @@ def test_local_runs_kohya_from_a_checkout_with_a_local_base_model(tmp_path: Path
     call = json.loads((sd_scripts / "call.json").read_text())
     assert Path(call["options"]["pretrained_model_name_or_path"]).name == base_model.name
     assert call["environment"]["HF_HUB_OFFLINE"] == "1"
+
+
+def test_local_prints_each_email_and_answers_requests_quietly(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    subprocess.run([CLI, "example", "broken", str(broken)], check=True, capture_output=True)
+    log = tmp_path / "local.log"
+    with local_stack(tmp_path) as env:
+        assert cli(env, "upload", str(broken), "--force", "--start").returncode == 0
+        deadline = time.monotonic() + 120
+        while "Dataset rejected: broken (" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(1)
+        logs = cli(env, "logs", "broken")
+        assert logs.returncode == 0 and "was rejected before training" in logs.stdout
+    printed = log.read_text()
+    assert "No training job was started, so nothing was spent on GPUs." in printed
+    assert "lora-pipeline upload <folder> --dataset broken --start" in printed
+    assert " HTTP/1.1" not in printed
+
+
+def test_local_prints_the_request_log_when_asked(tmp_path: Path) -> None:
+    with local_stack(tmp_path, "--access-log") as env:
+        assert cli(env, "status").returncode == 0
+    assert '"POST / HTTP/1.1" 200' in (tmp_path / "local.log").read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_pipeline.safetensors_lora import inspect_lora_file
+from lora_pipeline.safetensors_lora import Architecture, inspect_lora_file
 from lora_pipeline.training_metrics import parse_metric_line
 from tests.container_jobs import SMOKE_KOHYA_TOML, make_opt_ml, run_entrypoint, start_entrypoint
 from tests.corpus import make_image, write_caption
@@ -30,7 +30,7 @@ def test_smoke_job_publishes_a_kohya_lora_with_metrics_and_samples(tmp_path: Pat
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (opt_ml / "output/failure").exists()
-    header, summary = inspect_lora_file(opt_ml / "model/bluebot.safetensors")
+    header, summary = inspect_lora_file(opt_ml / "model/bluebot.safetensors", Architecture.SMOKE)
     assert summary.unet_modules > 0 and summary.te1_modules > 0 and summary.te2_modules > 0
     assert summary.network_dim == 4 and summary.network_alpha == 2.0
     assert header.metadata["ss_base_model_version"] == "sdxl_base_v1-0"

@@ -12,7 +12,7 @@ import pytest
 
 from embedded_aws import EmbeddedStack, TimelineEntry
 from embedded_aws.container_executor import ContainerExecutor
-from lora_pipeline.safetensors_lora import inspect_lora_file
+from lora_pipeline.safetensors_lora import Architecture, inspect_lora_file
 from tests.container_jobs import make_opt_ml
 
 FIXTURE = Path(__file__).parent / "fixtures" / "embedded_aws" / "template.yaml"
@@ -88,7 +88,7 @@ def test_a_job_runs_the_entrypoint_and_publishes_model_tar_gz_metrics_and_progre
         with tarfile.open(fileobj=io.BytesIO(archive["Body"].read())) as tar:
             assert tar.getnames() == ["bluebot.safetensors"]
             (tmp_path / "bluebot.safetensors").write_bytes(tar.extractfile("bluebot.safetensors").read())  # type: ignore[union-attr]
-        _header, summary = inspect_lora_file(tmp_path / "bluebot.safetensors")
+        _header, summary = inspect_lora_file(tmp_path / "bluebot.safetensors", Architecture.SMOKE)
         assert summary.unet_modules > 0
         statuses = [entry.text.split(": ", 2)[1] for entry in timeline if entry.kind == "training-status"]
         assert statuses == ["Starting", "Downloading", "Training", "Uploading", "Completed"]

@@ -17,6 +17,7 @@ from embedded_aws import (
     FailingExecutor,
     FlakyExecutor,
     HeldExecutor,
+    SnsMessage,
     TimelineEntry,
     tar_gz,
 )
@@ -290,3 +291,39 @@ def _jobs_of_one_held_run(stack: EmbeddedStack, executor: HeldExecutor) -> set[s
     while not executor.running() and time.monotonic() < deadline:
         time.sleep(0.02)
     return executor.running()
+
+
+def test_history_in_reverse_order_logs_by_stream_prefix_and_sns_listeners() -> None:
+    with EmbeddedStack.up(FIXTURE, {"QuietPeriodSeconds": "0"}, ArchiveExecutor(MODEL_ARCHIVE)) as stack:
+        sent: list[SnsMessage] = []
+        stack.on_sns_message(sent.append)
+        _upload(stack, "datasets/cat/1_cat/a.png")
+        stack.wait_until_idle(timeout=30)
+        assert sent == stack.sns_messages() and len(sent) == 1
+
+        (execution,) = stack.executions()
+        sfn = stack.client("stepfunctions")
+        oldest_first = sfn.get_execution_history(executionArn=execution.arn)["events"]
+        newest_first = sfn.get_execution_history(executionArn=execution.arn, reverseOrder=True)["events"]
+        assert oldest_first[0]["type"] == "ExecutionStarted"
+        assert newest_first == oldest_first[::-1]
+
+        logs = stack.client("logs")
+        logs.create_log_group(logGroupName="jobs")
+        for stream in ("job-a/algo-1", "job-ab/algo-1", "job-b/algo-1"):
+            logs.create_log_stream(logGroupName="jobs", logStreamName=stream)
+            logs.put_log_events(
+                logGroupName="jobs",
+                logStreamName=stream,
+                logEvents=[{"timestamp": int(time.time() * 1000), "message": stream}],
+            )
+
+        def messages(**kwargs: Any) -> list[str]:
+            return [e["message"] for e in logs.filter_log_events(logGroupName="jobs", **kwargs)["events"]]
+
+        assert messages(logStreamNamePrefix="job-a/") == ["job-a/algo-1"]
+        assert sorted(messages(logStreamNamePrefix="job-a")) == ["job-a/algo-1", "job-ab/algo-1"]
+        assert messages(logStreamNamePrefix="job-c/") == []
+        assert len(messages()) == 3
+        with pytest.raises(logs.exceptions.InvalidParameterException):
+            messages(logStreamNamePrefix="job-a/", logStreamNames=["job-b/algo-1"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lora_pipeline.safetensors_lora import inspect_lora_file
+from lora_pipeline.safetensors_lora import Architecture, inspect_lora_file
 from lora_trainer.kohya_format import original_unet_path
 from lora_trainer.tiny_sdxl import UNET_CONFIG, build_tiny_sdxl, build_tokenizer
 from tests.corpus import make_good_dataset
@@ -66,7 +66,7 @@ def _lora_layers(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor
 def test_diffusers_loads_every_module_where_kohya_names_it_and_the_output_changes(
     smoke_lora: Path, tmp_path: Path
 ) -> None:
-    _, summary = inspect_lora_file(smoke_lora)
+    _, summary = inspect_lora_file(smoke_lora, Architecture.SMOKE)
     model = build_tiny_sdxl(seed=1, tokenizer_dir=tmp_path / "tokenizer")
     pipeline = model.pipeline()
     pipeline.set_progress_bar_config(disable=True)

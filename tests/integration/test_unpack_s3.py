@@ -4,6 +4,7 @@ import hashlib
 import tarfile
 
 import boto3
+import numpy as np
 import pytest
 from botocore.exceptions import ResponseStreamingError
 from moto import mock_aws
@@ -12,7 +13,8 @@ from lora_pipeline.aws.s3_model_io import MIN_PART_BYTES, S3MultipartSink, unpac
 from lora_pipeline.manifest import Manifest, RunFacts
 from lora_pipeline.model_archive import ModelArchiveError
 from lora_pipeline.s3_layout import RunLayout
-from tests.lora_files import Member, sdxl_lora_bytes, tar_bytes
+from lora_pipeline.safetensors_lora import Architecture
+from tests.lora_files import Member, kohya_metadata, safetensors_bytes, sdxl_lora_bytes, tar_bytes
 
 BUCKET = "lora-bucket"
 LAYOUT = RunLayout("bluebot", "20261126-1100-ab12")
@@ -20,7 +22,7 @@ JOB = "bluebot-20261126-1100-ab12-1"
 ARCHIVE_KEY = LAYOUT.model_archive_key(JOB)
 FACTS = RunFacts(dataset="bluebot", run_id=LAYOUT.run_id, training_job_name=JOB, billable_seconds=612)
 # Real SDXL shapes at rank 4: 986 modules, about 29 MB, six parts of 5 MiB.
-BIG_LORA = sdxl_lora_bytes(rank=4, real_shapes=True)
+BIG_LORA = sdxl_lora_bytes(rank=4)
 
 
 @pytest.fixture
@@ -172,3 +174,19 @@ def test_an_archive_replaced_during_the_download_is_not_spliced(s3):
 def test_part_size_outside_s3_and_lambda_limits_is_refused(s3):
     with pytest.raises(ValueError, match="part size"):
         S3MultipartSink(s3, BUCKET, LAYOUT.model_prefix, part_bytes=1024 * 1024)
+
+
+def test_the_architecture_of_the_runs_trainer_decides_the_widths(s3):
+    small = {}
+    for name in ("lora_unet_input_blocks_4_1_proj_in", "lora_te2_text_model_encoder_layers_0_mlp_fc2"):
+        small[f"{name}.lora_down.weight"] = np.full((4, 32), 0.01, np.float32)
+        small[f"{name}.lora_up.weight"] = np.full((64, 4), 0.01, np.float32)
+        small[f"{name}.alpha"] = np.array(2.0, np.float32)
+    put_archive(s3, [Member("bluebot.safetensors", safetensors_bytes(small, kohya_metadata()))])
+    with pytest.raises(ModelArchiveError, match="do not fit SDXL's layer"):
+        run_unpack(s3)
+    assert model_keys(s3) == []
+    manifest = unpack_model(
+        s3, BUCKET, ARCHIVE_KEY, LAYOUT.model_prefix, "bluebot", FACTS, architecture=Architecture.SMOKE
+    )
+    assert manifest.lora.unet_modules == 1 and manifest.lora.te2_modules == 1

@@ -180,3 +180,16 @@ def test_unet_paths_follow_the_original_sdxl_layout(diffusers: str, original: st
 def test_paths_outside_attention_blocks_are_refused() -> None:
     with pytest.raises(ValueError, match="attention"):
         original_unet_path("down_blocks.0.resnets.0.conv1", layers_per_block=2)
+
+
+def test_sample_prompt_sizes_are_read_as_sd_scripts_reads_them(tmp_path: Path) -> None:
+    # line_to_prompt_dict matches options case-insensitively and a later option wins: appending --w 1024
+    # after --W 832 would silently render at 1024.
+    source = tmp_path / "prompts.txt"
+    source.write_text("a bluebot --W 832 --H 1216\na bluebot --h 768\na bluebot --w big\n")
+    lines = write_sample_prompts(source, tmp_path / "out.txt").read_text().splitlines()
+    assert lines == [
+        "a bluebot --W 832 --H 1216",
+        "a bluebot --h 768 --w 1024",
+        "a bluebot --w big --w 1024 --h 1024",
+    ]

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import io
+import random
+import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from lora_pipeline.buckets import bucket_resolutions, select_bucket
 from lora_pipeline.dataset import (
     DatasetRules,
     DatasetSummary,
-    bucket_resolutions,
     caption_candidates,
     check_dataset,
     parse_resolution,
     parse_subset_folder,
-    select_bucket,
 )
-from lora_pipeline.images import HEAD_BLOCK, TAIL_BYTES
+from lora_pipeline.images import HEAD_BLOCK, TAIL_BYTES, decode_problem
 from lora_pipeline.problems import Problem, Severity, catalogue, has_errors
 from lora_pipeline.storage import FileEntry, LocalFolder
 from tests.corpus import (
@@ -89,6 +92,31 @@ def test_summary_counts_images_captions_bytes_and_buckets(tmp_path: Path) -> Non
     assert summary.batches_per_epoch(4) == 13
 
 
+@pytest.mark.parametrize(
+    ("enable_wildcard", "multiline_caption"),
+    [(False, "bluebot, first"), (True, "bluebot, first\nsecond")],
+)
+def test_summary_lists_each_image_with_the_caption_it_trains_with(
+    tmp_path: Path, enable_wildcard: bool, multiline_caption: str
+) -> None:
+    """DreamBoothDataset.read_caption: the first line stripped (every non-blank line with enable_wildcard);
+    no caption file means the folder's class tokens; an empty caption file stops sd-scripts (None)."""
+    folder = tmp_path / "3_bluebot"
+    for name in ("a", "b", "c", "d"):
+        make_image(folder / f"{name}.png", (1024, 1024))
+    write_caption(folder / "a.caption", "  bluebot, first \r\n\n  second \n")
+    write_caption(folder / "c.caption", b"")
+    write_caption(folder / "d.caption", "\nafter a blank line")
+    summary, _ = check(tmp_path, enable_wildcard=enable_wildcard)
+    blank_first = "after a blank line" if enable_wildcard else ""
+    assert [(i.file, i.caption) for i in summary.subsets[0].images] == [
+        ("3_bluebot/a.png", multiline_caption),
+        ("3_bluebot/b.png", "bluebot"),
+        ("3_bluebot/c.png", None),
+        ("3_bluebot/d.png", blank_first),
+    ]
+
+
 def test_only_headers_and_tails_are_read(tmp_path: Path) -> None:
     (tmp_path / "10_bluebot").mkdir()
     for index in range(4):
@@ -104,7 +132,7 @@ def test_only_headers_and_tails_are_read(tmp_path: Path) -> None:
             read.append(len(data))
             return data
 
-    _, problems = check_dataset(Counting(tmp_path), DatasetRules())
+    _, problems = check_dataset(Counting(tmp_path), DatasetRules(), decode=False)
     assert problems == []
     assert sum(read) == 4 * (HEAD_BLOCK + TAIL_BYTES)
     assert sum(read) * 10 < sum(p.stat().st_size for p in tmp_path.rglob("*.jpg"))
@@ -358,6 +386,11 @@ def test_storage_failure_is_reported_per_file_not_raised(tmp_path: Path) -> None
             if path == "10_bluebot/img01.png":
                 raise PermissionError("AccessDenied")
             return super().read_range(path, start, length)
+
+        def read_all(self, path: str) -> bytes:
+            if path == "10_bluebot/img01.png":
+                raise PermissionError("AccessDenied")
+            return super().read_all(path)
 
     _, problems = check_dataset(Denied(tmp_path), DatasetRules())
     problem = only(problems, "IMAGE_UNREADABLE")
@@ -651,22 +684,22 @@ def test_bad_resolutions_raise(value: object) -> None:
 
 
 def test_bucket_resolutions_follow_sd_scripts() -> None:
-    resolutions = bucket_resolutions(DatasetRules(enable_bucket=True))
+    resolutions = bucket_resolutions(DatasetRules(enable_bucket=True).buckets)
     assert (1024, 1024) in resolutions and (256, 1024) in resolutions and (1024, 256) in resolutions
     assert all(w <= 1024 and h <= 1024 and w % 64 == 0 and h % 64 == 0 for w, h in resolutions)
-    wide = bucket_resolutions(DatasetRules(enable_bucket=True, max_bucket_reso=2048))
+    wide = bucket_resolutions(DatasetRules(enable_bucket=True, max_bucket_reso=2048).buckets)
     assert (1216, 832) in wide and (2048, 512) in wide
 
 
 def test_select_bucket_picks_the_closest_aspect_and_scales_to_cover() -> None:
     rules = DatasetRules(enable_bucket=True)
-    choice = select_bucket(rules, 1536, 1024, bucket_resolutions(rules))
+    choice = select_bucket(rules.buckets, 1536, 1024, bucket_resolutions(rules.buckets))
     assert choice.bucket == (1024, 704) and choice.resized == (1056, 704)
-    fixed = select_bucket(DatasetRules(), 512, 256, [])
+    fixed = select_bucket(DatasetRules().buckets, 512, 256, [])
     assert fixed.bucket == (1024, 1024) and fixed.resized == (2048, 1024)
     no_upscale = DatasetRules(enable_bucket=True, bucket_no_upscale=True)
-    assert select_bucket(no_upscale, 500, 300, []).bucket == (448, 256)
-    large = select_bucket(no_upscale, 4000, 3000, [])
+    assert select_bucket(no_upscale.buckets, 500, 300, []).bucket == (448, 256)
+    large = select_bucket(no_upscale.buckets, 4000, 3000, [])
     assert large.resized == (1109, 832) and large.bucket == (1088, 832)
 
 
@@ -687,3 +720,108 @@ def test_every_emitted_code_is_in_the_catalogue_with_its_severity(tmp_path: Path
     known = catalogue()
     for problem in check(tmp_path)[1]:
         assert known[problem.code].severity is problem.severity
+
+
+# --- full decode -------------------------------------------------------------------------------------------
+
+
+def _garbage_png_stream(path: Path) -> None:
+    """Replace the first IDAT chunk's data with garbage and fix its CRC: header, CRCs and IEND stay valid."""
+    raw = path.read_bytes()
+    start = raw.index(b"IDAT") - 4
+    length = int.from_bytes(raw[start : start + 4], "big")
+    garbage = bytes((x * 53 + 7) & 0xFF for x in range(length))
+    crc = zlib.crc32(b"IDAT" + garbage).to_bytes(4, "big")
+    path.write_bytes(raw[: start + 8] + garbage + crc + raw[start + 12 + length :])
+
+
+def test_pixel_data_pillow_cannot_decode_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    make_good_dataset(tmp_path)
+    _garbage_png_stream(make_image(tmp_path / "10_bluebot" / "broken.png", (256, 256)))
+    write_caption(tmp_path / "10_bluebot" / "broken.caption", "bluebot")
+    problem = only(check(tmp_path)[1], "IMAGE_UNDECODABLE")
+    assert problem.file == "10_bluebot/broken.png" and problem.severity is Severity.ERROR
+    assert "10_bluebot/broken.png" in problem.message
+    # The header pass alone cannot see it.
+    _, header_only = check_dataset(LocalFolder(tmp_path), DatasetRules(), decode=False)
+    assert "IMAGE_UNDECODABLE" not in codes(header_only) and not has_errors(header_only)
+
+
+def test_decoding_reads_each_image_once_and_nothing_by_range(tmp_path: Path) -> None:
+    make_good_dataset(tmp_path)
+    whole: list[str] = []
+
+    class Counting(LocalFolder):
+        def read_range(self, path: str, start: int, length: int) -> bytes:
+            raise AssertionError("the decode pass reads whole files")
+
+        def read_all(self, path: str) -> bytes:
+            whole.append(path)
+            return super().read_all(path)
+
+    summary, problems = check_dataset(Counting(tmp_path), DatasetRules())
+    assert problems == []
+    images = [p for p in whole if not p.endswith(".caption")]
+    assert len(images) == len(set(images)) == summary.total_images
+
+
+def _full_decode_fails(data: bytes) -> bool:
+    """What sd-scripts does in train_util.py load_image: open, convert('RGB')."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.convert("RGB")
+    except (OSError, ValueError, SyntaxError):
+        return True
+    return False
+
+
+def _corruptions(data: bytes, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(12):
+        at = rng.randrange(len(data) // 8, len(data) - 16)
+        span = rng.choice([1, 16, 512, 4096])
+        kind = rng.choice(["garbage", "zeros", "cut", "drop"])
+        if kind == "garbage":
+            out.append(data[:at] + bytes(rng.randrange(256) for _ in range(span)) + data[at + span :])
+        elif kind == "zeros":
+            out.append(data[:at] + bytes(span) + data[at + span :])
+        elif kind == "cut":
+            out.append(data[:at])
+        else:
+            out.append(data[:at] + data[at + span :])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options"),
+    [
+        ("JPEG", "RGB", {}),
+        ("JPEG", "RGB", {"progressive": True}),
+        ("JPEG", "L", {}),
+        ("JPEG", "CMYK", {}),
+        ("PNG", "RGB", {}),
+        ("PNG", "RGBA", {}),
+        ("WEBP", "RGB", {}),
+        ("BMP", "RGB", {}),
+    ],
+)
+def test_fast_decode_rejects_exactly_what_a_full_convert_rejects(
+    fmt: str, mode: str, options: dict[str, object]
+) -> None:
+    # JPEG's draft decode must see every fault of the entropy stream that the full decode sees.
+    original = image_bytes(fmt, (320, 240), mode, noise=True, **options)
+    cases = _corruptions(original, seed=len(fmt) + len(mode) + len(options))
+    assert decode_problem(original) is None
+    verdicts = [(decode_problem(data) is not None, _full_decode_fails(data)) for data in cases]
+    assert [fast for fast, _ in verdicts] == [full for _, full in verdicts]
+    assert any(full for _, full in verdicts), "the corpus must hold faults a full decode catches"
+
+
+def test_a_memory_budget_smaller_than_any_image_still_decodes_each_one_alone(tmp_path: Path) -> None:
+    make_good_dataset(tmp_path)
+    _garbage_png_stream(make_image(tmp_path / "10_bluebot" / "broken.png", (256, 256)))
+    write_caption(tmp_path / "10_bluebot" / "broken.caption", "bluebot")
+    _, problems = check_dataset(LocalFolder(tmp_path), DatasetRules(), max_workers=8, decode_memory_bytes=1)
+    assert [p.file for p in problems if p.severity is Severity.ERROR] == ["10_bluebot/broken.png"]
+    assert only(problems, "IMAGE_UNDECODABLE").file == "10_bluebot/broken.png"

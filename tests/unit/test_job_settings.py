@@ -144,6 +144,18 @@ def test_s3_base_model_only_from_the_stack_base_model_or_base_models_prefix(valu
     assert job.base_model == "s3://models/sdxl.safetensors"
 
 
+def test_a_refused_s3_base_model_is_never_read():
+    class Refusing:
+        def read_range(self, uri, start, length):
+            raise AssertionError(f"read {uri}")
+
+    limits = StackLimits(bucket="stack-bucket")
+    _, problems = read_job_settings(
+        'base_model = "s3://stack-bucket/runs/x/model/lora.safetensors"\n', limits, TABLE, models=Refusing()
+    )
+    assert codes(problems) == ["JOB_BASE_MODEL_NOT_ALLOWED"]
+
+
 @pytest.mark.parametrize(
     "value", ["s3://models/sdxl.safetensors", "s3://stack-bucket/base-models/team/sdxl-v2.safetensors"]
 )
@@ -173,7 +185,7 @@ def test_sample_prompts_get_sdxl_size_unless_given():
     assert job.sample_every_n_epochs == 1
 
 
-@pytest.mark.parametrize("prompt", ["bluebot --W 512", "bluebot --steps 20", "bluebot --w big"])
+@pytest.mark.parametrize("prompt", ["bluebot --steps 20", "bluebot --w big"])
 def test_sample_prompt_options_are_checked(prompt):
     _, problems = read(f'sample_prompts = ["{prompt}"]\n')
     assert codes(problems) == ["JOB_BAD_SAMPLE_PROMPT"]

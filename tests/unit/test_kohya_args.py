@@ -52,3 +52,23 @@ def test_where_each_argument_is_defined_is_kept() -> None:
     assert argument_specs()["cache_text_encoder_outputs"].defined_in == (
         "library/sdxl_train_util.py:add_sdxl_training_arguments"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "inside", "outside", "words"),
+    [
+        ("train_batch_size", [1, 64], [0, -1], "at least 1"),
+        ("learning_rate", [1e-9, 1.0], [0.0, -1e-4], "greater than 0"),
+        ("caption_dropout_rate", [0.0, 1.0], [1.5, -0.1], "between 0 and 1"),
+        ("validation_split", [0.0, 0.99], [1.0], "not including"),
+        ("unet_lr", [0.0, 1e-4], [-1e-4], "not be negative"),
+    ],
+)
+def test_value_ranges_come_from_the_table(
+    name: str, inside: list[float], outside: list[float], words: str
+) -> None:
+    value_range = argument_specs()[name].range
+    assert value_range is not None
+    assert all(value in value_range for value in inside)
+    assert not any(value in value_range for value in outside)
+    assert words in value_range.describe()

@@ -8,12 +8,11 @@ import toml  # the reader sd-scripts v0.10.1 uses for --config_file
 
 from lora_pipeline.kohya_config import (
     ADAFACTOR_ARGS,
-    PIPELINE_OWNED_KEYS,
     KohyaConfigResult,
     PipelineInputs,
     build_effective_config,
-    safe_output_name,
 )
+from lora_pipeline.kohya_facts import PIPELINE_OWNED_KEYS, safe_output_name
 from lora_pipeline.problems import Problem, Severity, catalogue
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
@@ -276,9 +275,14 @@ def test_legacy_optimizer_flag_with_optimizer_type_is_a_conflict() -> None:
 # --- security ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["networks.lora", "networks.dylora", "networks.oft", "networks.lora_fa"])
+@pytest.mark.parametrize("module", ["networks.lora", "networks.dylora", "networks.lora_fa"])
 def test_allowed_network_modules(module: str) -> None:
     assert build(f'network_module = "{module}"\n').problems == []
+
+
+def test_oft_is_refused_because_the_output_check_refuses_its_output() -> None:
+    problem = only('network_module = "networks.oft"\n', "CONFIG_NOT_ALLOWED")
+    assert "networks.oft" in problem.message and "oft_blocks" in problem.message
 
 
 @pytest.mark.parametrize("module", ["os", "my_package.evil", "networks.lora_flux", "lycoris.kohya"])
@@ -558,7 +562,7 @@ def test_pipeline_sample_interval_wins() -> None:
         "min_timestep = 1200",
         "validation_split = 1.0",
         'face_crop_aug_range = "4.0,2.0"',
-        'caption_extension = "txt"',
+        'caption_extension = "a/b"',
         'save_model_as = "ckpt"',
         'optimizer_args = ["lr"]',
         'optimizer_args = ["d_coef=two"]',
@@ -578,9 +582,8 @@ def test_values_sd_scripts_cannot_use_are_errors(line: str) -> None:
     [
         "lr_warmup_steps = 0.1",
         "lr_warmup_steps = 100",
-        "unet_lr = 0",
         'optimizer_type = "AdamW"\noptimizer_args = ["betas=(0.9,0.99)", "weight_decay=0.01"]',
-        'network_args = ["conv_dim=4", "algo=lora=x"]',
+        'network_args = ["conv_dim= 4", "conv_alpha=1"]',
     ],
 )
 def test_edge_values_sd_scripts_accepts_are_kept(line: str) -> None:

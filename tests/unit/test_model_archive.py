@@ -239,9 +239,11 @@ def test_output_name_must_be_a_plain_file_name(tmp_path):
 
 def test_memory_stays_bounded_when_a_tiny_archive_inflates_to_64_mb(tmp_path):
     tensors = lora_tensors(module_limit=1)
-    tensors["lora_unet_padding.lora_down.weight"] = np.zeros((1, 32 * 1024 * 1024), np.float16)
-    tensors["lora_unet_padding.lora_up.weight"] = np.zeros((8, 1), np.float16)
-    tensors["lora_unet_padding.alpha"] = np.array(1.0, np.float16)
+    # A real SDXL layer (5120 -> 1280) at an absurd rank: 66 MiB of zeros in lora_down.
+    padding = "lora_te2_text_model_encoder_layers_0_mlp_fc2"
+    tensors[f"{padding}.lora_down.weight"] = np.zeros((6600, 5120), np.float16)
+    tensors[f"{padding}.lora_up.weight"] = np.zeros((1280, 6600), np.float16)
+    tensors[f"{padding}.alpha"] = np.array(1.0, np.float16)
     archive = tar_bytes([Member("bluebot.safetensors", safetensors_bytes(tensors, kohya_metadata()))])
     del tensors
     assert len(archive) < 1024 * 1024

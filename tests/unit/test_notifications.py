@@ -150,3 +150,29 @@ def test_durations() -> None:
     assert notifications.duration(59) == "59 s"
     assert notifications.duration(61) == "1 min 01 s"
     assert notifications.duration(7200) == "2 h 00 min"
+
+
+def test_rejection_subject_counts_problems_as_the_body_does() -> None:
+    problems = [_problem("A"), _problem("W1", "warning"), _problem("B"), _problem("W2", "warning", None)]
+    message = notifications.render(rejected(problems, errors=2))
+    count = message.subject.rsplit("(", 1)[1].rstrip(")")
+    assert count == "2 problems"
+    error_block = message.body.split(f"{count} to fix (errors):\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split("]")[0] for line in error_block.splitlines() if not line.startswith(" ")] == [
+        "1. [ERROR A",
+        "2. [ERROR B",
+    ]
+    assert "2 warnings (these do not block training):\n3. [WARNING W1]" in message.body
+
+
+def test_rejection_without_errors_puts_no_count_in_the_subject() -> None:
+    message = notifications.render(rejected([_problem("W", "warning")], errors=0))
+    assert message.subject == "Dataset rejected: bluebot"
+    assert "to fix (errors)" not in message.body
+
+
+def test_rejection_advice_is_an_upload_that_replaces_the_dataset() -> None:
+    body = notifications.render(rejected([_problem("X")], errors=1)).body
+    assert "  lora-pipeline upload <folder> --dataset bluebot --start\n" in body
+    assert "aws s3 sync <folder> s3://lora-bucket/datasets/bluebot/ --delete" in body
+    assert "removing the files you\ndeleted or renamed" in body

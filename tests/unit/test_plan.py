@@ -131,3 +131,52 @@ def test_a_dataset_without_images_gets_no_estimate():
     plan, _ = make_plan([SubsetCount("10_x", 0, 10)], {"max_train_epochs": 1}, job(), TABLE)
     assert plan.total_steps == 0
     assert plan.estimated_seconds is None and plan.on_demand_usd is None
+
+
+def test_batches_are_counted_per_aspect_bucket():
+    # train_util.py BaseDataset.make_buckets: ceil(3/4) + ceil(3/4) + ceil(2/4) = 3 batches, not ceil(8/4) = 2
+    plan, _ = make_plan(
+        [SubsetCount("1_x", 8, 1)], {"max_train_epochs": 1, "train_batch_size": 4}, job(), TABLE, [3, 3, 2]
+    )
+    assert (plan.buckets, plan.batches_per_epoch, plan.total_steps) == (3, 3, 3)
+    one_bucket, _ = make_plan(
+        [SubsetCount("1_x", 8, 1)], {"max_train_epochs": 1, "train_batch_size": 4}, job(), TABLE
+    )
+    assert one_bucket.total_steps == 2
+
+
+@pytest.mark.parametrize(
+    ("config", "steps"),
+    [
+        ({"train_batch_size": 1}, 8),
+        ({"train_batch_size": 4}, 3),
+        ({"train_batch_size": 4, "gradient_accumulation_steps": 2}, 2),
+        ({"train_batch_size": 8}, 3),
+    ],
+)
+def test_time_and_cost_follow_the_samples_trained_whatever_the_batch_size(config, steps):
+    plan, _ = make_plan([SubsetCount("1_x", 8, 1)], {"max_train_epochs": 2} | config, job(), TABLE, [3, 3, 2])
+    spec = TABLE.get("ml.g5.2xlarge")
+    assert plan.total_steps == 2 * steps
+    # 16 samples (2 epochs of 8) at the table's seconds per 1024 px sample, however they are batched
+    assert plan.estimated_seconds == round(TABLE.startup_seconds + 16 * spec.seconds_per_step)
+    assert plan.on_demand_usd == round(plan.estimated_seconds / 3600 * spec.on_demand_usd_per_hour, 2)
+
+
+def test_conv_dim_adds_the_locon_modules_to_the_size() -> None:
+    from lora_pipeline.plan import (
+        CONV_LORA_PARAMS_PER_CONV_RANK,
+        CONV_LORA_PARAMS_PER_RANK,
+        SDXL_RESNET_BLOCKS,
+        conv_dim_of,
+        expected_lora_bytes,
+    )
+
+    assert conv_dim_of({"network_args": ["conv_dim=8", "conv_alpha=1"]}) == 8
+    assert conv_dim_of({"network_args": ["conv_dim = 8"]}) is None  # the key "conv_dim " is never read
+    plain = expected_lora_bytes(16, True, "bf16")
+    with_conv = expected_lora_bytes(16, True, "bf16", conv_dim=8)
+    assert with_conv - plain == 2 * (16 * CONV_LORA_PARAMS_PER_RANK + 8 * CONV_LORA_PARAMS_PER_CONV_RANK)
+    # A 3x3 convolution's lora_down holds in x 9 weights per rank: the first block (320 -> 320) alone adds
+    # 2 convolutions x (320 x 9 + 320) per conv rank.
+    assert len(SDXL_RESNET_BLOCKS) * 2 * (320 * 9 + 320) < CONV_LORA_PARAMS_PER_CONV_RANK

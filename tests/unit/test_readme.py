@@ -14,7 +14,7 @@ def test_two_setup_commands_at_the_top() -> None:
 
 
 def test_generated_sections_are_current() -> None:
-    for name in ("troubleshooting", "cost-example"):
+    for name in ("troubleshooting", "cost-example", "config-rules"):
         assert docs.section(README, name) == docs.generated(name), (
             f"run python -m lora_pipeline_cli.docs ({name})"
         )

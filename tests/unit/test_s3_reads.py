@@ -59,17 +59,21 @@ def _dataset(root: Path, images: dict[str, bytes]) -> Path:
     return root
 
 
-def test_a_small_image_costs_one_read_and_a_large_one_two_plus_its_caption(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decode", [False, True])
+def test_a_small_image_costs_one_read_and_a_large_one_two_plus_its_caption(
+    tmp_path: Path, decode: bool
+) -> None:
     small = image_bytes("WEBP", (256, 256), noise=True, quality=80)
     large = image_bytes("BMP", (256, 256), noise=True)
     assert len(small) <= WHOLE_READ_BYTES < len(large) and len(large) > 2 * HEAD_BLOCK
     source = CountingFolder(_dataset(tmp_path, {"small.webp": small, "large.bmp": large}), parallel=4)
-    summary, problems = check_dataset(source, DatasetRules())
+    summary, problems = check_dataset(source, DatasetRules(), decode=decode)
     assert summary.total_images == 2
     assert {p.code for p in problems} == {"IMAGE_TOO_SMALL"}  # 256 px: read, measured, found small
     assert source.reads == {
         "10_bluebot/small.webp": 1,  # header and tail from one whole read
-        "10_bluebot/large.bmp": 2,  # the first block, then the last 4 KiB
+        # headers only: the first block, then the last 4 KiB; the full decode reads every file once, whole
+        "10_bluebot/large.bmp": 1 if decode else 2,
         "10_bluebot/small.caption": 1,
         "10_bluebot/large.caption": 1,
     }
@@ -81,6 +85,20 @@ def test_the_validator_overlaps_as_many_reads_as_the_source_serves(tmp_path: Pat
     source = CountingFolder(_dataset(tmp_path, {f"img{i:02d}.png": png for i in range(24)}), parallel)
     check_dataset(source, DatasetRules())
     assert source.most_in_flight == parallel
+
+
+def test_whole_files_waiting_for_their_decode_stay_within_the_file_budget(tmp_path: Path) -> None:
+    class ImageReadsCounted(CountingFolder):
+        def read_all(self, path: str) -> bytes:
+            return super().read_all(path) if path.endswith(".png") else LocalFolder.read_all(self, path)
+
+    png = image_bytes("PNG", (64, 64))
+    source = ImageReadsCounted(_dataset(tmp_path, {f"img{i:02d}.png": png for i in range(24)}), parallel=8)
+    summary, problems = check_dataset(source, DatasetRules(), file_memory_bytes=2 * len(png))
+    assert summary.total_images == 24 and {p.code for p in problems} == {"IMAGE_TOO_SMALL"}
+    # 8 reader threads (8 reads at once without the budget, test above), but two files' bytes at a time
+    assert source.most_in_flight <= 2
+    assert len(source.reads) == 24 and set(source.reads.values()) == {1}
 
 
 def test_s3_reader_threads_match_the_clients_connection_pool(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,7 @@ def raw_file(header: object, data: bytes = b"", *, length: int | None = None) ->
 
 
 def test_full_size_sdxl_lora_is_summarised_like_sd_scripts_writes_it(tmp_path):
-    data = sdxl_lora_bytes(rank=4, real_shapes=True)
+    data = sdxl_lora_bytes(rank=4)
     path = tmp_path / "bluebot.safetensors"
     path.write_bytes(data)
 
@@ -90,17 +90,22 @@ def test_missing_base_model_metadata_and_wrong_stated_dim_are_warnings():
     assert any("ss_network_dim says 16" in w for w in summary.warnings)
 
 
+# SDXL layers (LyCORIS names its modules as sd-scripts does); their shapes are not checked for loha/lokr.
+LOHA = "lora_unet_output_blocks_5_1_proj_out"
+LOKR = "lora_te1_text_model_encoder_layers_11_mlp_fc1"
+
+
 def test_loha_lokr_and_dora_modules_are_accepted_and_counted():
     tensors = lora_tensors(module_limit=2)
     one = np.ones((4, 8), dtype=np.float16)
     alpha = np.array(1.0, dtype=np.float16)
     for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"):
-        tensors[f"lora_unet_x_loha.{name}"] = one
-    tensors["lora_unet_x_loha.alpha"] = alpha
-    tensors["lora_te1_x_lokr.lokr_w1"] = one
-    tensors["lora_te1_x_lokr.lokr_w2_a"] = one
-    tensors["lora_te1_x_lokr.lokr_w2_b"] = np.ones((2, 8), dtype=np.float16)
-    tensors["lora_te1_x_lokr.alpha"] = alpha
+        tensors[f"{LOHA}.{name}"] = one
+    tensors[f"{LOHA}.alpha"] = alpha
+    tensors[f"{LOKR}.lokr_w1"] = one
+    tensors[f"{LOKR}.lokr_w2_a"] = one
+    tensors[f"{LOKR}.lokr_w2_b"] = np.ones((2, 8), dtype=np.float16)
+    tensors[f"{LOKR}.alpha"] = alpha
     first_module = next(iter(tensors)).split(".")[0]
     tensors[f"{first_module}.dora_scale"] = np.ones((1, 8), dtype=np.float16)
 

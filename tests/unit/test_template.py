@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,19 @@ def test_notify_is_idempotent_and_ingest_can_be_capped() -> None:
     assert props("IngestFunction")["ReservedConcurrentExecutions"] == {
         "Fn::If": ["HasIngestCap", {"Ref": "IngestReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
     }
+
+
+def test_validate_can_read_base_model_headers_where_training_reads_base_models() -> None:
+    def readable(name: str) -> list[str]:
+        return [
+            json.dumps(statement["Resource"])
+            for statement in _statements(props(name)["Policies"])
+            if "s3:GetObject"
+            in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+        ]
+
+    training = readable("SageMakerExecutionRole")
+    validate = readable("ValidateFunction")
+    for place in ("base-models/*", "BaseModelS3Uri"):
+        assert any(place in resource for resource in training)
+        assert any(place in resource for resource in validate)

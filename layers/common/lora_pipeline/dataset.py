@@ -14,23 +14,31 @@ rules follow it exactly, turning each silent skip into a problem:
 - images are opened with Pillow and `convert("RGB")`: EXIF orientation is not applied, alpha is dropped,
   CMYK is converted without its colour profile.
 
-Findings are one problem per file, so the JSON report is complete (the CLI shortens long runs of one code). Images are checked from their headers and tails only (`images`), with a
-bounded thread pool because each check is one or two ranged reads.
+Findings are one problem per file, so the JSON report is complete (the CLI shortens long runs of one code).
+Each image is read once: its header pass (`images`) names the common faults precisely, then Pillow decodes
+every pixel (`images.decode_problem`), as sd-scripts will when it caches latents. A thread pool overlaps
+the reads and the decodes (Pillow releases the GIL); `_Decoding` keeps the decodes to one per CPU and
+their pixel buffers, and the files read ahead of them, to memory budgets, so a folder of large PNGs cannot
+exhaust a Lambda.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import posixpath
 import re
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
+from lora_pipeline.buckets import BucketChoice, BucketSettings, ImageSize, assign_buckets, batches_per_epoch
 from lora_pipeline.images import (
     MAX_IMAGE_PIXELS,
     ORIENTATION_MEANING,
@@ -40,6 +48,8 @@ from lora_pipeline.images import (
     ImageFormat,
     ImageFormatError,
     ImageHeader,
+    bytes_reader,
+    decode_problem,
     identify,
     read_header,
     truncation,
@@ -82,6 +92,11 @@ UNSUPPORTED_IMAGE_EXTENSIONS = {
 SETTINGS_FILES = frozenset({"config.toml", "pipeline.toml", "_READY"})
 # Caption extensions people commonly use; any of them other than the configured one is never read.
 COMMON_CAPTION_EXTENSIONS = (".caption", ".txt")
+# Decoded pixels the validator holds at once: 512 MiB leaves the validate Lambda (2 GB) room for the files in flight.
+DECODE_MEMORY_BYTES = 512 * 1024 * 1024
+# Whole image files read and not yet decoded: the S3 source reads with 64 threads (one per pooled
+# connection), and 64 large PNGs waiting for a decode slot must not add a gigabyte.
+FILE_MEMORY_BYTES = 256 * 1024 * 1024
 # Bucket upscaling below this factor is invisible; from here on an image is reported as too small.
 UPSCALE_WARNING_FACTOR = 1.1
 FACE_CROP_NAME_PARTS = 5
@@ -183,6 +198,13 @@ IMAGE_TRUNCATED = define(
     Severity.ERROR,
     "The image is cut off (no end marker, or shorter than its header says): Pillow fails to decode it.",
     "Upload the image again (an interrupted copy is the usual cause), or re-export it from the original.",
+)
+IMAGE_UNDECODABLE = define(
+    "IMAGE_UNDECODABLE",
+    Severity.ERROR,
+    "The image's header is valid but its pixel data cannot be decoded: sd-scripts crashes when it caches "
+    "latents, after the GPU job has started.",
+    "Re-export the image from the original (open it and save it again), or remove it.",
 )
 IMAGE_TOO_MANY_PIXELS = define(
     "IMAGE_TOO_MANY_PIXELS",
@@ -313,6 +335,17 @@ class DatasetRules:
             enable_wildcard=bool(cfg.get("enable_wildcard", defaults.enable_wildcard)),
         )
 
+    @property
+    def buckets(self) -> BucketSettings:
+        return BucketSettings(
+            resolution=self.resolution,
+            enable_bucket=self.enable_bucket,
+            min_bucket_reso=self.min_bucket_reso,
+            max_bucket_reso=self.max_bucket_reso,
+            bucket_reso_steps=self.bucket_reso_steps,
+            bucket_no_upscale=self.bucket_no_upscale,
+        )
+
 
 def parse_resolution(value: object) -> tuple[int, int]:
     """sd-scripts' `resolution`: "1024,1024" or "1024" (a tuple or an int is accepted here too, since the
@@ -335,6 +368,15 @@ def parse_resolution(value: object) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+class TrainingImage(BaseModel):
+    file: str
+    """Path relative to the dataset root."""
+    caption: str | None
+    """The caption sd-scripts trains the image with (`DreamBoothDataset`'s `read_caption`): the caption file's
+    first line, stripped (with `enable_wildcard`, its non-blank lines joined by newlines), or the folder's class
+    tokens when the image has no caption file. None when sd-scripts stops on the caption file (an error says why)."""
+
+
 class SubsetSummary(BaseModel):
     folder: str
     repeats: int
@@ -343,6 +385,8 @@ class SubsetSummary(BaseModel):
     """Files sd-scripts takes as images (accepted extensions), readable or not."""
     captioned_image_count: int
     image_bytes: int
+    images: list[TrainingImage]
+    """Every image of the subset, sorted by path, as sd-scripts lists it."""
 
 
 class BucketCount(BaseModel):
@@ -369,8 +413,8 @@ class DatasetSummary(BaseModel):
     def batches_per_epoch(self, batch_size: int) -> int:
         """sd-scripts fills each batch from one bucket, so an epoch has a partial batch per bucket."""
         if self.buckets:
-            return sum(math.ceil(b.image_count / batch_size) for b in self.buckets)
-        return math.ceil(self.total_repeated_images / batch_size)
+            return batches_per_epoch([b.image_count for b in self.buckets], batch_size)
+        return batches_per_epoch([self.total_repeated_images], batch_size)
 
 
 def parse_subset_folder(name: str) -> tuple[int, str] | None:
@@ -398,77 +442,22 @@ def caption_candidates(image_path: str, caption_extension: str) -> list[str]:
     return candidates
 
 
-def bucket_resolutions(rules: DatasetRules) -> list[tuple[int, int]]:
-    """sd-scripts' `make_bucket_resolutions` for the rules' resolution and bucket limits."""
-    max_area = rules.resolution[0] * rules.resolution[1]
-    steps = rules.bucket_reso_steps
-    side = int(math.sqrt(max_area) // steps) * steps
-    resolutions = {(side, side)}
-    width = rules.min_bucket_reso
-    while width <= rules.max_bucket_reso:
-        height = min(rules.max_bucket_reso, int((max_area // width) // steps) * steps)
-        if height >= rules.min_bucket_reso:
-            resolutions.update({(width, height), (height, width)})
-        width += steps
-    return sorted(resolutions)
-
-
-@dataclass(frozen=True)
-class BucketChoice:
-    bucket: tuple[int, int]
-    resized: tuple[int, int]
-    """The size the image is scaled to before it is cropped to the bucket."""
-
-
-def select_bucket(
-    rules: DatasetRules, width: int, height: int, resolutions: list[tuple[int, int]]
-) -> BucketChoice:
-    """sd-scripts' `BucketManager.select_bucket`; without `enable_bucket` the only bucket is the resolution."""
-    aspect = width / height
-    if rules.enable_bucket and rules.bucket_no_upscale:
-        return _select_bucket_no_upscale(rules, width, height)
-    candidates = resolutions if rules.enable_bucket else [rules.resolution]
-    if (width, height) in candidates:
-        bucket = (width, height)
-    else:
-        bucket = min(candidates, key=lambda r: abs(r[0] / r[1] - aspect))
-    scale = bucket[1] / height if aspect > bucket[0] / bucket[1] else bucket[0] / width
-    return BucketChoice(bucket, (int(width * scale + 0.5), int(height * scale + 0.5)))
-
-
-def _select_bucket_no_upscale(rules: DatasetRules, width: int, height: int) -> BucketChoice:
-    steps = rules.bucket_reso_steps
-    max_area = rules.resolution[0] * rules.resolution[1]
-    aspect = width / height
-
-    def round_to_steps(x: float) -> int:
-        rounded = int(x + 0.5)
-        return rounded - rounded % steps
-
-    if width * height > max_area:
-        resized_width = math.sqrt(max_area * aspect)
-        resized_height = max_area / resized_width
-        width_rounded = round_to_steps(resized_width)
-        height_for_width = round_to_steps(width_rounded / aspect)
-        height_rounded = round_to_steps(resized_height)
-        width_for_height = round_to_steps(height_rounded * aspect)
-        if abs(width_rounded / height_for_width - aspect) < abs(width_for_height / height_rounded - aspect):
-            resized = (width_rounded, int(width_rounded / aspect + 0.5))
-        else:
-            resized = (int(height_rounded * aspect + 0.5), height_rounded)
-    else:
-        resized = (width, height)
-    return BucketChoice((resized[0] - resized[0] % steps, resized[1] - resized[1] % steps), resized)
-
-
 def check_dataset(
     source: DatasetSource,
     rules: DatasetRules,
     files: list[FileEntry] | None = None,
     max_workers: int | None = None,
+    *,
+    decode: bool = True,
+    decode_memory_bytes: int = DECODE_MEMORY_BYTES,
+    file_memory_bytes: int = FILE_MEMORY_BYTES,
 ) -> tuple[DatasetSummary, list[Problem]]:
-    """Every layout, image and caption rule over the dataset; `files` saves a second listing. Images are
-    read by `max_workers` threads (default: as many as the source serves at once, `parallel_reads`)."""
+    """Every layout, image and caption rule over the dataset; `files` saves a second listing.
+
+    `max_workers` threads read images (default: as many as the source serves at once, `parallel_reads`);
+    `decode = False` checks headers and tails only (ranged reads, a few KiB per image) and cannot see corrupt
+    pixel data. `decode_memory_bytes` bounds the decoded pixels held at once, `file_memory_bytes` the whole
+    image files read and waiting for their decode (one image larger than either still runs, alone)."""
     listing = source.list_files() if files is None else files
     layout = _Layout.of(listing)
     problems: list[Problem] = []
@@ -484,13 +473,25 @@ def check_dataset(
         problems += folder_problems
     problems += _root_problems(layout, used_captions)
 
-    resolutions = bucket_resolutions(rules)
-    with ThreadPoolExecutor(max_workers=max(1, max_workers or source.parallel_reads)) as pool:
-        checked = list(pool.map(lambda image: _check_image(source, rules, image, resolutions), images))
+    workers = max(1, max_workers or source.parallel_reads)
+    decoding = (
+        _Decoding(_Slots(os.cpu_count() or 1, decode_memory_bytes), _Slots(workers, file_memory_bytes))
+        if decode
+        else None
+    )
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        checked = list(pool.map(lambda image: _check_image(source, rules, image, decoding), images))
+    sized = [(result, result.header) for result in checked if result.header is not None]
+    assignment = assign_buckets(
+        [ImageSize(header.width, header.height, result.image.subset.repeats) for result, header in sized],
+        rules.buckets,
+    )
     for result in checked:
         problems += result.problems
+    for (result, header), choice in zip(sized, assignment.choices, strict=True):
+        problems += _size_problems(rules, result.image.entry.path, header, choice)
 
-    summaries = _subset_summaries(subsets, images)
+    summaries = _subset_summaries(subsets, checked)
     problems += _dataset_problems(layout, subsets, skipped, summaries)
     summary = DatasetSummary(
         location=source.location,
@@ -501,7 +502,7 @@ def check_dataset(
         total_repeated_images=sum(s.image_count * s.repeats for s in summaries),
         image_bytes=sum(s.image_bytes for s in summaries),
         total_bytes=sum(entry.size for entry in listing),
-        buckets=_bucket_counts(checked),
+        buckets=[BucketCount(width=w, height=h, image_count=n) for (w, h), n in assignment.counts.items()],
     )
     return summary, sorted(problems, key=_problem_order)
 
@@ -559,9 +560,10 @@ class _ImageEntry:
 @dataclass(frozen=True)
 class _ImageResult:
     image: _ImageEntry
+    caption: str | None
+    """The caption sd-scripts trains the image with (`TrainingImage.caption`)."""
     problems: list[Problem]
     header: ImageHeader | None
-    bucket: BucketChoice | None
 
 
 def _extension(name: str) -> str:
@@ -814,17 +816,14 @@ def _missing_caption_problem(image: _ImageEntry, rules: DatasetRules) -> Problem
 
 
 def _check_image(
-    source: DatasetSource, rules: DatasetRules, image: _ImageEntry, resolutions: list[tuple[int, int]]
+    source: DatasetSource, rules: DatasetRules, image: _ImageEntry, decoding: _Decoding | None
 ) -> _ImageResult:
-    problems = _check_caption(source, rules, image)
+    caption, problems = _check_caption(source, rules, image)
     header = None
-    bucket = None
     try:
-        header, image_problems = _inspect(source, rules, image.entry)
+        with decoding.files.held(image.entry.size) if decoding is not None else nullcontext():
+            header, image_problems = _inspect(source, rules, image.entry, decoding)
         problems += image_problems
-        if header is not None:
-            bucket = select_bucket(rules, header.width, header.height, resolutions)
-            problems += _size_problems(rules, image.entry.path, header, bucket)
     except ImageFormatError as error:
         problems.append(IMAGE_UNREADABLE.at(image.entry.path, f"{image.entry.path} cannot be read: {error}."))
     except Exception as error:  # a storage failure (I/O, S3 access) must not hide every other finding
@@ -835,17 +834,22 @@ def _check_image(
                 fix="Check that the file exists and is readable, then validate again.",
             )
         )
-    return _ImageResult(image, problems, header, bucket)
+    return _ImageResult(image, caption, problems, header)
 
 
 def _inspect(
-    source: DatasetSource, rules: DatasetRules, entry: FileEntry
+    source: DatasetSource, rules: DatasetRules, entry: FileEntry, decoding: _Decoding | None
 ) -> tuple[ImageHeader | None, list[Problem]]:
     path = entry.path
     if entry.size == 0:
         return None, [IMAGE_EMPTY.at(path, f"{path} is empty (0 bytes).")]
-    reader = BlockReader(lambda start, length: source.read_range(path, start, length), entry.size)
-    found = identify(reader.read(0, min(entry.size, 32)))
+    data = None
+    if decoding is not None:
+        data = source.read_all(path)
+        reader = BlockReader(bytes_reader(data), len(data))
+    else:
+        reader = BlockReader(lambda start, length: source.read_range(path, start, length), entry.size)
+    found = identify(reader.read(0, min(reader.size, 32)))
     claimed = _EXTENSION_FORMAT[_extension(path).lower()]
     if found is None:
         return None, [
@@ -873,7 +877,7 @@ def _inspect(
             )
         )
     header = read_header(reader)
-    cut = truncation(header, reader.tail(TAIL_BYTES), entry.size)
+    cut = truncation(header, reader.tail(TAIL_BYTES), reader.size)
     if cut is not None:
         problems.append(IMAGE_TRUNCATED.at(path, f"{path} is cut off: {cut}."))
     if header.pixels > rules.max_pixels:
@@ -916,7 +920,64 @@ def _inspect(
                 "train as whatever colour is stored under them (often black).",
             )
         )
+    if data is not None and decoding is not None and not any(p.severity is Severity.ERROR for p in problems):
+        with decoding.pixels.held(_decoded_bytes(header)):
+            reason = decode_problem(data)
+        if reason is not None:
+            problems.append(
+                IMAGE_UNDECODABLE.at(
+                    path,
+                    f"{path} has a valid {header.format} header ({header.width}x{header.height}) but Pillow "
+                    f"cannot decode its pixels ({reason}); sd-scripts would crash on it while caching latents.",
+                )
+            )
     return header, problems
+
+
+def _decoded_bytes(header: ImageHeader) -> int:
+    """Pixel memory of a decode: RGBA-sized buffer plus its RGB conversion; a JPEG decodes at 1/8 scale."""
+    pixels = header.pixels // 64 if header.format is ImageFormat.JPEG else header.pixels
+    return pixels * 7
+
+
+class _Slots:
+    """At most `workers` holders at a time, holding at most `budget` bytes between them (a single holder
+    above the budget runs alone)."""
+
+    def __init__(self, workers: int, budget: int) -> None:
+        self._workers = max(1, workers)
+        self._budget = budget
+        self._running = 0
+        self._held = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def held(self, cost: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(
+                lambda: (
+                    self._running == 0
+                    or (self._running < self._workers and self._held + cost <= self._budget)
+                )
+            )
+            self._running += 1
+            self._held += cost
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._held -= cost
+                self._changed.notify_all()
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """The full decode's memory: `pixels` admits one decode per CPU within the pixel budget, `files` the
+    whole image files read and waiting for their decode within the file budget."""
+
+    pixels: _Slots
+    files: _Slots
 
 
 def _size_problems(
@@ -950,14 +1011,17 @@ def _size_problems(
     return []
 
 
-def _check_caption(source: DatasetSource, rules: DatasetRules, image: _ImageEntry) -> list[Problem]:
+def _check_caption(
+    source: DatasetSource, rules: DatasetRules, image: _ImageEntry
+) -> tuple[str | None, list[Problem]]:
+    """The caption the image trains with (`TrainingImage.caption`) and the problems of its caption file."""
     path = image.caption
     if path is None:
-        return []
+        return image.subset.class_tokens, []
     try:
         text = source.read_all(path).decode("utf-8")
     except UnicodeDecodeError as error:
-        return [
+        return None, [
             CAPTION_NOT_UTF8.at(
                 path,
                 f"{path} is not UTF-8 (byte {error.start}: {error.object[error.start : error.start + 1]!r}).",
@@ -969,7 +1033,7 @@ def _check_caption(source: DatasetSource, rules: DatasetRules, image: _ImageEntr
     if lines[-1] == "":
         lines.pop()
     if not lines:
-        return [
+        return None, [
             CAPTION_EMPTY.at(
                 path, f"{path} is empty; sd-scripts stops training with 'caption file is empty'."
             )
@@ -979,7 +1043,7 @@ def _check_caption(source: DatasetSource, rules: DatasetRules, image: _ImageEntr
     else:
         caption = lines[0].strip()
     if not caption:
-        return [
+        return caption, [
             CAPTION_EMPTY.at(
                 path,
                 f"{path} has a blank first line; sd-scripts trains {image.entry.path} with an empty caption.",
@@ -1009,35 +1073,30 @@ def _check_caption(source: DatasetSource, rules: DatasetRules, image: _ImageEntr
                 fix=f"Start the caption with '{tokens}, ...'.",
             )
         )
-    return problems
+    return caption, problems
 
 
 # --- summary -----------------------------------------------------------------------------------------------
 
 
-def _subset_summaries(subsets: list[_Subset], images: list[_ImageEntry]) -> list[SubsetSummary]:
+def _subset_summaries(subsets: list[_Subset], checked: list[_ImageResult]) -> list[SubsetSummary]:
     summaries = []
     for subset in subsets:
-        mine = [image for image in images if image.subset == subset]
+        mine = [result for result in checked if result.image.subset == subset]
         summaries.append(
             SubsetSummary(
                 folder=subset.folder,
                 repeats=subset.repeats,
                 class_tokens=subset.class_tokens,
                 image_count=len(mine),
-                captioned_image_count=sum(1 for image in mine if image.caption is not None),
-                image_bytes=sum(image.entry.size for image in mine),
+                captioned_image_count=sum(1 for result in mine if result.image.caption is not None),
+                image_bytes=sum(result.image.entry.size for result in mine),
+                images=[
+                    TrainingImage(file=result.image.entry.path, caption=result.caption) for result in mine
+                ],
             )
         )
     return summaries
-
-
-def _bucket_counts(checked: list[_ImageResult]) -> list[BucketCount]:
-    counts: Counter[tuple[int, int]] = Counter()
-    for result in checked:
-        if result.bucket is not None:
-            counts[result.bucket.bucket] += result.image.subset.repeats
-    return [BucketCount(width=w, height=h, image_count=n) for (w, h), n in sorted(counts.items())]
 
 
 def _dataset_problems(

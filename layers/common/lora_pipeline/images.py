@@ -1,7 +1,6 @@
-"""Image facts read from headers and tails only, never by decoding pixels.
+"""Image facts from headers and tails, and the full decode that proves sd-scripts can read the pixels.
 
-Checking 1,000 images must take seconds, also over S3 ranged GETs, so every function here reads a
-few bytes at known offsets through a `ReadRange` callable: one 64 KiB block at the start of the file
+The header pass reads a few bytes at known offsets through a `ReadRange` callable: one 64 KiB block at the start of the file
 covers almost every header, and a JPEG whose EXIF or ICC profile is longer gets further blocks only
 where its segment headers are. The tail check reads the last few KiB.
 
@@ -18,14 +17,25 @@ What is read, per format:
 
 `mode` uses Pillow's mode names, because sd-scripts opens every image with Pillow and calls
 `convert("RGB")`: that conversion is what drops alpha and mis-converts CMYK.
+
+A valid header says nothing about the compressed pixel data after it: `decode_problem` decodes every
+pixel with Pillow, as sd-scripts does when it caches latents (`train_util.py` `load_image`). A JPEG is
+decoded in Pillow's draft mode at 1/8 scale: libjpeg still reads and Huffman-decodes the whole entropy
+stream (every corrupt or missing byte fails the same way), it only skips most of the inverse DCT and the
+colour conversion, which cannot fail. Pillow releases the GIL while it decodes, so threads decode in
+parallel.
 """
 
 from __future__ import annotations
 
+import io
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+
+from PIL import Image
 
 # Pillow's own default `Image.MAX_IMAGE_PIXELS` (1024 * 1024 * 1024 // 4 // 3). sd-scripts decodes every
 # image with Pillow: above this Pillow warns of a decompression bomb, above twice this it refuses to open
@@ -499,3 +509,35 @@ _HEADER_PARSERS: dict[ImageFormat, Callable[[BlockReader], ImageHeader]] = {
     ImageFormat.WEBP: _webp_header,
     ImageFormat.BMP: _bmp_header,
 }
+
+
+# --- full decode -----------------------------------------------------------------------------------------
+
+# 1/8 is the smallest scale libjpeg's DCT scaling offers.
+_JPEG_DRAFT_SCALE = 8
+
+
+def decode_problem(data: bytes) -> str | None:
+    """Why Pillow cannot decode every pixel of the image file `data` the way sd-scripts does
+    (`train_util.py` `load_image`: `Image.open`, then `convert("RGB")` unless the mode is RGB), or None.
+
+    Call it only for files whose header pass found nothing and whose size is below MAX_IMAGE_PIXELS:
+    Pillow refuses to open larger ones. Decoding needs about width x height x 4 bytes (a JPEG 1/64 of that).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format == "JPEG":
+                    width, height = image.size
+                    image.draft(image.mode, (-(-width // _JPEG_DRAFT_SCALE), -(-height // _JPEG_DRAFT_SCALE)))
+                    image.load()
+                elif image.mode == "RGB":
+                    image.load()
+                else:
+                    image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # Pillow raises OSError for broken data ("broken data stream", "image file is truncated"),
+        # ValueError/SyntaxError from some format plugins.
+        return f"{type(error).__name__}: {error}"
+    return None

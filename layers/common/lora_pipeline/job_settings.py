@@ -1,4 +1,8 @@
-"""Job settings: `pipeline.toml` in the dataset root, checked against the limits the stack was deployed with."""
+"""Job settings: `pipeline.toml` in the dataset root, checked against the limits the stack was deployed with.
+
+The file is read into `PipelineToml` (pydantic, unknown keys forbidden); its validation errors become
+JOB_UNKNOWN_KEY / JOB_BAD_VALUE problems, and the registered rules of `JOB_RULES` check the rest.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,21 @@ import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from lora_pipeline.base_model import check_hugging_face_id, check_s3_checkpoint
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.problems import Problem, Severity, define
+from lora_pipeline.rules import RuleSet
 from lora_pipeline.s3_layout import BASE_MODELS_PREFIX, parse_s3_uri
+from lora_pipeline.sample_prompts import KNOWN_SAMPLERS, OPTION_HELP, read_prompt_line, with_sdxl_size
+from lora_pipeline.storage import ObjectReader
 
 SETTINGS_FILE = "pipeline.toml"
 SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 SMOKE_INSTANCE_TYPE = "ml.m5.xlarge"
-SAMPLE_SIZE_PX = 1024
 
 JOB_TOML_SYNTAX = define(
     "JOB_TOML_SYNTAX",
@@ -95,8 +102,14 @@ JOB_BAD_OUTPUT_NAME = define(
 JOB_BAD_SAMPLE_PROMPT = define(
     "JOB_BAD_SAMPLE_PROMPT",
     Severity.ERROR,
-    "a sample prompt has an option sd-scripts does not understand",
-    "Use only --n (negative), --w, --h, --d (seed), --l (CFG scale), --s (steps), --ss (sampler) with values.",
+    "a sample prompt has an option sd-scripts would silently ignore (unknown, or a value that does not fit)",
+    f"Use only {OPTION_HELP}, each with a value.",
+)
+JOB_UNKNOWN_SAMPLER = define(
+    "JOB_UNKNOWN_SAMPLER",
+    Severity.WARNING,
+    "a sample prompt names a sampler sd-scripts does not know, so it silently samples with DDIM",
+    f"Use one of: {', '.join(KNOWN_SAMPLERS)} (as written, lower case).",
 )
 JOB_SAMPLES_WITHOUT_PROMPTS = define(
     "JOB_SAMPLES_WITHOUT_PROMPTS",
@@ -105,23 +118,35 @@ JOB_SAMPLES_WITHOUT_PROMPTS = define(
     "Add sample_prompts, or remove sample_every_n_epochs.",
 )
 
-_KNOWN_KEYS = (
-    "instance_type",
-    "volume_size_gb",
-    "max_runtime_hours",
-    "spot",
-    "trainer",
-    "base_model",
-    "output_name",
-    "sample_prompts",
-    "sample_every_n_epochs",
-)
+
 _HF_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
-# sd-scripts' sample prompt line options (library/train_util.py, line_to_prompt_dict) and their value types.
-_PROMPT_OPTIONS: dict[str, type] = {"n": str, "w": int, "h": int, "d": int, "l": float, "s": int, "ss": str}
 
 Trainer = Literal["kohya", "smoke"]
+_Prompt = Annotated[str, StringConstraints(pattern=r"\S")]
+
+
+class PipelineToml(BaseModel):
+    """`pipeline.toml` as written: every key optional, unknown keys forbidden, TOML types taken as they are.
+    Each field's description is the "expected ..." of its JOB_BAD_VALUE message."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    instance_type: str | None = Field(None, description="a SageMaker instance type string")
+    volume_size_gb: int | None = Field(None, description="a whole number of GB")
+    max_runtime_hours: Annotated[int | float, Field(gt=0)] | None = Field(
+        None, description="a positive number of hours"
+    )
+    spot: bool | None = Field(None, description="true or false")
+    trainer: Trainer | None = Field(None, description='"kohya" or "smoke"')
+    base_model: str | None = Field(None, description="a string")
+    output_name: str | None = Field(None, description="a string")
+    sample_prompts: list[_Prompt] | None = Field(
+        None, description='a list of non-empty strings, e.g. sample_prompts = ["a photo of sks dog"]'
+    )
+    sample_every_n_epochs: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="a whole number of epochs, at least 1"
+    )
 
 
 @dataclass(frozen=True)
@@ -165,65 +190,84 @@ class JobSettings(BaseModel):
         return self.base_model.startswith("s3://")
 
     def prompts_txt(self) -> str | None:
-        """The sd-scripts prompt file, one prompt per line; SDXL samples default to 1024 px."""
+        """The sd-scripts prompt file, one prompt per line, each at 1024 px unless it gives a size."""
         if not self.sample_prompts:
             return None
-        lines = []
-        for prompt in self.sample_prompts:
-            options = _prompt_options(prompt)
-            extra = "".join(f" --{o} {SAMPLE_SIZE_PX}" for o in ("w", "h") if o not in options)
-            lines.append(prompt.strip() + extra)
+        lines = [with_sdxl_size(prompt) for prompt in self.sample_prompts]
         return "\n".join(lines) + "\n"
 
 
 @dataclass
-class _Reader:
-    """Collects problems while reading one settings table."""
+class JobContext:
+    """What a job rule sees: the file as written, the settings resolved so far (a rule that finds a value
+    unusable puts the fallback in their place) and the stack's limits."""
 
-    data: dict[str, Any]
     file: str
+    written: PipelineToml
+    settings: JobSettings
+    limits: StackLimits
+    instances: InstanceTable
+    models: ObjectReader | None
     problems: list[Problem] = field(default_factory=list)
 
-    def bad(self, key: str, expected: str) -> None:
-        value = self.data[key]
-        self.problems.append(
-            JOB_BAD_VALUE.at(self.file, f"{key} = {value!r} in {self.file}: expected {expected}.")
-        )
+    def report(self, problem: Problem) -> None:
+        self.problems.append(problem)
 
-    def get(self, key: str, kind: type | tuple[type, ...], expected: str) -> Any:
-        if key not in self.data:
-            return None
-        value = self.data[key]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            self.bad(key, expected)
-            return None
-        if not isinstance(value, kind):
-            self.bad(key, expected)
-            return None
-        return value
+    def fall_back(self, **values: Any) -> None:
+        self.settings = self.settings.model_copy(update=values)
 
 
-def _prompt_options(prompt: str) -> dict[str, str]:
-    """Options of one sample prompt line; unknown options raise ValueError naming them."""
-    options: dict[str, str] = {}
-    for part in prompt.split(" --")[1:]:
-        name, _, value = part.strip().partition(" ")
-        if name not in _PROMPT_OPTIONS:
-            raise ValueError(f"unknown option --{name}")
-        try:
-            _PROMPT_OPTIONS[name](value.strip())
-        except ValueError:
-            kind = _PROMPT_OPTIONS[name].__name__
-            raise ValueError(f"--{name} needs a {kind} value, got {value.strip()!r}") from None
-        options[name] = value.strip()
-    return options
+JOB_RULES: RuleSet[JobContext] = RuleSet("JS", "pipeline.toml")
+
+
+def _parse(data: dict[str, Any], file: str) -> tuple[PipelineToml, list[Problem]]:
+    """`data` as a PipelineToml; a key that fails validation is reported and left out."""
+    problems: list[Problem] = []
+    try:
+        return PipelineToml.model_validate(data), problems
+    except ValidationError as exc:
+        errors = exc.errors()
+    usable = dict(data)
+    for key in dict.fromkeys(str(error["loc"][0]) for error in errors):
+        value = usable.pop(key)
+        if key not in PipelineToml.model_fields:
+            close = difflib.get_close_matches(key, list(PipelineToml.model_fields), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            problems.append(JOB_UNKNOWN_KEY.at(file, f"Unknown key {key!r} in {file}.{hint}"))
+        else:
+            expected = PipelineToml.model_fields[key].description
+            problems.append(JOB_BAD_VALUE.at(file, f"{key} = {value!r} in {file}: expected {expected}."))
+    return PipelineToml.model_validate(usable), problems
+
+
+def _resolve(written: PipelineToml, limits: StackLimits) -> JobSettings:
+    trainer = written.trainer or "kohya"
+    fallback_instance = SMOKE_INSTANCE_TYPE if trainer == "smoke" else limits.default_instance_type
+    prompts = written.sample_prompts or []
+    return JobSettings(
+        instance_type=written.instance_type or fallback_instance,
+        volume_size_gb=written.volume_size_gb
+        if written.volume_size_gb is not None
+        else limits.min_volume_size_gb,
+        max_runtime_hours=float(written.max_runtime_hours or limits.max_runtime_hours),
+        spot=written.spot if written.spot is not None else limits.use_spot,
+        trainer=trainer,
+        base_model=written.base_model or limits.base_model_s3_uri or SDXL_BASE_MODEL,
+        output_name=written.output_name,
+        sample_prompts=list(prompts),
+        sample_every_n_epochs=(written.sample_every_n_epochs or 1) if prompts else None,
+    )
 
 
 def read_job_settings(
-    text: str | None, limits: StackLimits, instances: InstanceTable, file: str = SETTINGS_FILE
+    text: str | None,
+    limits: StackLimits,
+    instances: InstanceTable,
+    file: str = SETTINGS_FILE,
+    models: ObjectReader | None = None,
 ) -> tuple[JobSettings, list[Problem]]:
-    """Parse and check `pipeline.toml` (None: absent). Invalid values fall back to defaults so that
-    every other check still runs; the problems say what was wrong."""
+    """Parse and check `pipeline.toml` (None: absent). Invalid values fall back to defaults so that every
+    other check still runs; the problems say what was wrong. `models` reads an S3 base model's header."""
     data: dict[str, Any] = {}
     problems: list[Problem] = []
     if text is not None:
@@ -231,107 +275,155 @@ def read_job_settings(
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             problems.append(JOB_TOML_SYNTAX.at(file, f"{file} is not valid TOML: {exc}."))
-    for key in data:
-        if key not in _KNOWN_KEYS:
-            close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.append(JOB_UNKNOWN_KEY.at(file, f"Unknown key {key!r} in {file}.{hint}"))
-    known = {k: v for k, v in data.items() if k in _KNOWN_KEYS}
-    reader = _Reader(known, file)
+    written, parse_problems = _parse(data, file)
+    context = JobContext(file, written, _resolve(written, limits), limits, instances, models, problems)
+    context.problems.extend(parse_problems)
+    JOB_RULES.run(context)
+    return context.settings, context.problems
 
-    trainer = reader.get("trainer", str, '"kohya" or "smoke"') or "kohya"
-    if trainer not in ("kohya", "smoke"):
-        reader.bad("trainer", '"kohya" or "smoke"')
-        trainer = "kohya"
-    fallback_instance = SMOKE_INSTANCE_TYPE if trainer == "smoke" else limits.default_instance_type
-    instance_type = reader.get("instance_type", str, "a SageMaker instance type string") or fallback_instance
-    volume = reader.get("volume_size_gb", int, "a whole number of GB")
-    runtime = reader.get("max_runtime_hours", (int, float), "a number of hours")
-    if runtime is not None and runtime <= 0:
-        reader.bad("max_runtime_hours", "a positive number of hours")
-        runtime = None
-    spot = reader.get("spot", bool, "true or false")
-    base_model = reader.get("base_model", str, "a string")
-    output_name = reader.get("output_name", str, "a string")
-    every = reader.get("sample_every_n_epochs", int, "a whole number of epochs, at least 1")
-    if every is not None and every < 1:
-        reader.bad("sample_every_n_epochs", "a whole number of epochs, at least 1")
-        every = None
-    prompts = reader.get(
-        "sample_prompts", list, 'a list of strings, e.g. sample_prompts = ["a photo of sks dog"]'
-    )
-    if prompts is not None and not all(isinstance(p, str) and p.strip() for p in prompts):
-        reader.bad("sample_prompts", "a list of non-empty strings")
-        prompts = None
-    problems.extend(reader.problems)
 
-    if instance_type not in limits.allowed_instance_types:
-        allowed = ", ".join(limits.allowed_instance_types)
-        problems.append(
+@JOB_RULES.rule("JS101", "instance-allowed", "template.yaml AllowedInstanceTypes (the stack's choice)")
+def instance_allowed(ctx: JobContext) -> None:
+    """instance_type must be one the stack allows."""
+    instance_type = ctx.settings.instance_type
+    if instance_type not in ctx.limits.allowed_instance_types:
+        allowed = ", ".join(ctx.limits.allowed_instance_types)
+        ctx.report(
             JOB_INSTANCE_NOT_ALLOWED.at(
-                file, f"instance_type {instance_type!r} is not allowed by this stack (allowed: {allowed})."
+                ctx.file,
+                f"instance_type {instance_type!r} is not allowed by this stack (allowed: {allowed}).",
             )
         )
-    spec = instances.get(instance_type)
+
+
+@JOB_RULES.rule("JS102", "instance-hardware", "library/train_util.py (sd-scripts trains SDXL on a GPU)")
+def instance_hardware(ctx: JobContext) -> None:
+    """The Kohya trainer needs a GPU; the smoke trainer does not; unpriced instances give no estimate."""
+    instance_type, trainer = ctx.settings.instance_type, ctx.settings.trainer
+    spec = ctx.instances.get(instance_type)
     if spec is None:
-        problems.append(
-            JOB_INSTANCE_UNPRICED.at(file, f"{instance_type} is not in the price table ({instances.source}).")
+        ctx.report(
+            JOB_INSTANCE_UNPRICED.at(
+                ctx.file, f"{instance_type} is not in the price table ({ctx.instances.source})."
+            )
         )
     elif trainer == "kohya" and not spec.has_gpu:
-        problems.append(JOB_INSTANCE_NO_GPU.at(file, f"{instance_type} has no GPU; SDXL training needs one."))
+        ctx.report(JOB_INSTANCE_NO_GPU.at(ctx.file, f"{instance_type} has no GPU; SDXL training needs one."))
     elif trainer == "smoke" and spec.has_gpu:
-        problems.append(
-            JOB_SMOKE_ON_GPU.at(file, f"The smoke trainer is set to run on {instance_type} ({spec.gpu}).")
+        ctx.report(
+            JOB_SMOKE_ON_GPU.at(ctx.file, f"The smoke trainer is set to run on {instance_type} ({spec.gpu}).")
         )
 
-    if volume is not None and volume < limits.min_volume_size_gb:
-        problems.append(
+
+@JOB_RULES.rule(
+    "JS103", "volume-minimum", "template.yaml MinVolumeSizeGb (SDXL weights, caches, checkpoints)"
+)
+def volume_minimum(ctx: JobContext) -> None:
+    """volume_size_gb must be at least the stack's minimum."""
+    volume = ctx.written.volume_size_gb
+    if volume is not None and volume < ctx.limits.min_volume_size_gb:
+        ctx.report(
             JOB_VOLUME_TOO_SMALL.at(
-                file, f"volume_size_gb = {volume} is below the minimum of {limits.min_volume_size_gb} GB."
+                ctx.file,
+                f"volume_size_gb = {volume} is below the minimum of {ctx.limits.min_volume_size_gb} GB.",
             )
         )
-    if runtime is not None and runtime > limits.max_runtime_hours:
-        problems.append(
+
+
+@JOB_RULES.rule("JS104", "runtime-cap", "template.yaml MaxRuntimeHours (SageMaker StoppingCondition)")
+def runtime_cap(ctx: JobContext) -> None:
+    """max_runtime_hours must not exceed the stack's cap."""
+    runtime = ctx.written.max_runtime_hours
+    if runtime is not None and runtime > ctx.limits.max_runtime_hours:
+        ctx.report(
             JOB_RUNTIME_ABOVE_CAP.at(
-                file,
-                f"max_runtime_hours = {runtime} is above this stack's cap of {limits.max_runtime_hours} h.",
+                ctx.file,
+                f"max_runtime_hours = {runtime} is above this stack's cap of {ctx.limits.max_runtime_hours} h.",
             )
         )
 
-    resolved_base = base_model or limits.base_model_s3_uri or SDXL_BASE_MODEL
-    if base_model is not None and not _valid_base_model(base_model):
-        problems.append(JOB_BAD_BASE_MODEL.at(file, f"base_model = {base_model!r} is not usable."))
-        resolved_base = limits.base_model_s3_uri or SDXL_BASE_MODEL
-    elif base_model is not None and (refusal := _base_model_refusal(base_model, limits)) is not None:
-        problems.append(JOB_BASE_MODEL_NOT_ALLOWED.at(file, f"base_model = {base_model!r} {refusal}."))
-        resolved_base = limits.base_model_s3_uri or SDXL_BASE_MODEL
-    if output_name is not None and not _OUTPUT_NAME.match(output_name):
-        problems.append(
-            JOB_BAD_OUTPUT_NAME.at(file, f"output_name = {output_name!r} is not a plain file name.")
-        )
-        output_name = None
-    for prompt in prompts or []:
-        try:
-            _prompt_options(prompt)
-        except ValueError as exc:
-            problems.append(JOB_BAD_SAMPLE_PROMPT.at(file, f"Sample prompt {prompt!r}: {exc}."))
-    if every is not None and not prompts:
-        problems.append(
-            JOB_SAMPLES_WITHOUT_PROMPTS.at(file, "sample_every_n_epochs is set without sample_prompts.")
-        )
 
-    settings = JobSettings(
-        instance_type=instance_type,
-        volume_size_gb=volume if volume is not None else limits.min_volume_size_gb,
-        max_runtime_hours=float(runtime) if runtime is not None else limits.max_runtime_hours,
-        spot=spot if spot is not None else limits.use_spot,
-        trainer=trainer,
-        base_model=resolved_base,
-        output_name=output_name,
-        sample_prompts=list(prompts or []),
-        sample_every_n_epochs=(every or 1) if prompts else None,
-    )
-    return settings, problems
+@JOB_RULES.rule("JS105", "base-model-form", "library/sdxl_train_util.py:load_target_model")
+def base_model_form(ctx: JobContext) -> None:
+    """base_model is an s3://...safetensors URI or a Hugging Face id."""
+    base_model = ctx.written.base_model
+    if base_model is not None and not _valid_base_model(base_model):
+        ctx.report(JOB_BAD_BASE_MODEL.at(ctx.file, f"base_model = {base_model!r} is not usable."))
+        ctx.fall_back(base_model=ctx.limits.base_model_s3_uri or SDXL_BASE_MODEL)
+
+
+@JOB_RULES.rule(
+    "JS110",
+    "base-model-allowed",
+    "template.yaml SageMakerExecutionRole (reads the bucket's base-models/* and BaseModelS3Uri only)",
+)
+def base_model_allowed(ctx: JobContext) -> None:
+    """An s3:// base_model is the stack's BaseModelS3Uri or one object under the bucket's base-models/.
+
+    It runs before base-model-sdxl, so a refused URI is never read."""
+    base_model = ctx.written.base_model
+    if base_model is None or base_model != ctx.settings.base_model:
+        return  # the stack's default, or refused by base-model-form
+    refusal = _base_model_refusal(base_model, ctx.limits)
+    if refusal is not None:
+        ctx.report(JOB_BASE_MODEL_NOT_ALLOWED.at(ctx.file, f"base_model = {base_model!r} {refusal}."))
+        ctx.fall_back(base_model=ctx.limits.base_model_s3_uri or SDXL_BASE_MODEL)
+
+
+@JOB_RULES.rule(
+    "JS106",
+    "base-model-sdxl",
+    "library/sdxl_model_util.py:load_models_from_sdxl_checkpoint; sdxl_train_util.py",
+)
+def base_model_sdxl(ctx: JobContext) -> None:
+    """The base model the user named must be an SDXL base (an S3 checkpoint is read when a reader is given:
+    the validate Lambda gives one)."""
+    base_model = ctx.written.base_model
+    if base_model is None or base_model != ctx.settings.base_model:
+        return  # the stack's default, or refused by base-model-form or base-model-allowed
+    if base_model.startswith("s3://"):
+        problem = None if ctx.models is None else check_s3_checkpoint(base_model, ctx.models, ctx.file)
+    else:
+        problem = check_hugging_face_id(base_model, ctx.file)
+    if problem is not None:
+        ctx.report(problem)
+
+
+@JOB_RULES.rule("JS107", "output-name", "train_network.py (output_name becomes the file name)")
+def output_name(ctx: JobContext) -> None:
+    """output_name is a plain file name without extension."""
+    name = ctx.written.output_name
+    if name is not None and not _OUTPUT_NAME.match(name):
+        ctx.report(JOB_BAD_OUTPUT_NAME.at(ctx.file, f"output_name = {name!r} is not a plain file name."))
+        ctx.fall_back(output_name=None)
+
+
+@JOB_RULES.rule(
+    "JS108", "sample-prompt-options", "library/train_util.py:line_to_prompt_dict / get_my_scheduler"
+)
+def sample_prompt_options(ctx: JobContext) -> None:
+    """Options sd-scripts would ignore, and sampler names it replaces with DDIM."""
+    for prompt in ctx.settings.sample_prompts:
+        line = read_prompt_line(prompt)
+        for reason in line.ignored:
+            ctx.report(JOB_BAD_SAMPLE_PROMPT.at(ctx.file, f"Sample prompt {prompt!r}: {reason}."))
+        if line.unknown_sampler is not None:
+            ctx.report(
+                JOB_UNKNOWN_SAMPLER.at(
+                    ctx.file,
+                    f"Sample prompt {prompt!r}: --ss {line.unknown_sampler!r} is not a sampler sd-scripts knows "
+                    "(names are matched exactly); it silently samples with DDIM.",
+                )
+            )
+
+
+@JOB_RULES.rule("JS109", "samples-without-prompts", "train_network.py:NetworkTrainer.sample_images")
+def samples_without_prompts(ctx: JobContext) -> None:
+    """sample_every_n_epochs renders nothing without sample_prompts."""
+    if ctx.written.sample_every_n_epochs is not None and not ctx.settings.sample_prompts:
+        ctx.report(
+            JOB_SAMPLES_WITHOUT_PROMPTS.at(ctx.file, "sample_every_n_epochs is set without sample_prompts.")
+        )
 
 
 def _base_model_refusal(uri: str, limits: StackLimits) -> str | None:

@@ -1,7 +1,8 @@
 """Stream the LoRA out of SageMaker's `model.tar.gz` with bounded memory, checking everything on the way.
 
 The archive is read once, front to back, from a non-seekable stream (an S3 GET body); the chosen
-`.safetensors` member goes to a `ModelSink` in chunks while its sha256 is computed and its header checked.
+`.safetensors` member goes to a `ModelSink` in chunks while its sha256 is computed and the LoRA is judged
+(`safetensors_lora.check_lora_stream`: header, SDXL identity, every tensor's numbers).
 Memory stays at a few chunks whatever the archive size: gzip output is produced at most one chunk at a
 time (tarfile's own gzip layer would inflate a whole 1 MB compressed read at once, up to ~1 GB of zeros).
 
@@ -9,7 +10,7 @@ Accepted: gzip-compressed or plain tar, and one level of archive inside the arch
 the container left in /opt/ml/model, which may itself be a model.tar.gz). Refused with a
 `ModelArchiveError` naming the member and the fix: absolute or `..` paths, links and device files,
 members or totals above `UnpackLimits`, no `.safetensors`, several without `output_name` choosing one,
-and a `.safetensors` that is not an SDXL LoRA.
+and a `.safetensors` that is not a trained SDXL LoRA (NaN/Inf weights, every lora_up zero).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict
 
 from lora_pipeline.safetensors_lora import (
+    Architecture,
     ByteReader,
-    LoraFormatError,
+    LoraCheck,
     LoraSummary,
+    check_lora_stream,
     read_exact,
-    read_safetensors_header,
-    summarise_lora,
 )
 
 GIB = 1024**3
@@ -60,10 +61,14 @@ class UnpackLimits:
 class ModelArchiveError(ValueError):
     """The archive cannot give a LoRA. `member` is the archive path at fault (None for the whole archive)."""
 
-    def __init__(self, problem: str, fix: str, member: str | None = None) -> None:
+    def __init__(
+        self, problem: str, fix: str, member: str | None = None, lora: LoraCheck | None = None
+    ) -> None:
         self.problem = problem
         self.fix = fix
         self.member = member
+        self.lora = lora
+        """The verdict on the member when it was read as a LoRA and refused."""
         where = f"model archive member {member!r}" if member else "model archive"
         super().__init__(f"{where}: {problem}. {fix}")
 
@@ -102,6 +107,24 @@ class LocalFolderSink:
         return _LocalFileWriter(self.folder / check_file_name(name))
 
 
+class DiscardSink:
+    """Keeps nothing: for checking an archive without writing its LoRA anywhere (`lora-pipeline inspect`)."""
+
+    def open(self, name: str) -> _DiscardWriter:
+        return _DiscardWriter()
+
+
+class _DiscardWriter:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
 class _LocalFileWriter:
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -131,6 +154,8 @@ class UnpackResult(BaseModel):
     """Where it was in the archive; `outer.tar.gz!/inner` for a nested archive."""
     summary: LoraSummary
     metadata: dict[str, str]
+    alphas: list[float] = []
+    """The distinct `alpha` values stored in the modules."""
 
 
 def unpack_model_archive(
@@ -140,16 +165,18 @@ def unpack_model_archive(
     output_name: str | None = None,
     limits: UnpackLimits | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    architecture: Architecture = Architecture.SDXL,
 ) -> UnpackResult:
     """Find the LoRA in the archive read from `source` and write it to `sink` as `<output_name>.safetensors`.
 
     With `output_name`, a member named `<output_name>.safetensors` is preferred over other `.safetensors`
     (sd-scripts' epoch saves are `<output_name>-000001.safetensors`); without it the single `.safetensors`
-    keeps its own name. Nothing is left in the sink when this raises.
+    keeps its own name. `architecture` is what the run trained (`Architecture.for_trainer`). Nothing is
+    left in the sink when this raises.
     """
     if output_name is not None:
         check_file_name(output_name)
-    unpacker = _Unpacker(sink, output_name, limits or UnpackLimits(), chunk_bytes)
+    unpacker = _Unpacker(sink, output_name, limits or UnpackLimits(), chunk_bytes, architecture)
     try:
         unpacker.scan(source, "model archive", prefix="", depth=0)
         return unpacker.finish()
@@ -281,6 +308,7 @@ class _Unpacker:
     output_name: str | None
     limits: UnpackLimits
     chunk_bytes: int
+    architecture: Architecture
     candidates: list[_Candidate] = field(default_factory=list)
     copied: _Candidate | None = None
     """The candidate read so far that can still be the answer (a preferred one replaces any other)."""
@@ -359,29 +387,28 @@ class _Unpacker:
         writer = self.sink.open(name)
         candidate.writer = writer
         tee = _HashingReader(reader, writer)
-        try:
-            header = read_safetensors_header(tee, size=member.size)
-            summary = summarise_lora(header)
-        except LoraFormatError as error:
+        check = check_lora_stream(tee, member.size, self.architecture, self.chunk_bytes)
+        if check.problems or check.header is None or check.summary is None:
             writer.abort()
             candidate.writer = None
             candidate.error = ModelArchiveError(
-                f"not an SDXL LoRA: {error}",
-                "The job must save the network (sdxl_train_network.py, networks.lora) as .safetensors",
+                f"{'not an SDXL LoRA' if check.summary is None else 'not a usable LoRA'}: "
+                + "; ".join(check.problems),
+                "The job must save a trained network (sdxl_train_network.py, networks.lora) as .safetensors",
                 candidate.path,
+                lora=check,
             )
             if candidate.preferred:
-                raise candidate.error from error
+                raise candidate.error
             return
-        while tee.read(self.chunk_bytes):
-            pass
         candidate.result = UnpackResult(
             name=name,
             size=tee.size,
             sha256=tee.sha256.hexdigest(),
             member=candidate.path,
-            summary=summary,
-            metadata=header.metadata,
+            summary=check.summary,
+            metadata=check.header.metadata,
+            alphas=check.alphas,
         )
 
     def finish(self) -> UnpackResult:

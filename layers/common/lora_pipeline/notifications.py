@@ -11,6 +11,7 @@ from datetime import datetime
 from lora_pipeline.events import (
     DatasetRejected,
     EventDetail,
+    ProblemDetail,
     TrainingCancelled,
     TrainingFailed,
     TrainingStarted,
@@ -64,32 +65,51 @@ def _footer(detail: EventDetail) -> str:
     return f"\nDataset: s3://{detail.bucket}/datasets/{detail.dataset}/\nRun: {detail.run_id}\n"
 
 
+def _problem_lines(number: int, problem: ProblemDetail) -> list[str]:
+    where = f" {problem.file}:" if problem.file else ""
+    lines = [f"{number}. [{problem.severity.upper()} {problem.code}]{where} {problem.message}"]
+    if problem.fix:
+        lines.append(f"   Fix: {problem.fix}")
+    return lines
+
+
 def _rejected(d: DatasetRejected) -> Message:
+    """The subject counts the errors as "problems" (what blocks training); the body lists them under the
+    same count, then the warnings under theirs, numbered on."""
     lines = [
         f"The dataset '{d.dataset}' was not trained: {d.reason}",
         "No training job was started, so nothing was spent on GPUs.",
-        "",
-        f"{_plural(d.error_count, 'error')}, {_plural(d.warning_count, 'warning')}:",
     ]
-    for number, problem in enumerate(d.problems, start=1):
-        where = f" {problem.file}:" if problem.file else ""
-        lines.append(f"{number}. [{problem.severity.upper()} {problem.code}]{where} {problem.message}")
-        if problem.fix:
-            lines.append(f"   Fix: {problem.fix}")
+    headings = {
+        "error": f"{_plural(d.error_count, 'problem')} to fix (errors):",
+        "warning": f"{_plural(d.warning_count, 'warning')} (these do not block training):",
+        "info": "Notes:",
+    }
+    number = 1
+    for severity, heading in headings.items():
+        listed = [p for p in d.problems if p.severity == severity]
+        if not listed:
+            continue
+        lines += ["", heading]
+        for problem in listed:
+            lines += _problem_lines(number, problem)
+            number += 1
     if d.problems_omitted:
         lines.append(f"... and {_plural(d.problems_omitted, 'more problem')} in the full report below.")
     lines += [
         "",
-        "Next step: fix the problems above in your local copy, check it with",
-        f"`lora-pipeline validate <folder>`, then upload the dataset again to datasets/{d.dataset}/",
-        "(add an empty _READY file last to start at once). A new upload starts a new run.",
+        "Next step: fix the problems above in your local copy, check it with `lora-pipeline validate <folder>`,",
+        f"then upload it again; this replaces datasets/{d.dataset}/ with your folder (removing the files you",
+        "deleted or renamed there too) and starts a new run:",
+        f"  lora-pipeline upload <folder> --dataset {d.dataset} --start",
+        f"or with the AWS CLI: aws s3 sync <folder> s3://{d.bucket}/datasets/{d.dataset}/ --delete",
+        "and then add an empty _READY file to start at once.",
         f"Full report: {d.report_uri}",
     ]
-    count = d.error_count or len(d.problems)
-    return Message(
-        _subject(f"Dataset rejected: {d.dataset} ({_plural(count, 'problem')})"),
-        "\n".join(lines) + _footer(d),
-    )
+    subject = f"Dataset rejected: {d.dataset}"
+    if d.error_count:
+        subject += f" ({_plural(d.error_count, 'problem')})"
+    return Message(_subject(subject), "\n".join(lines) + _footer(d))
 
 
 def _started(d: TrainingStarted) -> Message:

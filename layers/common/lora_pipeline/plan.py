@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from lora_pipeline.buckets import batches_per_epoch, steps_per_epoch
+from lora_pipeline.evaluated_args import network_kwargs
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.job_settings import JobSettings
 from lora_pipeline.problems import Problem, Severity, define
@@ -25,6 +27,25 @@ SMOKE_TRAINING_STEPS = 10
 # MLP 3072) and OpenCLIP-bigG's 32 layers (1280 wide, MLP 5120).
 UNET_LORA_PARAMS_PER_RANK = 2_659_840
 TEXT_ENCODER_LORA_PARAMS_PER_RANK = 903_168
+# With conv_dim in network_args, networks/lora.py (create_modules) also targets ResnetBlock2D, Downsample2D and
+# Upsample2D (library/sdxl_original_unet.py): their 3x3 convolutions at rank conv_dim (lora_down is 3x3,
+# in * 9 weights per rank; lora_up 1x1, out), and their time-embedding Linear (1280 -> out) and 1x1
+# skip_connection (in != out) at rank network_dim. SDXL's 17 residual blocks (in, out channels), input,
+# middle and output blocks in order, and its 2 down- and 2 up-sampling convolutions (channels):
+SDXL_RESNET_BLOCKS = (
+    *((320, 320), (320, 320), (320, 640), (640, 640), (640, 1280), (1280, 1280)),
+    *((1280, 1280), (1280, 1280)),
+    *((2560, 1280), (2560, 1280), (1920, 1280), (1920, 640), (1280, 640), (960, 640)),
+    *((960, 320), (640, 320), (640, 320)),
+)
+SDXL_SAMPLER_CONVS = (320, 640, 1280, 640)
+SDXL_TIME_EMBED_DIM = 1280
+CONV_LORA_PARAMS_PER_CONV_RANK = sum(
+    9 * c_in + c_out + 9 * c_out + c_out for c_in, c_out in SDXL_RESNET_BLOCKS
+) + sum(9 * c + c for c in SDXL_SAMPLER_CONVS)
+CONV_LORA_PARAMS_PER_RANK = sum(
+    SDXL_TIME_EMBED_DIM + c_out + (c_in + c_out if c_in != c_out else 0) for c_in, c_out in SDXL_RESNET_BLOCKS
+)
 
 PLAN_RUNTIME_TOO_SHORT = define(
     "PLAN_RUNTIME_TOO_SHORT",
@@ -62,6 +83,9 @@ class Plan(BaseModel):
     subsets: list[SubsetPlan]
     images: int
     samples_per_epoch: int
+    buckets: int
+    """Aspect-ratio buckets the samples fall into; sd-scripts never mixes buckets in a batch."""
+    batches_per_epoch: int
     batch_size: int
     gradient_accumulation_steps: int
     gpus: int
@@ -74,6 +98,8 @@ class Plan(BaseModel):
     instance_type: str
     spot: bool
     seconds_per_step: float | None
+    """Estimated seconds of one optimizer step: the instance's seconds per sample times the samples a step
+    trains per GPU (batch size, gradient accumulation and the partial batches of each bucket)."""
     estimated_seconds: int | None
     on_demand_usd: float | None
     spot_usd: float | None
@@ -89,10 +115,24 @@ def _int_setting(config: Mapping[str, Any], key: str, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
-def expected_lora_bytes(network_dim: int, trains_text_encoders: bool, save_precision: str | None) -> int:
+def expected_lora_bytes(
+    network_dim: int, trains_text_encoders: bool, save_precision: str | None, conv_dim: int | None = None
+) -> int:
+    """Bytes of the LoRA's weights: parameters per rank x rank x 2 (4 with save_precision "float")."""
     per_rank = UNET_LORA_PARAMS_PER_RANK + (TEXT_ENCODER_LORA_PARAMS_PER_RANK if trains_text_encoders else 0)
+    params = network_dim * per_rank
+    if conv_dim:
+        params += network_dim * CONV_LORA_PARAMS_PER_RANK + conv_dim * CONV_LORA_PARAMS_PER_CONV_RANK
     bytes_per_param = 4 if save_precision == "float" else 2
-    return network_dim * per_rank * bytes_per_param
+    return params * bytes_per_param
+
+
+def conv_dim_of(config: Mapping[str, Any]) -> int | None:
+    """networks/lora.py create_network: int(conv_dim) from network_args, None when absent or unusable."""
+    try:
+        return int(network_kwargs(config)["conv_dim"])
+    except (KeyError, ValueError):
+        return None
 
 
 def make_plan(
@@ -100,17 +140,23 @@ def make_plan(
     config: Mapping[str, Any],
     job: JobSettings,
     instances: InstanceTable,
+    bucket_counts: Sequence[int] | None = None,
 ) -> tuple[Plan, list[Problem]]:
-    """Steps per sd-scripts: epochs * ceil(ceil(samples / batch) / gpus / grad_accum), samples = images * repeats.
+    """Steps as sd-scripts counts them: `epochs * ceil(batches / gpus / gradient_accumulation_steps)`, where
+    `batches` is `sum over buckets of ceil(samples_in_bucket / train_batch_size)` (`buckets.batches_per_epoch`).
 
-    Aspect-ratio buckets can add a few partial batches per epoch; the estimate ignores them.
+    `bucket_counts` is the samples (images x repeats) in each aspect-ratio bucket, from
+    `buckets.assign_buckets` (`DatasetSummary.buckets`); None means one bucket for all samples, right only
+    when every image has the same size.
     """
     batch = _int_setting(config, "train_batch_size", 1)
     grad_accum = _int_setting(config, "gradient_accumulation_steps", 1)
     spec = instances.get(job.instance_type)
     gpus = max(1, spec.gpus) if spec else 1
     samples = sum(s.images * s.repeats for s in subsets)
-    steps_per_epoch = math.ceil(math.ceil(samples / batch) / gpus / grad_accum) if samples else 0
+    counts = [count for count in (bucket_counts if bucket_counts is not None else [samples]) if count > 0]
+    batches = batches_per_epoch(counts, batch)
+    epoch_steps = steps_per_epoch(batches, gpus, grad_accum)
 
     epochs_setting = config.get("max_train_epochs")
     if job.trainer == "smoke":
@@ -118,18 +164,22 @@ def make_plan(
         epochs = 1 if samples else 0
     elif isinstance(epochs_setting, int) and epochs_setting > 0:
         epochs = epochs_setting
-        total_steps = epochs * steps_per_epoch
+        total_steps = epochs * epoch_steps
     else:
         total_steps = _int_setting(config, "max_train_steps", SD_SCRIPTS_DEFAULT_MAX_STEPS) if samples else 0
-        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+        epochs = math.ceil(total_steps / epoch_steps) if epoch_steps else 0
 
     network_dim = _int_setting(config, "network_dim", 4)
     trains_text_encoders = not config.get("network_train_unet_only", False)
     save_precision = config.get("save_precision")
 
     seconds = on_demand = spot_cost = None
+    step_seconds = None
     if spec is not None and total_steps > 0:  # nothing to train: nothing to estimate
-        seconds = round(instances.startup_seconds + total_steps * spec.seconds_per_step)
+        # The table's seconds_per_step is one 1024 px sample (batch 1); a step costs its samples per GPU,
+        # partial batches of the buckets included: samples_per_epoch / gpus / steps_per_epoch on average.
+        step_seconds = spec.seconds_per_step * samples / gpus / epoch_steps
+        seconds = round(instances.startup_seconds + total_steps * step_seconds)
         on_demand = round(seconds / 3600 * spec.on_demand_usd_per_hour, 2)
         spot_cost = round(on_demand * (1 - instances.spot_discount), 2)
 
@@ -143,20 +193,25 @@ def make_plan(
         ],
         images=sum(s.images for s in subsets),
         samples_per_epoch=samples,
+        buckets=len(counts),
+        batches_per_epoch=batches,
         batch_size=batch,
         gradient_accumulation_steps=grad_accum,
         gpus=gpus,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=epoch_steps,
         epochs=epochs,
         total_steps=total_steps,
         network_dim=network_dim,
         trains_text_encoders=trains_text_encoders,
         expected_lora_bytes=expected_lora_bytes(
-            network_dim, trains_text_encoders, save_precision if isinstance(save_precision, str) else None
+            network_dim,
+            trains_text_encoders,
+            save_precision if isinstance(save_precision, str) else None,
+            conv_dim_of(config),
         ),
         instance_type=job.instance_type,
         spot=job.spot,
-        seconds_per_step=spec.seconds_per_step if spec else None,
+        seconds_per_step=round(step_seconds, 3) if step_seconds is not None else None,
         estimated_seconds=seconds,
         on_demand_usd=on_demand,
         spot_usd=spot_cost,

@@ -251,7 +251,7 @@ class ValidationOutcome(BaseModel):
 
 
 def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> ValidationOutcome:
-    from lora_pipeline.kohya_config import safe_output_name
+    from lora_pipeline.kohya_facts import safe_output_name
     from lora_pipeline.problems import Severity
 
     # Step Functions, EventBridge and SNS each cap a payload at 256 KB (a few hundred problems): the state

@@ -1,8 +1,18 @@
-"""The project's one reader of safetensors headers, and the check that a file is an SDXL LoRA in Kohya format.
+"""The project's one reader of safetensors LoRAs, and the check that a file is a trained SDXL LoRA in Kohya format.
 
-Only the header is read (8-byte little-endian length, then a JSON object), never the tensor data, so a
-multi-gigabyte file costs a few kilobytes. The training container uses `inspect_lora_file` before it
-reports success; the unpack step uses `read_safetensors_header` on the stream it is copying.
+`check_lora_stream` reads a file once, front to back, with bounded memory: the header (8-byte
+little-endian length, then a JSON object), then every tensor in chunks. The unpack step runs it on the
+stream it is copying out of model.tar.gz, the training container (`inspect_lora_file`) before it reports
+success, and `lora-pipeline inspect` on a file or an archive, so all three judge a file the same way.
+
+What is checked:
+- structure: a well-formed safetensors file whose every key belongs to a complete module (below);
+- identity, from the tensors alone (metadata can be missing or wrong): every module name is one that
+  sd-scripts' `networks/lora.py` `create_modules` gives on SDXL (`sdxl_lora_targets`), and every
+  `lora` module's shapes are that layer's; `ss_base_model_version` / `modelspec.architecture`, when
+  present, must say SDXL too;
+- numbers: no NaN or Inf anywhere, and not every `lora_up` zero (sd-scripts initialises `lora_up` to
+  zero in `networks/lora.py`, `dylora.py` and `lora_fa.py`, so an all-zero `lora_up` learned nothing).
 
 What is accepted as a LoRA (what A1111, ComfyUI and diffusers load as Kohya-format networks):
 - `lora` modules (sd-scripts `networks.lora`, LoCon with `conv_dim`, DoRA's extra `dora_scale`):
@@ -14,15 +24,18 @@ Anything else is a `LoraFormatError` whose message says what the file looks like
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 # The reference implementation refuses headers above 100 MB; a LoRA header is about 300 KB.
@@ -60,6 +73,123 @@ SDXL_TE1_MODULES = 72
 SDXL_TE2_MODULES = 192
 
 PART_PREFIXES = {"unet": "lora_unet_", "te1": "lora_te1_", "te2": "lora_te2_"}
+# What the unpack step reads per call: bounds the memory of the tensor scan.
+CHUNK_BYTES = 1024 * 1024
+
+
+# The smoke trainer's `ss_sd_model_name`: names the file's origin in messages, never decides a verdict.
+SMOKE_MODEL_NAME = "smoke-tiny-sdxl"
+
+
+class Architecture(StrEnum):
+    """What a LoRA must fit. Chosen by the caller from the run's trainer, never from the file."""
+
+    SDXL = "sdxl"
+    """sd-scripts on SDXL: module names and every layer's width."""
+    SMOKE = "smoke"
+    """The smoke trainer's tiny SDXL-shaped model: SDXL module names, tiny widths (not checked)."""
+
+    @classmethod
+    def for_trainer(cls, trainer: str) -> Architecture:
+        return cls.SMOKE if trainer == "smoke" else cls.SDXL
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """A layer sd-scripts can put a LoRA module on: `in_features` -> `out_features`, and the kernel size
+    of a convolution (None for a Linear layer)."""
+
+    in_features: int
+    out_features: int
+    kernel: int | None = None
+
+
+# sdxl_original_unet.py: time embedding 1280 (4 x 320 model channels), cross-attention context 2048.
+_SDXL_TIME_EMBED = 1280
+_SDXL_CONTEXT = 2048
+# (Kohya block name, in channels, out channels) of every ResnetBlock2D, in SdxlUNet2DConditionModel order.
+_SDXL_RESNETS = (
+    ("input_blocks_1_0", 320, 320),
+    ("input_blocks_2_0", 320, 320),
+    ("input_blocks_4_0", 320, 640),
+    ("input_blocks_5_0", 640, 640),
+    ("input_blocks_7_0", 640, 1280),
+    ("input_blocks_8_0", 1280, 1280),
+    ("middle_block_0", 1280, 1280),
+    ("middle_block_2", 1280, 1280),
+    ("output_blocks_0_0", 2560, 1280),
+    ("output_blocks_1_0", 2560, 1280),
+    ("output_blocks_2_0", 1920, 1280),
+    ("output_blocks_3_0", 1920, 640),
+    ("output_blocks_4_0", 1280, 640),
+    ("output_blocks_5_0", 960, 640),
+    ("output_blocks_6_0", 960, 320),
+    ("output_blocks_7_0", 640, 320),
+    ("output_blocks_8_0", 640, 320),
+)
+# (Kohya block name, diffusers block name, channels, transformer depth) of every Transformer2DModel.
+# The diffusers name is what diffusers' convert_state_dict_to_kohya writes; A1111 and ComfyUI load both.
+_SDXL_TRANSFORMERS = (
+    ("input_blocks_4_1", "down_blocks_1_attentions_0", 640, 2),
+    ("input_blocks_5_1", "down_blocks_1_attentions_1", 640, 2),
+    ("input_blocks_7_1", "down_blocks_2_attentions_0", 1280, 10),
+    ("input_blocks_8_1", "down_blocks_2_attentions_1", 1280, 10),
+    ("middle_block_1", "mid_block_attentions_0", 1280, 10),
+    *((f"output_blocks_{i}_1", f"up_blocks_0_attentions_{i}", 1280, 10) for i in (0, 1, 2)),
+    *((f"output_blocks_{i + 3}_1", f"up_blocks_1_attentions_{i}", 640, 2) for i in (0, 1, 2)),
+)
+# Downsample2D (`op`) and Upsample2D (`conv`) convolutions: (Kohya name, channels).
+_SDXL_RESAMPLERS = (
+    ("input_blocks_3_0_op", 320),
+    ("input_blocks_6_0_op", 640),
+    ("output_blocks_2_2_conv", 1280),
+    ("output_blocks_5_2_conv", 640),
+)
+# CLIP ViT-L (text_encoder 1) and OpenCLIP ViT-bigG (text_encoder 2): layers, width, MLP width.
+_SDXL_TEXT_ENCODERS = (("te1", 12, 768, 3072), ("te2", 32, 1280, 5120))
+
+
+@functools.cache
+def sdxl_lora_targets() -> dict[str, LayerShape]:
+    """Every Kohya module name sd-scripts v0.10.1 can train on SDXL, with its layer's shape.
+
+    Mirrors `networks/lora.py` `LoRANetwork.create_modules` over `library/sdxl_original_unet.py`
+    (Linear layers of Transformer2DModel always; with `conv_dim`, the Linear and Conv2d layers of
+    ResnetBlock2D, Downsample2D and Upsample2D too) and the CLIPAttention/CLIPMLP layers of both text
+    encoders. 722 U-Net Linear modules, 72 + 192 text encoder modules, 66 more U-Net modules with conv_dim;
+    the attention modules also under their diffusers names.
+    """
+    targets: dict[str, LayerShape] = {}
+    for kohya_block, diffusers_block, width, depth in _SDXL_TRANSFORMERS:
+        for block in (kohya_block, diffusers_block):
+            prefix = f"lora_unet_{block}"
+            targets[f"{prefix}_proj_in"] = targets[f"{prefix}_proj_out"] = LayerShape(width, width)
+            for index in range(depth):
+                layer = f"{prefix}_transformer_blocks_{index}"
+                for attention, context in (("attn1", width), ("attn2", _SDXL_CONTEXT)):
+                    targets[f"{layer}_{attention}_to_q"] = LayerShape(width, width)
+                    targets[f"{layer}_{attention}_to_k"] = LayerShape(context, width)
+                    targets[f"{layer}_{attention}_to_v"] = LayerShape(context, width)
+                    targets[f"{layer}_{attention}_to_out_0"] = LayerShape(width, width)
+                targets[f"{layer}_ff_net_0_proj"] = LayerShape(width, 8 * width)  # GEGLU: two halves
+                targets[f"{layer}_ff_net_2"] = LayerShape(4 * width, width)
+    for block, in_width, out_width in _SDXL_RESNETS:
+        prefix = f"lora_unet_{block}"
+        targets[f"{prefix}_in_layers_2"] = LayerShape(in_width, out_width, 3)
+        targets[f"{prefix}_emb_layers_1"] = LayerShape(_SDXL_TIME_EMBED, out_width)
+        targets[f"{prefix}_out_layers_3"] = LayerShape(out_width, out_width, 3)
+        if in_width != out_width:
+            targets[f"{prefix}_skip_connection"] = LayerShape(in_width, out_width, 1)
+    for name, width in _SDXL_RESAMPLERS:
+        targets[f"lora_unet_{name}"] = LayerShape(width, width, 3)
+    for part, layers, width, mlp in _SDXL_TEXT_ENCODERS:
+        for index in range(layers):
+            layer = f"lora_{part}_text_model_encoder_layers_{index}"
+            for projection in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                targets[f"{layer}_self_attn_{projection}"] = LayerShape(width, width)
+            targets[f"{layer}_mlp_fc1"] = LayerShape(width, mlp)
+            targets[f"{layer}_mlp_fc2"] = LayerShape(mlp, width)
+    return targets
 
 
 class ByteReader(Protocol):
@@ -385,8 +515,9 @@ def _metadata_number(metadata: dict[str, str], key: str) -> float | None:
         return None
 
 
-def summarise_lora(header: SafetensorsHeader) -> LoraSummary:
-    """Check that `header` describes an SDXL LoRA in Kohya format and summarise it.
+def summarise_lora(header: SafetensorsHeader, architecture: Architecture = Architecture.SDXL) -> LoraSummary:
+    """Check that `header` describes an SDXL LoRA in Kohya format and summarise it (header only: the
+    numbers are `check_lora_stream`'s).
 
     Raises `LoraFormatError` for anything else; unusual but loadable files give `warnings`.
     """
@@ -419,11 +550,12 @@ def summarise_lora(header: SafetensorsHeader) -> LoraSummary:
         if rank_tensor is not None and rank_tensor.shape:
             ranks[rank_tensor.shape[0]] += 1
         _check_lora_shapes(module, kind, header)
+        _check_identity(module, kind, header, architecture)
 
     metadata = header.metadata
     base_version = metadata.get("ss_base_model_version")
-    architecture = metadata.get("modelspec.architecture")
-    _check_base_model(base_version, architecture)
+    stated_architecture = metadata.get("modelspec.architecture")
+    _check_base_model(base_version, stated_architecture)
     warnings = _count_warnings(part_counts) + _metadata_warnings(metadata, ranks)
 
     return LoraSummary(
@@ -436,7 +568,7 @@ def summarise_lora(header: SafetensorsHeader) -> LoraSummary:
         network_alpha=_metadata_number(metadata, "ss_network_alpha"),
         network_module=metadata.get("ss_network_module"),
         base_model_version=base_version,
-        architecture=architecture,
+        architecture=stated_architecture,
         output_name=metadata.get("ss_output_name"),
         dtypes=sorted({info.dtype for info in header.tensors.values()}),
         tensor_count=len(keys),
@@ -457,6 +589,36 @@ def _check_lora_shapes(module: str, kind: _ModuleKind, header: SafetensorsHeader
         )
     if math.prod(alpha) != 1:
         raise LoraFormatError(f"module {module!r}: alpha has shape {list(alpha)}, expected a single number")
+
+
+def _check_identity(
+    module: str, kind: _ModuleKind, header: SafetensorsHeader, architecture: Architecture
+) -> None:
+    target = sdxl_lora_targets().get(module)
+    if target is None:
+        raise LoraFormatError(
+            f"module {module!r} is not a layer sd-scripts trains on SDXL: this LoRA was made for another "
+            "model (SD 1.x/2.x, SD3, Flux, a refiner...) or by a tool that targets other layers. Train it with "
+            "sdxl_train_network.py on an SDXL base model"
+        )
+    if kind.name != "lora" or architecture is not Architecture.SDXL:
+        return
+    down = header.tensors[f"{module}.lora_down.weight"].shape
+    up = header.tensors[f"{module}.lora_up.weight"].shape
+    rank = down[0]
+    if f"{module}.lora_mid.weight" in header.tensors:  # LoCon Tucker: the kernel sits in lora_mid
+        expected_down: tuple[int, ...] = (rank, target.in_features, 1, 1)
+    elif target.kernel is None:
+        expected_down = (rank, target.in_features)
+    else:
+        expected_down = (rank, target.in_features, target.kernel, target.kernel)
+    expected_up = (target.out_features, rank) + ((1, 1) if target.kernel is not None else ())
+    if down != expected_down or up != expected_up:
+        raise LoraFormatError(
+            f"module {module!r}: lora_down {list(down)} and lora_up {list(up)} do not fit SDXL's layer "
+            f"({target.in_features} -> {target.out_features}, which needs {list(expected_down)} and "
+            f"{list(expected_up)}): this LoRA was trained on a model with other layer widths, not SDXL"
+        )
 
 
 def _check_base_model(base_version: str | None, architecture: str | None) -> None:
@@ -506,8 +668,223 @@ def _metadata_warnings(metadata: dict[str, str], ranks: Counter[int]) -> list[st
     return warnings
 
 
-def inspect_lora_file(path: Path | str) -> tuple[SafetensorsHeader, LoraSummary]:
-    """Header and summary of a LoRA on disk (the container's check before it reports success)."""
+# ---------------------------------------------------------------------------------------------------------
+# Tensor data
+
+
+# sd-scripts saves LoRA weights as float32, float16 or bfloat16 (`--save_precision float|fp16|bf16`).
+# Per dtype: the unsigned integer of the same width, and the exponent and mantissa masks of IEEE 754.
+_FLOAT_BITS: dict[str, tuple[type[np.unsignedinteger[Any]], int, int]] = {
+    "F16": (np.uint16, 0x7C00, 0x03FF),
+    "BF16": (np.uint16, 0x7F80, 0x007F),
+    "F32": (np.uint32, 0x7F80_0000, 0x007F_FFFF),
+    "F64": (np.uint64, 0x7FF0_0000_0000_0000, 0x000F_FFFF_FFFF_FFFF),
+}
+# Elements examined per numpy pass: keeps the temporaries of a 1 MiB read well under a megabyte.
+_SCAN_ELEMENTS = 64 * 1024
+
+
+@dataclass
+class TensorNumbers:
+    """What one pass over a tensor's bytes found."""
+
+    nan: int = 0
+    inf: int = 0
+    nonzero: int = 0
+    value: float | None = None
+    """The value of a one-element tensor (an `alpha`)."""
+
+
+def _scan_words(words: np.ndarray[Any, Any], exponent: int, mantissa: int, numbers: TensorNumbers) -> None:
+    for start in range(0, len(words), _SCAN_ELEMENTS):
+        part = words[start : start + _SCAN_ELEMENTS]
+        special = part[(part & exponent) == exponent]
+        if len(special):
+            nan = int(np.count_nonzero(special & mantissa))
+            numbers.nan += nan
+            numbers.inf += len(special) - nan
+        numbers.nonzero += int(np.count_nonzero(part & (exponent | mantissa)))
+
+
+def scan_tensor_data(
+    stream: ByteReader, header: SafetensorsHeader, chunk_bytes: int = CHUNK_BYTES
+) -> dict[str, TensorNumbers]:
+    """Read the data section that follows `header` in `stream` once, `chunk_bytes` at a time, and count
+    each float tensor's NaN, Inf and non-zero elements. Other dtypes are read past, not examined.
+
+    Raises `SafetensorsHeaderError` when the stream ends inside the data.
+    """
+    found: dict[str, TensorNumbers] = {}
+    for name, info in sorted(header.tensors.items(), key=lambda item: item[1].data_offsets):
+        numbers = found[name] = TensorNumbers()
+        bits = _FLOAT_BITS.get(info.dtype)
+        word = np.dtype(bits[0]).newbyteorder("<") if bits else None
+        step = max(1, chunk_bytes // (word.itemsize if word else 1)) * (word.itemsize if word else 1)
+        remaining = info.nbytes
+        while remaining:
+            data = read_exact(stream, min(step, remaining))
+            if not data or (word is not None and len(data) % word.itemsize):
+                raise SafetensorsHeaderError(f"the file ends inside tensor {name!r}: it is truncated")
+            remaining -= len(data)
+            if math.prod(info.shape) == 1 and info.dtype in _SCALAR_DTYPES:
+                numbers.value = _scalar_value(info.dtype, data)
+            if word is not None and bits is not None:
+                _scan_words(np.frombuffer(data, dtype=word), bits[1], bits[2], numbers)
+    return found
+
+
+# How a one-element tensor (an `alpha`) is read; diffusers' convert_state_dict_to_kohya writes I64 alphas.
+_SCALAR_DTYPES = {
+    "F16": "<f2",
+    "F32": "<f4",
+    "F64": "<f8",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "BF16": "",
+}
+
+
+def _scalar_value(dtype: str, data: bytes) -> float:
+    if dtype == "BF16":  # the upper half of a float32
+        return float(np.frombuffer(b"\0\0" + data, dtype="<f4")[0])
+    return float(np.frombuffer(data, dtype=_SCALAR_DTYPES[dtype])[0])
+
+
+@dataclass(frozen=True)
+class LoraCheck:
+    """The verdict on one LoRA file: accepted when `problems` is empty."""
+
+    header: SafetensorsHeader | None
+    """None when the file is not a readable safetensors file."""
+    summary: LoraSummary | None
+    """None when the file is not an SDXL LoRA in Kohya format."""
+    problems: list[str] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)
+    """The distinct `alpha` values stored in the modules."""
+
+    @property
+    def accepted(self) -> bool:
+        return not self.problems
+
+
+def check_lora_stream(
+    stream: ByteReader,
+    size: int | None,
+    architecture: Architecture = Architecture.SDXL,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> LoraCheck:
+    """Read a whole LoRA file from `stream` once (`size` bytes when known) and judge it: structure,
+    identity (`summarise_lora`), then every tensor's numbers. Never raises for a bad file.
+
+    Memory: the header plus one `chunk_bytes` read.
+    """
+    try:
+        header = read_safetensors_header(stream, size)
+    except LoraFormatError as error:
+        return LoraCheck(None, None, [str(error)])
+    try:
+        summary = summarise_lora(header, architecture)
+        numbers = scan_tensor_data(stream, header, chunk_bytes)
+    except LoraFormatError as error:
+        return LoraCheck(header, None, [str(error)])
+    problems, warnings = _number_findings(header, numbers)
+    alphas = sorted({n.value for key, n in numbers.items() if key.endswith(".alpha") and n.value is not None})
+    return LoraCheck(
+        header, summary.model_copy(update={"warnings": summary.warnings + warnings}), problems, alphas
+    )
+
+
+def _number_findings(
+    header: SafetensorsHeader, numbers: dict[str, TensorNumbers]
+) -> tuple[list[str], list[str]]:
+    problems = []
+    unexamined = sorted(
+        {
+            info.dtype
+            for name, info in header.tensors.items()
+            if info.dtype not in _FLOAT_BITS and not name.endswith(".alpha")
+        }
+    )
+    if unexamined:
+        problems.append(
+            f"weights of dtype {', '.join(unexamined)}: sd-scripts saves LoRA weights as F32, F16 or BF16 "
+            "(save_precision float, fp16 or bf16), so this file was converted or corrupted. Use the file the "
+            "trainer wrote"
+        )
+    for kind, attribute in (("NaN", "nan"), ("Inf", "inf")):
+        bad = {name: getattr(n, attribute) for name, n in numbers.items() if getattr(n, attribute)}
+        if bad:
+            example = next(iter(bad))
+            problems.append(
+                f"{len(bad)} of {len(numbers)} tensors hold {kind} values ({sum(bad.values()):,} in all, e.g. "
+                f"{bad[example]:,} in {example!r}): the training diverged and the LoRA renders black or noise. "
+                'Train again with a lower learning rate and mixed_precision = "bf16" (fp16 overflows on SDXL)'
+            )
+    ups = {
+        name[: -len(".lora_up.weight")]: n for name, n in numbers.items() if name.endswith(".lora_up.weight")
+    }
+    # A module adds lora_up @ lora_down to its layer: all-zero either way, it changes nothing.
+    untrained = {
+        module
+        for module, up in ups.items()
+        if up.nonzero == 0 or numbers[f"{module}.lora_down.weight"].nonzero == 0
+    }
+    warnings = []
+    if ups and untrained == set(ups):
+        problems.append(
+            f"every one of its {len(ups)} modules has an all-zero lora_up (or lora_down); zero is the lora_up "
+            "sd-scripts starts from (networks/lora.py zero-initialises it): the LoRA learned nothing and changes "
+            "no image. Check that the learning rates (unet_lr, text_encoder_lr, learning_rate) are above 0 and "
+            "that the job ran its steps"
+        )
+    elif untrained:
+        for part, prefix in PART_PREFIXES.items():
+            mine = {m for m in ups if m.startswith(prefix)}
+            if mine and mine <= untrained:
+                warnings.append(
+                    f"all {len(mine)} {part} modules have an all-zero lora_up (or lora_down), so they change "
+                    "nothing: that part was not trained (a learning rate of 0 for it?)"
+                )
+    return problems, warnings
+
+
+def trigger_words(metadata: dict[str, str]) -> list[str]:
+    """The words that call the LoRA, from sd-scripts' training metadata: the class tokens of each subset
+    folder (`ss_dataset_dirs` / `ss_tag_frequency` keys, `<repeats>_<class tokens>`), then the tags found
+    in every caption of a subset (`ss_tag_frequency`). Empty without that metadata."""
+    words: list[str] = []
+    folders: dict[str, Any] = {}
+    frequencies: dict[str, Any] = {}
+    for key, target in (("ss_dataset_dirs", folders), ("ss_tag_frequency", frequencies)):
+        try:
+            value = json.loads(metadata.get(key, "{}"))
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            target.update(value)
+    for folder in [*folders, *frequencies]:
+        tokens = (
+            folder.split("_", 1)[1].strip() if "_" in folder and folder.split("_", 1)[0].isdigit() else ""
+        )
+        if tokens and tokens not in words:
+            words.append(tokens)
+    for folder, tags in frequencies.items():
+        images = folders.get(folder, {}).get("img_count") if isinstance(folders.get(folder), dict) else None
+        if not isinstance(tags, dict) or not tags:
+            continue
+        most = max(count for count in tags.values() if isinstance(count, int)) if images is None else images
+        words += [tag for tag, count in tags.items() if count == most and tag not in words]
+    return words
+
+
+def inspect_lora_file(
+    path: Path | str, architecture: Architecture = Architecture.SDXL
+) -> tuple[SafetensorsHeader, LoraSummary]:
+    """Header and summary of a LoRA on disk, judged as the unpack step judges it (the container's check
+    before it reports success). Raises `LoraFormatError` listing every problem found."""
     with open(path, "rb") as file:
-        header = read_safetensors_header(file, size=os.fstat(file.fileno()).st_size)
-    return header, summarise_lora(header)
+        check = check_lora_stream(file, os.fstat(file.fileno()).st_size, architecture)
+    if check.problems or check.header is None or check.summary is None:
+        raise LoraFormatError("; ".join(check.problems))
+    return check.header, check.summary

@@ -78,3 +78,19 @@ class LocalFolder:
 
     def read_all(self, path: str) -> bytes:
         return (self.root / path).read_bytes()
+
+
+class ObjectUnreadable(Exception):
+    """An object outside the dataset could not be read; `missing` is True when it does not exist."""
+
+    def __init__(self, message: str, missing: bool) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class ObjectReader(Protocol):
+    """Reads byte ranges of objects named by URI (the base model checkpoint); raises ObjectUnreadable."""
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        """Up to `length` bytes from offset `start` (fewer at the end of the object)."""
+        ...

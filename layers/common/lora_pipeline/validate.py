@@ -9,7 +9,7 @@ from lora_pipeline.kohya_config import PipelineInputs, build_effective_config
 from lora_pipeline.plan import SubsetCount, make_plan
 from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.report import ValidationReport
-from lora_pipeline.storage import DatasetSource
+from lora_pipeline.storage import DatasetSource, ObjectReader
 
 KOHYA_CONFIG_FILE = "config.toml"
 
@@ -37,7 +37,10 @@ def validate_dataset(
     dataset_name: str,
     limits: StackLimits | None = None,
     instances: InstanceTable | None = None,
+    models: ObjectReader | None = None,
 ) -> ValidationReport:
+    """The full report of one dataset. `models` reads an S3 base model's header (without it, an S3 base
+    model is not checked to be SDXL)."""
     limits = limits or StackLimits()
     instances = instances or load_instance_table()
     files = source.list_files()
@@ -46,7 +49,7 @@ def validate_dataset(
 
     settings_text, read_problems = _read_settings_file(source, names, SETTINGS_FILE)
     problems += read_problems
-    job, job_problems = read_job_settings(settings_text, limits, instances)
+    job, job_problems = read_job_settings(settings_text, limits, instances, models=models)
     problems += job_problems
 
     config_text, read_problems = _read_settings_file(source, names, KOHYA_CONFIG_FILE)
@@ -71,7 +74,10 @@ def validate_dataset(
     plan = None
     if kohya.effective is not None:
         counts = [SubsetCount(s.folder, s.image_count, s.repeats) for s in summary.subsets]
-        plan, plan_problems = make_plan(counts, effective, job, instances)
+        buckets = [b.image_count for b in summary.buckets]
+        # Images whose size could not be read (already errors) count as one more bucket.
+        buckets.append(summary.total_repeated_images - sum(buckets))
+        plan, plan_problems = make_plan(counts, effective, job, instances, bucket_counts=buckets)
         problems += plan_problems
 
     return ValidationReport(

@@ -19,6 +19,7 @@ from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.manifest import Manifest, RunFacts, build_manifest
 from lora_pipeline.model_archive import ModelArchiveError, UnpackLimits, check_file_name, unpack_model_archive
 from lora_pipeline.s3_layout import s3_uri
+from lora_pipeline.safetensors_lora import Architecture
 
 MIB = 1024 * 1024
 # S3 refuses parts under 5 MiB (except the last); above 64 MiB the part buffer crowds a 1 GB Lambda.
@@ -178,16 +179,20 @@ def unpack_model(
     *,
     limits: UnpackLimits | None = None,
     part_bytes: int = DEFAULT_PART_BYTES,
+    architecture: Architecture = Architecture.SDXL,
 ) -> Manifest:
     """Unpack `s3://bucket/archive_key` into `<model_prefix><output_name>.safetensors` and `manifest.json`.
 
-    `model_prefix` is `RunLayout.model_prefix` (ends with '/'). Raises `ModelArchiveError` (a ValueError)
-    when the archive holds no usable LoRA; nothing is written then.
+    `model_prefix` is `RunLayout.model_prefix` (ends with '/'). Every byte of the LoRA is read once and
+    checked (`safetensors_lora.check_lora_stream`) against `architecture`. Raises `ModelArchiveError` (a
+    ValueError) when the archive holds no usable LoRA; nothing is written then.
     """
     source = S3ObjectStream(s3_client, bucket, archive_key)
     sink = S3MultipartSink(s3_client, bucket, model_prefix, part_bytes)
     try:
-        result = unpack_model_archive(source, sink, output_name=output_name, limits=limits)
+        result = unpack_model_archive(
+            source, sink, output_name=output_name, limits=limits, architecture=architecture
+        )
     finally:
         source.close()
     manifest = build_manifest(

@@ -1,4 +1,5 @@
-"""`DatasetSource` over S3: lists a dataset prefix and reads byte ranges, so image headers cost one small GET.
+"""`DatasetSource` over S3 (lists a dataset prefix and reads byte ranges, so image headers cost one small GET),
+and `ObjectReader` for objects named by URI (the base model checkpoint).
 
 A boto3 client is thread-safe, so one source can serve the validator's worker threads.
 """
@@ -8,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from lora_pipeline.aws.errors import ClientError, error_code
-from lora_pipeline.s3_layout import READY_MARKER, dataset_prefix, s3_uri
-from lora_pipeline.storage import FileEntry
+from lora_pipeline.s3_layout import READY_MARKER, dataset_prefix, parse_s3_uri, s3_uri
+from lora_pipeline.storage import FileEntry, ObjectUnreadable
 
 
 class S3DatasetSource:
@@ -67,3 +68,27 @@ class S3DatasetSource:
 
     def read_all(self, path: str) -> bytes:
         return self._get(path, None)
+
+
+class S3ObjectReader:
+    """`ObjectReader` over S3 URIs: one ranged GET per call."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        bucket, key = parse_s3_uri(uri)
+        try:
+            body = self._client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+            )["Body"]
+        except ClientError as exc:
+            code = error_code(exc)
+            if code in ("NoSuchKey", "NoSuchBucket", "404"):
+                raise ObjectUnreadable(f"there is no such object ({code})", missing=True) from None
+            if code == "InvalidRange":
+                return b""
+            raise ObjectUnreadable(f"the object could not be read ({code})", missing=False) from None
+        with body:
+            data: bytes = body.read()
+        return data

@@ -109,11 +109,14 @@ def ingest_upload(
 
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
-    from lora_pipeline.aws.s3_source import S3DatasetSource
+    from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
     from lora_pipeline.validate import validate_dataset
 
     report = validate_dataset(
-        S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, replace(limits, bucket=run.bucket)
+        S3DatasetSource(s3, run.bucket, run.dataset),
+        run.dataset,
+        replace(limits, bucket=run.bucket),
+        models=S3ObjectReader(s3),
     )
     layout = RunLayout(run.dataset, run.run_id)
     files = {layout.validation_key: (report.model_dump_json(indent=2), "application/json")}
@@ -160,6 +163,7 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
     """Turn the job's model.tar.gz into the LoRA and its manifest; the spot checkpoints are no longer needed."""
     from lora_pipeline.aws.s3_model_io import unpack_model
     from lora_pipeline.manifest import RunFacts
+    from lora_pipeline.safetensors_lora import Architecture
 
     facts = job_facts(run.training_job, prices)
     layout = RunLayout(run.dataset, run.run_id)
@@ -179,6 +183,8 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
             training_job_name=facts.training_job_name,
             billable_seconds=facts.billable_seconds,
         ),
+        # The trainer the job ran (runs.py puts it in the hyperparameters), not what the file claims.
+        architecture=Architecture.for_trainer(run.training_job.get("HyperParameters", {}).get("trainer", "")),
     )
     _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
     return UnpackOutcome(
