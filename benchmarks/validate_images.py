@@ -88,6 +88,10 @@ class SlowFolder(LocalFolder):
         self.bytes_read += len(data)
         return data
 
+    def read_small(self, path: str, limit: int) -> bytes | None:
+        time.sleep(self.latency)
+        return super().read_small(path, limit)
+
     def read_all(self, path: str) -> bytes:
         time.sleep(self.latency)
         return super().read_all(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3
 import botocore.exceptions
 
+from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.dataset import ACCEPTED_IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, parse_subset_folder
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import StackLimits
@@ -144,6 +145,7 @@ def _upload_folder(source: LocalFolder, dataset: str, args: argparse.Namespace) 
     if not args.local:
         require_training_image(stack)
     folder = source.root
+    active = RunTable(stack.client("dynamodb"), stack.table_name).dataset_state(dataset)[0].active
     plan = plan_upload(folder)
     for skipped in plan.skipped:
         sys.stderr.write(f"skipped {skipped} (not part of a dataset)\n")
@@ -155,7 +157,17 @@ def _upload_folder(source: LocalFolder, dataset: str, args: argparse.Namespace) 
         remove_keys(s3, stack.bucket, stale)
     with progress.bytes_bar(f"Uploading {dataset}", plan.total_bytes) as advance:
         keys = upload_dataset(s3, stack.bucket, folder, dataset, plan, args.start, advance)
-    then = "the run starts now" if args.start else "the run starts once the upload has been quiet for a while"
+    if active is not None and not active.settling:
+        then = (
+            f"run {active.run_id} of {dataset} is in progress and does not train them: when it ends, one "
+            "follow-up run validates and trains the dataset as it is then (none if you cancel it)"
+        )
+    else:
+        then = (
+            "the run starts now"
+            if args.start
+            else "the run starts once the upload has been quiet for a while"
+        )
     sys.stdout.write(
         f"Uploaded {len(keys)} files to {where}; {then}. Follow it with `lora-pipeline status {dataset}`.\n"
     )
@@ -190,6 +202,9 @@ def _status(args: argparse.Namespace) -> int:
     prices = load_instance_table(args.prices)
     found = runs.list_runs(stack, args.dataset)[: args.limit]
     sys.stdout.write(render_status([runs.run_status(stack, run, prices) for run in found]))
+    if not args.local:  # a local stack sends no email at all: nothing to warn about
+        for warning in runs.notification_warnings(stack):
+            sys.stderr.write(f"warning: {warning}\n")
     return EXIT_OK
 
 

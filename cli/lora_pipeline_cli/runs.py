@@ -129,7 +129,7 @@ def training_log_lines(stack: Stack, job_name: str, start_time: int | None = Non
             lines += [(e["timestamp"], e["message"]) for e in page.get("events", [])]
     except logs.exceptions.ResourceNotFoundException:
         return []
-    return sorted(lines)
+    return sorted(lines, key=lambda line: line[0])  # stable: lines of one millisecond keep their order
 
 
 def rejection_summary(stack: Stack, run: RunRecord) -> str:
@@ -237,6 +237,44 @@ def download_model(stack: Stack, run: RunRecord, target: Path) -> tuple[Path, Ma
         raise StackError(f"{model_path.name} does not match the sha256 in manifest.json; download it again.")
     (target / "manifest.json").write_bytes(manifest.to_json())
     return model_path, manifest
+
+
+CONFIRM_COMMAND = (
+    "aws sns confirm-subscription --topic-arn {topic} --token <Token from the confirmation link> "
+    "--authenticate-on-unsubscribe true"
+)
+
+
+def notification_warnings(stack: Stack) -> list[str]:
+    """What could keep the emails from arriving: no confirmed subscription on the stack's topic, or an email
+    subscription that its unsubscribe link alone can end (a mail scanner that follows links does)."""
+    topic = stack.output("TopicArn")
+    sns = stack.client("sns")
+    subscriptions = [
+        sub
+        for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic)
+        for sub in page.get("Subscriptions", [])
+    ]
+    confirmed = [s for s in subscriptions if s["SubscriptionArn"].startswith("arn:")]
+    how = CONFIRM_COMMAND.format(topic=topic)
+    if not confirmed:
+        pending = [s["Endpoint"] for s in subscriptions if s["SubscriptionArn"] == "PendingConfirmation"]
+        waiting = f" ({', '.join(pending)} has not confirmed yet)" if pending else ""
+        return [
+            f"No confirmed subscription on the notification topic{waiting}: no email will arrive. "
+            f"Confirm with authentication: {how}"
+        ]
+    warnings = []
+    for sub in confirmed:
+        if sub["Protocol"] not in ("email", "email-json"):
+            continue
+        attributes = sns.get_subscription_attributes(SubscriptionArn=sub["SubscriptionArn"])["Attributes"]
+        if attributes.get("ConfirmationWasAuthenticated") != "true":
+            warnings.append(
+                f"{sub['Endpoint']} can be unsubscribed by anyone who follows the email's unsubscribe link. "
+                f"Unsubscribe it, subscribe again and confirm with authentication: {how}"
+            )
+    return warnings
 
 
 def cancel_run(stack: Stack, run: RunRecord) -> None:

@@ -9,13 +9,14 @@ in a config can never win.
 from __future__ import annotations
 
 import sys
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+
+from lora_pipeline.text_formats import loads_toml
 
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 TRAIN_SCRIPT = "sdxl_train_network.py"
@@ -79,7 +80,7 @@ def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_kohya_config(path: Path) -> dict[str, Any]:
     with path.open("rb") as stream:
-        return flatten_config(tomllib.load(stream))
+        return flatten_config(loads_toml(stream.read().decode("utf-8")))
 
 
 def training_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from lora_pipeline.text_formats import loads_json
+
 TrainerName = Literal["kohya", "smoke"]
 TRAINERS: tuple[TrainerName, ...] = ("kohya", "smoke")
 
@@ -101,7 +103,7 @@ class JobInputs:
 
 def _read_json_object(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ContractError(
             f"{path} is missing. SageMaker writes it for every training job; when running the container "

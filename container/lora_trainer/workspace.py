@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lora_pipeline.sample_prompts import with_sdxl_size
+from lora_pipeline.text_formats import loads_json
 
 
 def copy_dataset(source: Path, destination: Path) -> int:
@@ -71,7 +71,7 @@ def read_saved_state(state_dir: Path) -> SavedState | None:
     if not _is_complete(state_dir):
         return None
     try:
-        data = json.loads((state_dir / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
+        data = loads_json((state_dir / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
         return SavedState(state_dir, epoch=int(data["current_epoch"]), step=int(data["current_step"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None

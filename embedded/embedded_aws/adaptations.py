@@ -359,6 +359,31 @@ def step_functions_new_executions_are_running() -> None:
     Execution.status = property(status)  # type: ignore[method-assign,assignment]
 
 
+def step_functions_stop_aborts_task_token_waits() -> None:
+    """Step Functions: moto's StopExecution leaves a `.waitForTaskToken` task waiting until its heartbeat or
+    timeout runs out (and each SendTaskHeartbeat keeps it waiting), and the task's failure on waking turns
+    the execution FAILED; AWS aborts the task at once and the execution stays ABORTED."""
+    from moto.stepfunctions.parser.asl.eval.environment import Environment
+    from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
+
+    shipped_stop = _require(Environment, "set_stop", "step_functions_stop_aborts_task_token_waits")
+    shipped_error = _require(Environment, "set_error", "step_functions_stop_aborts_task_token_waits")
+
+    def set_stop(self: Any, stop_date: Any, cause: str | None, error: str | None) -> None:
+        shipped_stop(self, stop_date, cause, error)  # also called for each frame of the execution
+        token = self.states.context_object.context_object_data.get("Task", {}).get("Token")
+        endpoint = self.callback_pool_manager.get(token) if token else None
+        if endpoint is not None:
+            endpoint.interrupt_all()
+
+    def set_error(self: Any, error: Any) -> None:
+        if not isinstance(self.program_state(), ProgramStopped):
+            shipped_error(self, error)
+
+    Environment.set_stop = set_stop
+    Environment.set_error = set_error
+
+
 def step_functions_history_in_reverse_order() -> None:
     """Step Functions: moto's GetExecutionHistory ignores `reverseOrder`, so a caller asking for the newest
     events first (the CLI's current stage) reads the oldest. `maxResults` stays ignored: every event comes
@@ -463,6 +488,7 @@ ADAPTATIONS: Final[tuple[Callable[[], None], ...]] = (
     step_functions_status_change_events,
     step_functions_parse_each_definition_once,
     step_functions_new_executions_are_running,
+    step_functions_stop_aborts_task_token_waits,
     step_functions_history_in_reverse_order,
     logs_filter_by_stream_name_prefix,
     record_sns_publishes,

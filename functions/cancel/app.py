@@ -1,4 +1,5 @@
-"""cancel: an execution was stopped, timed out or crashed -> stop its job, free its slot and dataset."""
+"""cancel: an execution ended -> clean up after a stop, time-out or crash (stop its job, free its slot and
+dataset, emit the run's last event if it put none), then start the follow-up run uploads asked for."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from lora_pipeline.aws.event_publisher import EventPublisher
 from lora_pipeline.aws.powertools import Powertools
 from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.aws.settings import CancelEnv
-from lora_pipeline.aws.steps import clean_up_run
+from lora_pipeline.aws.steps import ExecutionEnd, run_ended
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -22,18 +23,20 @@ powertools = Powertools()
 @powertools.handler(EventBridgeEvent)
 def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
     env = CancelEnv.from_environ()
-    status = event.detail["status"]
-    job = clean_up_run(
+    end = ExecutionEnd.model_validate(event.detail)
+    job, follow_up = run_ended(
         RunTable(client("dynamodb"), env.table_name),
         client("sagemaker"),
         client("s3"),
+        client("stepfunctions"),
         EventPublisher(client("events"), env.event_bus_name),
-        status,
-        event.detail["input"],
+        env.state_machine_arn,
+        end,
         datetime.now(UTC),
     )
     powertools.logger.info(
-        "run cleaned up", extra={"execution": event.detail.get("name"), "status": status, "job": job}
+        "execution ended",
+        extra={"execution": end.execution_arn, "status": end.status, "job": job, "follow_up": follow_up},
     )
-    powertools.count(f"Runs_{status}")
-    return {"status": status, "stopped_job": job}
+    powertools.count(f"Runs_{end.status}")
+    return {"status": end.status, "stopped_job": job, "follow_up_run": follow_up}

@@ -127,6 +127,32 @@ def test_cancel_stops_the_job_and_reports_it(tmp_path: Path, capsys: pytest.Capt
         assert code == 2 and "nothing to cancel" in err
 
 
+def test_upload_during_a_run_says_a_follow_up_run_trains_it_and_one_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    held = HeldExecutor(ArchiveExecutor(lora_archive("bluebot")))
+    folder = dataset(tmp_path, "bluebot")
+    with pipeline(held) as stack:
+        publish_training_image(stack)
+        run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--start")
+        for _ in range(200):
+            if held.running():
+                break
+            time.sleep(0.1)
+        assert held.running(), "the training job never started"
+        time.sleep(1.1)  # S3 event times have whole seconds: these objects come after the settle's second
+        (folder / "10_bluebot" / "extra.caption").write_text("bluebot, extra\n")
+        code, out, _ = run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--start")
+        assert code == 0, out
+        assert "is in progress and does not train them" in out and "one follow-up run" in out
+        held.release()
+        stack.wait_until_idle(timeout=90)
+        code, out, err = run_cli(capsys, "status", "bluebot", "--stack", stack.stack_name)
+        assert [line.split()[2] for line in out.splitlines()[1:]] == ["SUCCEEDED", "SUCCEEDED"]
+        # The embedded stack has no NotificationEmail: nobody gets the emails.
+        assert "warning: No confirmed subscription" in err
+
+
 class ChattyExecutor(ArchiveExecutor):
     """Prints a log line and progress lines the way the training container does, then delivers the archive."""
 

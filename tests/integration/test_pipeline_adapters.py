@@ -66,7 +66,8 @@ def test_s3_source_reads_ranges_tails_and_past_the_end(s3: Any) -> None:
     assert source.read_range("i.png", len(data) + 10, 100) == b""
     assert source.read_tail("i.png", 7) == data[-7:]
     assert source.read_tail("i.png", 10**6) == data
-    assert source.read_all("i.png") == data
+    assert source.read_small("i.png", len(data)) == data
+    assert source.read_small("i.png", len(data) - 1) is None
 
 
 def test_s3_source_serves_many_threads(s3: Any) -> None:
@@ -85,8 +86,8 @@ def test_one_run_holds_a_dataset_until_it_finishes(table: RunTable) -> None:
     assert not table.try_start("d", "r2", ready=False, now=NOW, last_finished=None)
     active = table.record_upload("d", ready=True, now=NOW)
     assert active is not None and active.run_id == "r1" and active.settling
-    table.finish("d", "r1", "SUCCEEDED", NOW)
-    table.finish("d", "r1", "SUCCEEDED", NOW)  # idempotent
+    table.finish("d", "r1", "SUCCEEDED", NOW, follow_up=True)
+    table.finish("d", "r1", "SUCCEEDED", NOW, follow_up=True)  # idempotent
     state, finished = table.dataset_state("d")
     assert state.active is None and state.last_finished_at == NOW
     assert table.record_upload("d", ready=False, now=NOW) is None

@@ -79,13 +79,17 @@ def test_slow_upload_spanning_the_quiet_period_is_one_run_with_every_file(tmp_pa
 def test_duplicate_late_and_mid_run_events(tmp_path: Path) -> None:
     held = HeldExecutor(ArchiveExecutor(lora_archive()))
     with pipeline(held) as stack:
-        keys = upload(stack, dataset(tmp_path))
+        # S3 event times have whole seconds: `_READY` comes a second after the files, so that their
+        # events are certainly older than the settle (an event in the settle's own second counts as a change).
+        keys = upload(stack, dataset(tmp_path, ready=False))
+        time.sleep(1.1)
+        stack.s3.put_object(Bucket=stack.bucket, Key="datasets/bluebot/_READY", Body=b"")
         wait_for(held_jobs(held, 1))
 
         # Repeated and late deliveries of objects from before the settle are not changes.
-        for key in keys:
+        for key in [*keys, "datasets/bluebot/_READY"]:
             assert redeliver_upload(stack, key)["action"] == "stale"
-        # A new object after the settle is a change: noted, no second run (S3 event times have whole seconds).
+        # A new object after the settle is a change: noted, and trained by one follow-up run.
         time.sleep(1.1)
         stack.s3.put_object(
             Bucket=stack.bucket, Key="datasets/bluebot/10_bluebot/late.caption", Body=b"bluebot"
@@ -96,20 +100,33 @@ def test_duplicate_late_and_mid_run_events(tmp_path: Path) -> None:
         held.release()
         stack.wait_until_idle(timeout=60)
 
-        assert len(stack.executions()) == 1
-        (succeeded,) = pipeline_events(stack, "Training Succeeded")
-        assert succeeded["changed_during_run"] is True
-        assert "the dataset changed while this run was in progress" in emails(stack)["LoRA ready: bluebot"]
+        first, follow_up = stack.executions()
+        assert first.status == follow_up.status == "SUCCEEDED"
+        succeeded = {e["run_id"]: e for e in pipeline_events(stack, "Training Succeeded")}
+        assert succeeded[first.input["run_id"]]["changed_during_run"] is True
+        assert succeeded[follow_up.input["run_id"]]["changed_during_run"] is False
+        layout = RunLayout("bluebot", follow_up.input["run_id"])
+        report = json.loads(
+            stack.s3.get_object(Bucket=stack.bucket, Key=layout.validation_key)["Body"].read()
+        )
+        assert "10_bluebot/late.caption" in json.dumps(report)
+        first_email, follow_up_email = (
+            m.message
+            for m in stack.sns_messages(stack.outputs["TopicArn"])
+            if m.subject == "LoRA ready: bluebot"
+        )
+        assert "the dataset changed while this run was in progress" in first_email
+        assert "A follow-up run" in first_email and "changed" not in follow_up_email
 
-        # After the run: old events still start nothing, a new upload starts the next run.
+        # After the runs: old events still start nothing, a new upload starts the next run.
         for key in keys[:3]:
             assert redeliver_upload(stack, key)["action"] == "stale"
         time.sleep(1.1)
         stack.s3.put_object(Bucket=stack.bucket, Key="datasets/bluebot/_READY", Body=b"")
         stack.wait_until_idle(timeout=60)
         executions = stack.executions()
-        assert len(executions) == 2 and executions[1].status == "SUCCEEDED"
-        assert executions[0].input["run_id"] != executions[1].input["run_id"]
+        assert len(executions) == 3 and executions[2].status == "SUCCEEDED"
+        assert len({e.input["run_id"] for e in executions}) == 3
 
 
 class ConcurrencyProbe:

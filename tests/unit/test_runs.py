@@ -52,6 +52,7 @@ def test_execution_name_fits_step_functions() -> None:
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 SEC = timedelta(seconds=1)
+MS = timedelta(milliseconds=400)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,9 @@ SEC = timedelta(seconds=1)
     [
         (runs.DatasetState(None, None), False, T0, runs.IngestAction.START),
         (runs.DatasetState(None, T0), False, T0 + SEC, runs.IngestAction.START),
-        (runs.DatasetState(None, T0), False, T0, runs.IngestAction.STALE),
+        (runs.DatasetState(None, T0), False, T0 - SEC, runs.IngestAction.STALE),
+        # S3 event times are whole seconds: the same second as the run's end may be after it.
+        (runs.DatasetState(None, T0 + MS), False, T0, runs.IngestAction.START),
         (runs.DatasetState(None, T0), True, T0 - SEC, runs.IngestAction.STALE),
         (runs.DatasetState(runs.ActiveRun("r", True, None), None), False, T0, runs.IngestAction.HEARTBEAT),
         (runs.DatasetState(runs.ActiveRun("r", True, "tok"), None), True, T0, runs.IngestAction.READY),
@@ -73,6 +76,18 @@ SEC = timedelta(seconds=1)
             runs.DatasetState(runs.ActiveRun("r", False, None, T0), None),
             True,
             T0 - SEC,
+            runs.IngestAction.STALE,
+        ),
+        (
+            runs.DatasetState(runs.ActiveRun("r", False, None, T0 + MS), None),
+            False,
+            T0,
+            runs.IngestAction.CHANGED_DURING_RUN,
+        ),
+        (
+            runs.DatasetState(runs.ActiveRun("r", False, None, T0 + MS), None),
+            True,
+            T0 + SEC,
             runs.IngestAction.STALE,
         ),
     ],

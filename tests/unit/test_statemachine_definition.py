@@ -81,3 +81,30 @@ def test_every_task_outside_the_clean_up_chain_is_caught() -> None:
         if state["Type"] == "Task" and "Catch" not in state and not name.startswith("Emit")
     }
     assert uncaught == {"RecordOutcome"}
+
+
+def test_the_end_of_run_function_knows_the_states_that_emit_last_events_and_begin_stages() -> None:
+    from lora_pipeline.aws.steps import STAGE_STARTS, TERMINAL_EVENT_STATES
+
+    last = {"Dataset Rejected", "Training Succeeded", "Training Failed"}
+    emitting = {
+        name
+        for name, state in STATES.items()
+        for entry in state.get("Parameters", {}).get("Entries", [])
+        if entry["DetailType"] in last
+    }
+    assert emitting == TERMINAL_EVENT_STATES
+    assert set(STAGE_STARTS) <= set(STATES)
+    failed_at = {STATES[name]["Parameters"]["stage"] for name in STATES if name.startswith("FailedAt")}
+    assert {stage.value for stage in STAGE_STARTS.values()} | {"settle"} == failed_at
+
+
+def test_files_that_came_after_the_settle_send_the_run_back_to_settling() -> None:
+    assert STATES["Validate"]["Next"] == "ConfirmSettled"
+    confirm = STATES["ConfirmSettled"]
+    assert "attribute_not_exists(changed_during_run)" in confirm["Parameters"]["ConditionExpression"]
+    (resettle,) = [
+        c["Next"] for c in confirm["Catch"] if "DynamoDb.ConditionalCheckFailedException" in c["ErrorEquals"]
+    ]
+    assert STATES[resettle]["Next"] == "WaitForUploadToSettle"
+    assert "REMOVE changed_during_run" in STATES[resettle]["Parameters"]["UpdateExpression"]

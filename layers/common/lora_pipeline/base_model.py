@@ -21,6 +21,7 @@ from importlib import resources
 
 from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.storage import ObjectReader, ObjectUnreadable
+from lora_pipeline.text_formats import loads_json
 
 JOB_BASE_MODEL_NOT_SDXL = define(
     "JOB_BASE_MODEL_NOT_SDXL",
@@ -123,7 +124,7 @@ def _tensor_names(reader: ObjectReader, uri: str) -> list[str]:
         raise ValueError(f"its header length ({length} bytes) is not a safetensors header's")
     raw = reader.read_range(uri, 8, length)
     try:
-        header = json.loads(raw)
+        header = loads_json(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError("its header is not JSON") from None
     if not isinstance(header, dict):

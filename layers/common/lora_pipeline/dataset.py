@@ -55,6 +55,7 @@ from lora_pipeline.images import (
     truncation,
 )
 from lora_pipeline.problems import Problem, Severity, define
+from lora_pipeline.s3_layout import unsafe_key_reason
 from lora_pipeline.storage import DatasetSource, FileEntry
 
 # sd-scripts' IMAGE_EXTENSIONS (pillow-avif-plugin and JPEG XL readers, which extend it, are not installed).
@@ -99,6 +100,9 @@ DECODE_MEMORY_BYTES = 512 * 1024 * 1024
 FILE_MEMORY_BYTES = 256 * 1024 * 1024
 # Bucket upscaling below this factor is invisible; from here on an image is reported as too small.
 UPSCALE_WARNING_FACTOR = 1.1
+# sd-scripts keeps at most 225 tokens of a caption (train_util.py, `--max_token_length` choices); 64 KiB
+# is far beyond any caption, and bounds the memory a hostile "caption" can take.
+MAX_CAPTION_BYTES = 64 * 1024
 FACE_CROP_NAME_PARTS = 5
 
 _CONVERT_FIX = "Convert it to PNG or JPEG (e.g. `magick <file> out.png`) or remove it."
@@ -138,6 +142,13 @@ SUBSET_NESTED_FOLDER = define(
     Severity.WARNING,
     "A subset folder has a sub-folder: sd-scripts does not look inside it.",
     "Move the images up into the subset folder, or make the sub-folder a subset of its own in the dataset root.",
+)
+FILE_PATH_UNSAFE = define(
+    "FILE_PATH_UNSAFE",
+    Severity.ERROR,
+    "A file's S3 key is not a plain relative path ('..' or '.' segment, '//', backslash, NUL or another "
+    "control character): the training container cannot copy it safely.",
+    "Delete the object (`aws s3 rm` with its exact key) and upload it again under a plain name.",
 )
 ROOT_IMAGE = define(
     "ROOT_IMAGE",
@@ -266,6 +277,12 @@ CAPTION_NOT_UTF8 = define(
     Severity.ERROR,
     "The caption file is not UTF-8: sd-scripts stops with a UnicodeDecodeError.",
     "Save the caption as UTF-8 (e.g. `iconv -f WINDOWS-1252 -t UTF-8`).",
+)
+CAPTION_TOO_LARGE = define(
+    "CAPTION_TOO_LARGE",
+    Severity.ERROR,
+    f"The caption file is larger than {MAX_CAPTION_BYTES // 1024} KiB: not a caption.",
+    "Replace <file> with the caption text, or move the file out of the subset folder.",
 )
 CAPTION_BYTE_ORDER_MARK = define(
     "CAPTION_BYTE_ORDER_MARK",
@@ -459,8 +476,16 @@ def check_dataset(
     pixel data. `decode_memory_bytes` bounds the decoded pixels held at once, `file_memory_bytes` the whole
     image files read and waiting for their decode (one image larger than either still runs, alone)."""
     listing = source.list_files() if files is None else files
-    layout = _Layout.of(listing)
     problems: list[Problem] = []
+    usable = []
+    for entry in listing:
+        reason = unsafe_key_reason(entry.path)
+        if reason is None:
+            usable.append(entry)
+        else:
+            shown = ascii(entry.path)  # control characters escaped, so a message cannot carry them
+            problems.append(FILE_PATH_UNSAFE.at(shown, f"{shown} {reason}; it was not read."))
+    layout = _Layout.of(usable)
     subsets, skipped = _parse_subsets(layout)
     problems += _skipped_folder_problems(layout, skipped)
     problems += _nested_folder_problems(layout, subsets)
@@ -1018,8 +1043,13 @@ def _check_caption(
     path = image.caption
     if path is None:
         return image.subset.class_tokens, []
+    data = source.read_small(path, MAX_CAPTION_BYTES)
+    if data is None:
+        return None, [
+            CAPTION_TOO_LARGE.at(path, f"{path} is larger than {MAX_CAPTION_BYTES:,} bytes; it was not read.")
+        ]
     try:
-        text = source.read_all(path).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         return None, [
             CAPTION_NOT_UTF8.at(

@@ -7,11 +7,12 @@ with a TOML file of the same shape.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from lora_pipeline.text_formats import loads_toml
 
 PRICES_ENV_VAR = "LORA_PIPELINE_PRICES"
 
@@ -66,6 +67,6 @@ def load_instance_table(path: Path | str | None = None) -> InstanceTable:
     """The table at `path`, else at $LORA_PIPELINE_PRICES, else the packaged one."""
     chosen = path or os.environ.get(PRICES_ENV_VAR)
     if chosen:
-        return _parse(tomllib.loads(Path(chosen).read_text(encoding="utf-8")), str(chosen))
+        return _parse(loads_toml(Path(chosen).read_text(encoding="utf-8")), str(chosen))
     packaged = resources.files("lora_pipeline") / "data" / "instances.toml"
-    return _parse(tomllib.loads(packaged.read_text(encoding="utf-8")), "packaged instances.toml")
+    return _parse(loads_toml(packaged.read_text(encoding="utf-8")), "packaged instances.toml")

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from lora_pipeline.base_model import check_hugging_face_id, check_s3_checkpoint
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.problems import Problem, Severity, define
-from lora_pipeline.rules import RuleSet
+from lora_pipeline.rules import MAX_UNKNOWN_KEYS_REPORTED, RuleSet
 from lora_pipeline.s3_layout import BASE_MODELS_PREFIX, parse_s3_uri
 from lora_pipeline.sample_prompts import KNOWN_SAMPLERS, OPTION_HELP, read_prompt_line, with_sdxl_size
 from lora_pipeline.storage import ObjectReader
+from lora_pipeline.text_formats import loads_toml
 
 SETTINGS_FILE = "pipeline.toml"
 SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -221,22 +222,29 @@ JOB_RULES: RuleSet[JobContext] = RuleSet("JS", "pipeline.toml")
 
 
 def _parse(data: dict[str, Any], file: str) -> tuple[PipelineToml, list[Problem]]:
-    """`data` as a PipelineToml; a key that fails validation is reported and left out."""
+    """`data` as a PipelineToml; a key that fails validation is reported and left out (unknown keys: the
+    first MAX_UNKNOWN_KEYS_REPORTED one by one, the rest counted)."""
     problems: list[Problem] = []
+    known = list(PipelineToml.model_fields)
+    unknown = [key for key in data if key not in PipelineToml.model_fields]
+    for key in unknown[:MAX_UNKNOWN_KEYS_REPORTED]:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        problems.append(JOB_UNKNOWN_KEY.at(file, f"Unknown key {key!r} in {file}.{hint}"))
+    if len(unknown) > MAX_UNKNOWN_KEYS_REPORTED:
+        more = len(unknown) - MAX_UNKNOWN_KEYS_REPORTED
+        problems.append(
+            JOB_UNKNOWN_KEY.at(file, f"{more:,} more unknown keys in {file} are not listed one by one.")
+        )
+    usable = {key: value for key, value in data.items() if key in PipelineToml.model_fields}
     try:
-        return PipelineToml.model_validate(data), problems
+        return PipelineToml.model_validate(usable), problems
     except ValidationError as exc:
         errors = exc.errors()
-    usable = dict(data)
     for key in dict.fromkeys(str(error["loc"][0]) for error in errors):
         value = usable.pop(key)
-        if key not in PipelineToml.model_fields:
-            close = difflib.get_close_matches(key, list(PipelineToml.model_fields), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.append(JOB_UNKNOWN_KEY.at(file, f"Unknown key {key!r} in {file}.{hint}"))
-        else:
-            expected = PipelineToml.model_fields[key].description
-            problems.append(JOB_BAD_VALUE.at(file, f"{key} = {value!r} in {file}: expected {expected}."))
+        expected = PipelineToml.model_fields[key].description
+        problems.append(JOB_BAD_VALUE.at(file, f"{key} = {value!r} in {file}: expected {expected}."))
     return PipelineToml.model_validate(usable), problems
 
 
@@ -272,7 +280,7 @@ def read_job_settings(
     problems: list[Problem] = []
     if text is not None:
         try:
-            data = tomllib.loads(text)
+            data = loads_toml(text)
         except tomllib.TOMLDecodeError as exc:
             problems.append(JOB_TOML_SYNTAX.at(file, f"{file} is not valid TOML: {exc}."))
     written, parse_problems = _parse(data, file)

@@ -45,6 +45,7 @@ from lora_pipeline.kohya_rules import (
     PipelineInputs,
 )
 from lora_pipeline.problems import Problem, ProblemCode
+from lora_pipeline.text_formats import loads_toml
 
 __all__ = ["KohyaConfigResult", "PipelineInputs", "build_effective_config"]
 
@@ -74,7 +75,7 @@ def build_effective_config(
     if text is None:
         return builder.finish({})
     try:
-        document = tomllib.loads(text)
+        document = loads_toml(text)
     except tomllib.TOMLDecodeError as error:
         problem = CONFIG_PARSE_ERROR.at(file, f"{file} is not valid TOML: {error}.")
         return KohyaConfigResult(effective=None, problems=[problem])

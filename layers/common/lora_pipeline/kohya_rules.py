@@ -63,7 +63,7 @@ from lora_pipeline.kohya_facts import (
     toml_text,
 )
 from lora_pipeline.problems import Problem, ProblemCode
-from lora_pipeline.rules import RuleSet
+from lora_pipeline.rules import MAX_UNKNOWN_KEYS_REPORTED, RuleSet
 from lora_pipeline.trained_parameters import PartRate, part_rates
 
 
@@ -267,7 +267,10 @@ def caption_extention(ctx: ConfigContext) -> None:
 def unknown_key(ctx: ConfigContext) -> None:
     """Keys sdxl_train_network.py has no argument for: sd-scripts would silently ignore them."""
     specs = argument_specs()
-    for key in [key for key in ctx.config if key not in specs]:
+    unknown = [key for key in ctx.config if key not in specs]
+    for key in unknown[MAX_UNKNOWN_KEYS_REPORTED:]:
+        del ctx.config[key]
+    for key in unknown[:MAX_UNKNOWN_KEYS_REPORTED]:
         value = ctx.config.pop(key)
         hint = UNKNOWN_KEY_HINTS.get(key)
         if hint is None:
@@ -279,6 +282,12 @@ def unknown_key(ctx: ConfigContext) -> None:
             f"and would silently ignore it; {hint}",
             "Fix the name or remove the key (`python sdxl_train_network.py --help` in sd-scripts v0.10.1 lists "
             "every argument).",
+        )
+    if len(unknown) > MAX_UNKNOWN_KEYS_REPORTED:
+        ctx.report(
+            CONFIG_UNKNOWN_KEY,
+            f"{len(unknown) - MAX_UNKNOWN_KEYS_REPORTED:,} more keys that sdxl_train_network.py "
+            f"{SD_SCRIPTS_VERSION} does not know are not listed one by one.",
         )
 
 

@@ -39,6 +39,9 @@ from lora_pipeline.safetensors_lora import (
 GIB = 1024**3
 CHUNK_BYTES = 1024 * 1024
 _EXTENDED_HEADER_LIMIT = 1024 * 1024
+# A member needs at most a pax header, a GNU long name and a GNU long link name (plus a global pax header).
+_EXTENDED_HEADER_CHAIN = 5
+_CHAIN_ATTRIBUTE = "_lora_pipeline_header_chain"
 _NESTED_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _OTHER_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
@@ -255,25 +258,49 @@ class _GunzipStream(io.RawIOBase):
                 return len(data)
 
 
+_EXTENDED_TYPES = frozenset(
+    (
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    )
+)
+
+
 class _BoundedTarInfo(tarfile.TarInfo):
-    """Refuses pax and GNU long-name headers above 1 MiB: tarfile reads them into memory in one piece."""
+    """Bounds the extended headers (pax, GNU long names) tarfile reads into memory before a member.
 
-    def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        self._check_extended_header()
-        processed: tarfile.TarInfo = super()._proc_pax(archive)  # type: ignore[misc]  # private in typeshed
-        return processed
+    tarfile reads each one whole and then reads the next header recursively, holding them all: a chain of
+    1,000 pax headers of 1 MiB costs 1 GB. So each is capped at `_EXTENDED_HEADER_LIMIT` bytes (checked in
+    the public `frombuf`, before its data is read) and a chain at `_EXTENDED_HEADER_CHAIN` headers (counted
+    in the public `fromtarfile`, which tarfile calls once per header of the chain).
+    """
 
-    def _proc_gnulong(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        self._check_extended_header()
-        processed: tarfile.TarInfo = super()._proc_gnulong(archive)  # type: ignore[misc]  # private in typeshed
-        return processed
-
-    def _check_extended_header(self) -> None:
-        if self.size > _EXTENDED_HEADER_LIMIT:
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _BoundedTarInfo:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _EXTENDED_TYPES and info.size > _EXTENDED_HEADER_LIMIT:
             raise ModelArchiveError(
-                f"an extended tar header claims {self.size} bytes (at most {_EXTENDED_HEADER_LIMIT} expected)",
+                f"an extended tar header claims {info.size} bytes (at most {_EXTENDED_HEADER_LIMIT} expected)",
                 "The archive is corrupt or hostile; do not use it",
             )
+        return info
+
+    @classmethod
+    def fromtarfile(cls, tarfile: tarfile.TarFile) -> _BoundedTarInfo:
+        depth: int = getattr(tarfile, _CHAIN_ATTRIBUTE, 0)
+        if depth >= _EXTENDED_HEADER_CHAIN:
+            raise ModelArchiveError(
+                f"more than {_EXTENDED_HEADER_CHAIN - 1} extended tar headers in a row before one member",
+                "The archive is corrupt or hostile; do not use it",
+            )
+        setattr(tarfile, _CHAIN_ATTRIBUTE, depth + 1)
+        try:
+            return super().fromtarfile(tarfile)
+        finally:
+            setattr(tarfile, _CHAIN_ATTRIBUTE, depth)
 
 
 class _HashingReader:
@@ -368,6 +395,9 @@ class _Unpacker:
                     path,
                 )
             yield member
+            # A streamed TarFile still lists every member it has read (pax headers included) in its
+            # `members` attribute (not in typeshed, set by TarFile.__init__ since Python 2): drop them.
+            archive.members.clear()  # type: ignore[attr-defined]
 
     def _take_candidate(self, member: tarfile.TarInfo, path: str, reader: ByteReader) -> None:
         preferred = PurePosixPath(member.name).name == f"{self.output_name}.safetensors"

@@ -151,7 +151,8 @@ def _succeeded(d: TrainingSucceeded, link: DownloadLink | None) -> Message:
         lines += [
             "",
             "Note: the dataset changed while this run was in progress; this model was trained on the files",
-            "present when the upload settled. Upload again (or add _READY) to train on the new files.",
+            "present when the upload settled. A follow-up run that trains the new files starts now; its own",
+            "emails follow.",
         ]
     lines += ["", f"Use it: A1111/ComfyUI: copy {d.output_name}.safetensors to models/Lora and prompt with"]
     lines.append(f"<lora:{d.output_name}:1> plus your trigger word.")

@@ -16,6 +16,10 @@ from typing import Generic, TypeVar
 
 Context = TypeVar("Context")
 
+# Unknown keys a rule lists one by one (with a spelling suggestion each); the rest are counted in one problem,
+# so a file of thousands of typos costs one summary line and no difflib search for each.
+MAX_UNKNOWN_KEYS_REPORTED = 20
+
 _RULE_ID = re.compile(r"[A-Z]{2}\d{3}")
 _RULE_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 _ALL_IDS: set[str] = set()

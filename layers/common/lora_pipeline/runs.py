@@ -65,7 +65,7 @@ class IngestAction(StrEnum):
     START = "start"  # the dataset is idle: a new run
     HEARTBEAT = "heartbeat"  # still settling: the quiet period starts again
     READY = "ready"  # `_READY` while settling: stop waiting
-    CHANGED_DURING_RUN = "changed_during_run"  # created after the run settled: note it, start nothing
+    CHANGED_DURING_RUN = "changed_during_run"  # created after the run settled: validate again or follow up
     STALE = "stale"  # a late or repeated event for an object older than the last settle or run end
 
 
@@ -88,6 +88,8 @@ class ActiveRun:
 class DatasetState:
     active: ActiveRun | None
     last_finished_at: datetime | None
+    follow_up: bool = False
+    """The last run ended after the dataset changed under it: one more run is due."""
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -98,6 +100,15 @@ def parse_time(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _seen_before(object_time: datetime, moment: datetime | None) -> bool:
+    """Whether an object created at `object_time` certainly existed before `moment`.
+
+    S3 event times are whole seconds while `moment` has milliseconds, so the comparison is made in whole
+    seconds and a tie counts as not seen: an object made in the same second may have come just after.
+    """
+    return moment is not None and object_time.replace(microsecond=0) < moment.replace(microsecond=0)
+
+
 def ingest_action(state: DatasetState, is_ready_marker: bool, object_time: datetime) -> IngestAction:
     """What one S3 `Object Created` event means for its dataset.
 
@@ -106,13 +117,13 @@ def ingest_action(state: DatasetState, is_ready_marker: bool, object_time: datet
     """
     active = state.active
     if active is None:
-        if state.last_finished_at is not None and object_time <= state.last_finished_at:
+        if _seen_before(object_time, state.last_finished_at):
             return IngestAction.STALE
         return IngestAction.START
     if active.settling:
         return IngestAction.READY if is_ready_marker else IngestAction.HEARTBEAT
-    if active.settled_at is not None and object_time <= active.settled_at:
-        return IngestAction.STALE
+    if is_ready_marker or _seen_before(object_time, active.settled_at):
+        return IngestAction.STALE  # `_READY` again is no new data
     return IngestAction.CHANGED_DURING_RUN
 
 
@@ -153,6 +164,15 @@ def job_facts(description: dict[str, Any], prices: InstanceTable) -> JobFacts:
 
 def console_url(region: str, training_job_name: str) -> str:
     return f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/jobs/{training_job_name}"
+
+
+def execution_console_url(execution_arn: str) -> str:
+    """The execution's page in the Step Functions console (what the state machine's Init builds)."""
+    region = execution_arn.split(":")[3]
+    return (
+        f"https://{region}.console.aws.amazon.com/states/home?region={region}"
+        f"#/v2/executions/details/{execution_arn}"
+    )
 
 
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"

@@ -31,6 +31,25 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def unsafe_key_reason(path: str) -> str | None:
+    """Why an object key (or a part of one) cannot be used as a file path, or None when it can.
+
+    The training container copies the dataset prefix to disk and sd-scripts walks it, so a key must be a
+    plain relative POSIX path: no `.`/`..` or empty segments, no backslash, no NUL or other control
+    character (which also make the key unreadable in messages and emails).
+    """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return "contains a control character (NUL, tab, newline, ...)"
+    if "\\" in path:
+        return "contains a backslash"
+    segments = path.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return "has a '.' or '..' segment"
+    if any(not segment for segment in segments[:-1]) or path.startswith("/"):
+        return "has an empty segment ('//' or a leading '/')"
+    return None
+
+
 def dataset_prefix(dataset: str) -> str:
     return f"{DATASETS_PREFIX}{dataset}/"
 
@@ -48,11 +67,12 @@ class DatasetObject:
 
 
 def parse_dataset_key(key: str) -> DatasetObject | None:
-    """The dataset an object key belongs to, or None when the key is not inside a dataset folder."""
+    """The dataset an object key belongs to, or None when the key is not inside a dataset folder (or the
+    folder's name cannot be a dataset name: see `unsafe_key_reason`)."""
     if not key.startswith(DATASETS_PREFIX):
         return None
     dataset, sep, path = key[len(DATASETS_PREFIX) :].partition("/")
-    if not dataset or not sep:
+    if not dataset or not sep or unsafe_key_reason(dataset) is not None:
         return None
     return DatasetObject(dataset=dataset, path=path)
 

@@ -25,7 +25,6 @@ Anything else is a `LoraFormatError` whose message says what the file looks like
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import struct
@@ -37,6 +36,8 @@ from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+from lora_pipeline.text_formats import loads_json
 
 # The reference implementation refuses headers above 100 MB; a LoRA header is about 300 KB.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -275,7 +276,7 @@ def read_safetensors_header(
     if not raw.startswith(b"{"):
         raise SafetensorsHeaderError("header does not start with '{': not a safetensors file")
     try:
-        document = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
+        document = loads_json(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
     except (UnicodeDecodeError, ValueError) as error:
         raise SafetensorsHeaderError(
             f"header is not valid UTF-8 JSON ({error}): the file is corrupt"
@@ -858,7 +859,7 @@ def trigger_words(metadata: dict[str, str]) -> list[str]:
     frequencies: dict[str, Any] = {}
     for key, target in (("ss_dataset_dirs", folders), ("ss_tag_frequency", frequencies)):
         try:
-            value = json.loads(metadata.get(key, "{}"))
+            value = loads_json(metadata.get(key, "{}"))
         except ValueError:
             continue
         if isinstance(value, dict):

@@ -40,8 +40,14 @@ class DatasetSource(Protocol):
         """The last `length` bytes (the whole file when it is shorter)."""
         ...
 
+    def read_small(self, path: str, limit: int) -> bytes | None:
+        """A whole small file (captions, TOML settings), or None when it is longer than `limit` bytes.
+        Reads at most `limit + 1` bytes, so a huge file costs no more than a small one."""
+        ...
+
     def read_all(self, path: str) -> bytes:
-        """A whole (small) file: captions, TOML settings."""
+        """A whole image for the decode pass (the images' sizes are known from the listing). Must be
+        thread-safe."""
         ...
 
 
@@ -75,6 +81,11 @@ class LocalFolder:
             size = f.seek(0, 2)
             f.seek(max(0, size - length))
             return f.read()
+
+    def read_small(self, path: str, limit: int) -> bytes | None:
+        with open(self.root / path, "rb") as f:
+            data = f.read(limit + 1)
+        return data if len(data) <= limit else None
 
     def read_all(self, path: str) -> bytes:
         return (self.root / path).read_bytes()

@@ -12,6 +12,8 @@ from lora_pipeline.report import ValidationReport
 from lora_pipeline.storage import DatasetSource, ObjectReader
 
 KOHYA_CONFIG_FILE = "config.toml"
+# A real config.toml or pipeline.toml is a few KB; the cap bounds the memory and parse time of a hostile one.
+MAX_SETTINGS_BYTES = 1024 * 1024
 
 SETTINGS_NOT_UTF8 = define(
     "SETTINGS_NOT_UTF8",
@@ -20,14 +22,28 @@ SETTINGS_NOT_UTF8 = define(
     "Save the file as UTF-8 (TOML requires it).",
 )
 
+SETTINGS_TOO_LARGE = define(
+    "SETTINGS_TOO_LARGE",
+    Severity.ERROR,
+    f"A settings file is larger than {MAX_SETTINGS_BYTES // 1024} KiB.",
+    "Keep only the settings you need in <file> (a real one is a few KB).",
+)
+
 
 def _read_settings_file(
     source: DatasetSource, names: set[str], path: str
 ) -> tuple[str | None, list[Problem]]:
     if path not in names:
         return None, []
+    data = source.read_small(path, MAX_SETTINGS_BYTES)
+    if data is None:
+        return None, [
+            SETTINGS_TOO_LARGE.at(
+                path, f"{path} is larger than {MAX_SETTINGS_BYTES:,} bytes; it was not read."
+            )
+        ]
     try:
-        return source.read_all(path).decode("utf-8"), []
+        return data.decode("utf-8"), []
     except UnicodeDecodeError as exc:
         return None, [SETTINGS_NOT_UTF8.at(path, f"{path} is not UTF-8 (byte {exc.start}); it was not read.")]
 

@@ -4,8 +4,10 @@ Items (partition key `pk`, sort key `sk`):
 - `DATASET#<name>` / `DATASET`: the dataset's lock. `active_run` is set while a run holds it, `phase` is
   `settling` until the upload is settled (`settled_at`), `settle_token` is the task token the state machine
   waits on, `ready` is set by `_READY`, `changed_during_run` by uploads after settling; `last_finished_at`
-  is when the last run let go of the dataset.
-- `DATASET#<name>` / `RUN#<run_id>`: one run (status, execution, times) for people and the CLI.
+  is when the last run let go of the dataset, and `follow_up` that it changed during that run, so one more
+  run is due (started by the function that sees the execution end).
+- `DATASET#<name>` / `RUN#<run_id>`: one run (status, execution, times) for people and the CLI;
+  `terminal_event` is the detail-type the end-of-run function emitted for it (at most one).
 - `SLOTS` / `SLOTS`: `holders` (string set) are runs that hold a training slot, `queue` (list) the runs
   waiting for one, in order. The state machine acquires with one conditional update: it must be first in
   `queue` and `holders` must be below the cap.
@@ -21,6 +23,7 @@ from lora_pipeline.runs import ActiveRun, DatasetState, parse_time
 
 SLOTS_KEY = {"pk": {"S": "SLOTS"}, "sk": {"S": "SLOTS"}}
 PHASE_SETTLING = "settling"
+RUN_RUNNING = "RUNNING"
 
 
 def dataset_key(dataset: str) -> dict[str, Any]:
@@ -70,7 +73,12 @@ class RunTable:
             TableName=self._table, Key=dataset_key(dataset), ConsistentRead=True
         ).get("Item", {})
         finished = item.get("last_finished_at", {}).get("S")
-        return DatasetState(active=_active_run(item), last_finished_at=parse_time(finished)), finished
+        state = DatasetState(
+            active=_active_run(item),
+            last_finished_at=parse_time(finished),
+            follow_up=item.get("follow_up", {}).get("BOOL", False),
+        )
+        return state, finished
 
     def try_start(
         self, dataset: str, run_id: str, ready: bool, now: datetime, last_finished: str | None
@@ -92,7 +100,7 @@ class RunTable:
             self._update(
                 dataset_key(dataset),
                 "SET active_run = :run, active_since = :now, phase = :phase, last_object_at = :now, "
-                "#ready = :ready REMOVE changed_during_run, settle_token, settled_at ADD objects :one",
+                "#ready = :ready REMOVE changed_during_run, settle_token, settled_at, follow_up ADD objects :one",
                 values,
                 ConditionExpression=f"attribute_not_exists(active_run) AND {unchanged}",
                 ExpressionAttributeNames={"#ready": "ready"},
@@ -112,7 +120,7 @@ class RunTable:
                 "run_id": {"S": run_id},
                 "dataset": {"S": dataset},
                 "execution_name": {"S": execution_name},
-                "status": {"S": "RUNNING"},
+                "status": {"S": RUN_RUNNING},
                 "created_at": {"S": now.isoformat()},
             },
         )
@@ -195,14 +203,24 @@ class RunTable:
             and item.get("changed_during_run", {}).get("BOOL", False)
         )
 
-    def finish(self, dataset: str, run_id: str, status: str, now: datetime) -> None:
-        """Free the dataset for the next upload and record how the run ended (idempotent)."""
+    def run_status(self, dataset: str, run_id: str) -> str | None:
+        """The run item's status (`RUN_RUNNING` until the run ends); None when there is no such run."""
+        item = self._client.get_item(
+            TableName=self._table, Key=run_key(dataset, run_id), ConsistentRead=True
+        ).get("Item", {})
+        status: str | None = item.get("status", {}).get("S")
+        return status
+
+    def finish(self, dataset: str, run_id: str, status: str, now: datetime, follow_up: bool) -> None:
+        """Free the dataset for the next upload and record how the run ended (idempotent). With
+        `follow_up`, a change during the run leaves `follow_up` set (as the state machine's FreeDataset does)."""
         try:
             self._update(
                 dataset_key(dataset),
-                "SET last_finished_at = :now "
-                "REMOVE active_run, active_since, phase, settle_token, settled_at, #ready, changed_during_run",
-                {":run": {"S": run_id}, ":now": {"S": now.isoformat()}},
+                "SET last_finished_at = :now, follow_up = "
+                + ("if_not_exists(changed_during_run, :no) " if follow_up else ":no ")
+                + "REMOVE active_run, active_since, phase, settle_token, settled_at, #ready, changed_during_run",
+                {":run": {"S": run_id}, ":now": {"S": now.isoformat()}, ":no": {"BOOL": False}},
                 ConditionExpression="active_run = :run",
                 ExpressionAttributeNames={"#ready": "ready"},
             )
@@ -214,6 +232,27 @@ class RunTable:
             "SET #status = :status, finished_at = :now",
             {":status": {"S": status}, ":now": {"S": now.isoformat()}},
             ExpressionAttributeNames={"#status": "status"},
+        )
+
+    def claim_terminal_event(self, dataset: str, run_id: str, detail_type: str) -> bool:
+        """Record that `detail_type` is emitted for the run; False when one was already (a redelivery)."""
+        try:
+            self._update(
+                run_key(dataset, run_id),
+                "SET terminal_event = :type",
+                {":type": {"S": detail_type}},
+                ConditionExpression="attribute_not_exists(terminal_event)",
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
+    def unclaim_terminal_event(self, dataset: str, run_id: str) -> None:
+        """Undo `claim_terminal_event` when the event could not be put, so a retry emits it."""
+        self._client.update_item(
+            TableName=self._table, Key=run_key(dataset, run_id), UpdateExpression="REMOVE terminal_event"
         )
 
     def release_slot(self, run_id: str) -> bool:

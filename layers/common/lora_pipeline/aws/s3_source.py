@@ -66,6 +66,10 @@ class S3DatasetSource:
             return b""
         return self._get(path, f"bytes=-{length}")
 
+    def read_small(self, path: str, limit: int) -> bytes | None:
+        data = self._get(path, f"bytes=0-{limit}")
+        return data if len(data) <= limit else None
+
     def read_all(self, path: str) -> bytes:
         return self._get(path, None)
 

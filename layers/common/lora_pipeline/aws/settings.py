@@ -78,3 +78,4 @@ class NotifyEnv(_Env):
 class CancelEnv(_Env):
     table_name: str = Field(alias="TABLE_NAME")
     event_bus_name: str = Field(alias="EVENT_BUS_NAME")
+    state_machine_arn: str = Field(alias="STATE_MACHINE_ARN")

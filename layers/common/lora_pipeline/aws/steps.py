@@ -7,11 +7,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from lora_pipeline.aws.errors import ClientError, error_code
+from lora_pipeline.events import Stage, TrainingCancelled, TrainingFailed
 from lora_pipeline.runs import (
     IngestAction,
+    execution_console_url,
     execution_name,
     ingest_action,
     job_facts,
@@ -68,19 +70,11 @@ def ingest_upload(
         if action is IngestAction.STALE:
             return action
         if action is IngestAction.START:
-            run_id = new_run_id(now)
-            name = execution_name(obj.dataset, run_id)
-            if not table.try_start(obj.dataset, run_id, obj.is_ready_marker, now, last_finished):
+            started = _start_run(
+                table, sfn, state_machine_arn, bucket, obj.dataset, obj.is_ready_marker, now, last_finished
+            )
+            if started is None:
                 continue
-            run_input = RunInput(dataset=obj.dataset, run_id=run_id, bucket=bucket)
-            try:
-                table.record_run(obj.dataset, run_id, name, now)
-                sfn.start_execution(
-                    stateMachineArn=state_machine_arn, name=name, input=run_input.model_dump_json()
-                )
-            except Exception:
-                table.abandon_start(obj.dataset, run_id)
-                raise
             return action
         if action is IngestAction.CHANGED_DURING_RUN:
             assert state.active is not None
@@ -107,6 +101,31 @@ def ingest_upload(
     raise RuntimeError(f"dataset {obj.dataset}: its run lock kept changing; the event will be retried")
 
 
+def _start_run(
+    table: RunTable,
+    sfn: Any,
+    state_machine_arn: str,
+    bucket: str,
+    dataset: str,
+    ready: bool,
+    now: datetime,
+    last_finished: str | None,
+) -> str | None:
+    """Take the dataset's lock and start its execution; the run id, or None when the lock was taken."""
+    run_id = new_run_id(now)
+    name = execution_name(dataset, run_id)
+    if not table.try_start(dataset, run_id, ready, now, last_finished):
+        return None
+    run_input = RunInput(dataset=dataset, run_id=run_id, bucket=bucket)
+    try:
+        table.record_run(dataset, run_id, name, now)
+        sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=run_input.model_dump_json())
+    except Exception:
+        table.abandon_start(dataset, run_id)
+        raise
+    return run_id
+
+
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
     from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
@@ -127,6 +146,10 @@ def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     for key, (text, content_type) in files.items():
         s3.put_object(Bucket=run.bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
     return validation_outcome(report, run.bucket, run.run_id).model_dump(mode="json")
+
+
+class RunEndedError(RuntimeError):
+    """The run was stopped while a step still worked for it."""
 
 
 class UnpackInput(RunInput):
@@ -161,6 +184,7 @@ def _delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
 
 def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable) -> UnpackOutcome:
     """Turn the job's model.tar.gz into the LoRA and its manifest; the spot checkpoints are no longer needed."""
+    from lora_pipeline.aws.run_table import RUN_RUNNING
     from lora_pipeline.aws.s3_model_io import unpack_model
     from lora_pipeline.manifest import RunFacts
     from lora_pipeline.safetensors_lora import Architecture
@@ -186,6 +210,10 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
         # The trainer the job ran (runs.py puts it in the hyperparameters), not what the file claims.
         architecture=Architecture.for_trainer(run.training_job.get("HyperParameters", {}).get("trainer", "")),
     )
+    if table.run_status(run.dataset, run.run_id) != RUN_RUNNING:
+        # Stopped while this ran: the end-of-run function may have cleaned up before these writes.
+        _delete_prefix(s3, run.bucket, layout.model_prefix)
+        raise RunEndedError(f"run {run.run_id} ended while its model was unpacked; the model was removed")
     _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
     return UnpackOutcome(
         model_uri=manifest.model_uri,
@@ -231,12 +259,17 @@ def notify(
 def _stop_training_job(sagemaker: Any, base_name: str) -> tuple[str | None, bool]:
     """Stop the run's newest job if it still runs. Returns its name and whether it ended stopped
     (Step Functions itself stops a `.sync` job when the execution is stopped, so it may be stopping already)."""
-    jobs = sagemaker.list_training_jobs(
-        NameContains=base_name, SortBy="CreationTime", SortOrder="Descending", MaxResults=10
-    ).get("TrainingJobSummaries", [])
+    # Every attempt's job, newest picked here: the run has at most ten, and the embedded AWS (moto)
+    # neither sorts nor applies MaxResults after NameContains.
+    jobs = [
+        job
+        for page in sagemaker.get_paginator("list_training_jobs").paginate(NameContains=base_name)
+        for job in page.get("TrainingJobSummaries", [])
+    ]
     if not jobs:
         return None, False
-    name, status = jobs[0]["TrainingJobName"], jobs[0]["TrainingJobStatus"]
+    newest = max(jobs, key=lambda job: job["CreationTime"])
+    name, status = newest["TrainingJobName"], newest["TrainingJobStatus"]
     if status == "InProgress":
         try:
             sagemaker.stop_training_job(TrainingJobName=name)
@@ -248,36 +281,118 @@ def _stop_training_job(sagemaker: Any, base_name: str) -> tuple[str | None, bool
     return name, status in ("Stopping", "Stopped")
 
 
-def clean_up_run(
+# The states that put a run's last event on the bus, and the states where each stage of a run begins
+# (statemachine/pipeline.asl.json; a test keeps both in step with it).
+TERMINAL_EVENT_STATES = frozenset({"EmitRejected", "EmitSucceeded", "EmitFailed"})
+STAGE_STARTS = {
+    "Validate": Stage.VALIDATE,
+    "JoinSlotQueue": Stage.SLOT,
+    "NameTrainingJob": Stage.TRAINING,
+    "Unpack": Stage.UNPACK,
+}
+
+
+class ExecutionEnd(BaseModel):
+    """The `detail` of a "Step Functions Execution Status Change" event for a finished execution."""
+
+    execution_arn: str = Field(alias="executionArn")
+    status: str
+    input: str
+    error: str | None = None
+    cause: str | None = None
+
+
+def _history(sfn: Any, execution_arn: str) -> tuple[bool, Stage]:
+    """Whether the execution put its own last event, and the stage it was in when it ended."""
+    emitted, stage = False, Stage.SETTLE
+    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn):
+        for event in page["events"]:
+            if name := event.get("stateEnteredEventDetails", {}).get("name"):
+                stage = STAGE_STARTS.get(name, stage)
+            if event.get("stateExitedEventDetails", {}).get("name") in TERMINAL_EVENT_STATES:
+                emitted = True
+    return emitted, stage
+
+
+def _emit_once(table: RunTable, publisher: EventPublisher, event: TrainingFailed | TrainingCancelled) -> None:
+    if not table.claim_terminal_event(event.dataset, event.run_id, event.DETAIL_TYPE):
+        return  # this end was handled before (EventBridge delivers at least once)
+    try:
+        publisher.publish(event)
+    except Exception:
+        table.unclaim_terminal_event(event.dataset, event.run_id)
+        raise
+
+
+def run_ended(
     table: RunTable,
     sagemaker: Any,
     s3: Any,
+    sfn: Any,
     publisher: EventPublisher,
-    status: str,
-    run_input: str,
+    state_machine_arn: str,
+    end: ExecutionEnd,
     now: datetime,
-) -> str:
-    """An execution ended without passing through its own clean-up (stopped, timed out or crashed):
-    stop its training job, free its slot and its dataset, delete its spot checkpoints (a new run never
-    resumes another run's state) and say so."""
-    from lora_pipeline.events import TrainingCancelled
+) -> tuple[str | None, str | None]:
+    """An execution ended. Unless it succeeded, clean up what it could not (it was stopped, timed out or
+    crashed): stop its training job, free its slot and dataset, delete its spot checkpoints (a new run
+    never resumes another run's state) and, when it put no last event itself, emit `Training Cancelled`
+    or `Training Failed`, once. Then start the one follow-up run that uploads during the run asked for
+    (not after a stop: the user asked for no more training).
 
-    run = RunInput.model_validate_json(run_input)
-    job, stopped = _stop_training_job(sagemaker, training_job_base_name(run.dataset, run.run_id))
-    _delete_prefix(s3, run.bucket, RunLayout(run.dataset, run.run_id).checkpoints_prefix)
-    table.release_slot(run.run_id)
-    table.finish(run.dataset, run.run_id, "CANCELLED" if status != "FAILED" else "FAILED", now)
-    # A FAILED execution has emitted `Training Failed` itself before failing.
-    if status in ("ABORTED", "TIMED_OUT"):
-        publisher.publish(
-            TrainingCancelled(
-                dataset=run.dataset,
-                run_id=run.run_id,
-                bucket=run.bucket,
-                time=now,
-                execution_status=status,
-                training_job_name=job,
-                training_job_stopped=stopped,
-            )
+    Returns the training job it saw (or None) and the follow-up run's id (or None).
+    """
+    run = RunInput.model_validate_json(end.input)
+    job = None
+    if end.status != "SUCCEEDED":
+        layout = RunLayout(run.dataset, run.run_id)
+        job, stopped = _stop_training_job(sagemaker, training_job_base_name(run.dataset, run.run_id))
+        _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
+        table.release_slot(run.run_id)
+        cancelled = end.status in ("ABORTED", "TIMED_OUT")
+        table.finish(
+            run.dataset, run.run_id, "CANCELLED" if cancelled else "FAILED", now, follow_up=not cancelled
         )
-    return job or ""
+        emitted, stage = _history(sfn, end.execution_arn)
+        if not emitted:
+            if cancelled:
+                # Anything unpacked for a run that reports no success goes (the unpack function checks too).
+                _delete_prefix(s3, run.bucket, layout.model_prefix)
+            common = {"dataset": run.dataset, "run_id": run.run_id, "bucket": run.bucket, "time": now}
+            _emit_once(
+                table,
+                publisher,
+                TrainingCancelled(
+                    **common,
+                    execution_status=end.status,
+                    training_job_name=job,
+                    training_job_stopped=stopped,
+                )
+                if cancelled
+                else TrainingFailed(
+                    **common,
+                    stage=stage,
+                    error=end.error or "States.Runtime",
+                    cause=end.cause or "The execution failed outside the pipeline's own failure path.",
+                    failure_reason=None,
+                    training_job_name=job,
+                    console_url=execution_console_url(end.execution_arn),
+                    logs_url=None,
+                ),
+            )
+    follow_up = start_follow_up(table, sfn, state_machine_arn, run.bucket, run.dataset, now)
+    return job, follow_up
+
+
+def start_follow_up(
+    table: RunTable, sfn: Any, state_machine_arn: str, bucket: str, dataset: str, now: datetime
+) -> str | None:
+    """Start the run a change during the last run asked for (`follow_up`); its id, or None."""
+    for _ in range(_LOCK_ATTEMPTS):
+        state, last_finished = table.dataset_state(dataset)
+        if state.active is not None or not state.follow_up:
+            return None
+        run_id = _start_run(table, sfn, state_machine_arn, bucket, dataset, False, now, last_finished)
+        if run_id is not None:
+            return run_id
+    raise RuntimeError(f"dataset {dataset}: its run lock kept changing; the event will be retried")
