@@ -51,7 +51,11 @@ def run_demo(example: str, work: Path, out: Path, quiet_period_seconds: int, tim
     EXAMPLES[example](folder)
     timeline = Timeline()
     timeline.say("setup", f"example dataset {example!r} drawn in {folder}")
-    parameters = {"QuietPeriodSeconds": str(quiet_period_seconds), "NotificationEmail": "you@example.com"}
+    parameters = {
+        "QuietPeriodSeconds": str(quiet_period_seconds),
+        "ReadyGraceSeconds": "1",
+        "NotificationEmail": "you@example.com",
+    }
     lambda_log = work / "lambda.log"
     timeline.say("setup", f"Lambda logs (their CloudWatch streams) go to {lambda_log}")
     executor = ContainerExecutor()

@@ -71,7 +71,7 @@ def serve(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     timeline = Timeline()
-    parameters = {"QuietPeriodSeconds": str(quiet_period_seconds)}
+    parameters = {"QuietPeriodSeconds": str(quiet_period_seconds), "ReadyGraceSeconds": "2"}
     if base_model is not None:
         parameters["BaseModelS3Uri"] = f"s3://{BASE_MODELS_BUCKET}/{base_model.name}"
     executor = (

@@ -20,7 +20,12 @@ from tests.lora_files import Member, sdxl_lora_bytes, tar_bytes
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 SCHEMAS = REPO / "schemas" / "events"
-FAST = {"QuietPeriodSeconds": "2", "SlotPollSeconds": "1", "CapacityRetrySeconds": "1"}
+FAST = {
+    "QuietPeriodSeconds": "2",
+    "ReadyGraceSeconds": "1",
+    "SlotPollSeconds": "1",
+    "CapacityRetrySeconds": "1",
+}
 
 
 @contextmanager
