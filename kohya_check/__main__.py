@@ -78,9 +78,9 @@ def state_saved(opt_ml: Path, epoch: int) -> Callable[[], bool]:
     """True once sd-scripts has completely saved the state of `epoch` (the moment a spot stop costs nothing)."""
 
     def saved() -> bool:
-        state = find_resume_state(opt_ml / "checkpoints")
-        if state is not None and state.epoch >= epoch:
-            log(f"{state.directory.name} is saved: SIGTERM, as on a spot interruption")
+        resume = find_resume_state(opt_ml / "checkpoints", TRIGGER)
+        if resume is not None and resume.state.epoch >= epoch:
+            log(f"{resume.state.directory.name} is saved: SIGTERM, as on a spot interruption")
             return True
         return False
 

@@ -250,6 +250,18 @@ def _retrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _resume(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    if not args.local:
+        require_training_image(stack)
+    earlier = runs.resume(stack, args.dataset)
+    sys.stdout.write(
+        f"Started a new run of {args.dataset} that continues from the checkpoints of run {earlier.run_id} "
+        f"({earlier.status.lower()}). Follow it with `lora-pipeline status {args.dataset}`.\n"
+    )
+    return EXIT_OK
+
+
 def _example(args: argparse.Namespace) -> int:
     target = Path(args.dir)
     if target.exists() and any(target.iterdir()):
@@ -359,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("run", help="<dataset>/<run-id>, a run id, or a dataset (its newest run)")
     retrain = command("retrain", _retrain, "start a new run of a dataset already in S3")
     retrain.add_argument("dataset")
+    resume = command(
+        "resume",
+        _resume,
+        "continue a stopped, cancelled or failed run from its kept checkpoints instead of from step 0",
+    )
+    resume.add_argument("dataset")
 
     inspect = commands.add_parser(
         "inspect",

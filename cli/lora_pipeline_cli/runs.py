@@ -1,4 +1,4 @@
-"""Runs as the CLI shows them: status, stage, progress and cost, logs, download, cancel, retrain."""
+"""Runs as the CLI shows them: status, stage, progress and cost, logs, download, cancel, retrain, resume."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Any
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.manifest import Manifest
 from lora_pipeline.runs import TRAINING_LOG_GROUP, job_facts, parse_time, training_job_base_name
-from lora_pipeline.s3_layout import READY_MARKER, RunLayout, dataset_prefix, parse_s3_uri
+from lora_pipeline.s3_layout import READY_MARKER, RunLayout, dataset_prefix, parse_s3_uri, resume_request_key
+from lora_pipeline.salvage import ResumeRequest, has_complete_state
 from lora_pipeline.training_metrics import TrainingProgress, parse_metric_line
 from lora_pipeline_cli.stack import Stack, StackError
 
@@ -286,6 +287,39 @@ def cancel_run(stack: Stack, run: RunRecord) -> None:
         error="Cancelled",
         cause="lora-pipeline cancel",
     )
+
+
+def resumable_run(stack: Stack, dataset: str) -> RunRecord:
+    """The newest run of `dataset` that did not succeed and kept a complete state in its checkpoints."""
+    s3 = stack.client("s3")
+    for run in list_runs(stack, dataset):
+        if run.status in (RUNNING, SUCCEEDED):
+            continue
+        prefix = RunLayout(dataset, run.run_id).checkpoints_prefix
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket, Prefix=prefix)
+        names = [obj["Key"][len(prefix) :] for page in pages for obj in page.get("Contents", [])]
+        if has_complete_state(names):
+            return run
+    raise StackError(
+        f"No stopped, cancelled or failed run of {dataset} has checkpoints to resume from (a run keeps them "
+        f"for the stack's ResumeCheckpointDays after it stops). Start over with `lora-pipeline retrain {dataset}`."
+    )
+
+
+def resume(stack: Stack, dataset: str) -> RunRecord:
+    """Start a new run that continues from the newest resumable run's checkpoints; returns that run."""
+    earlier = resumable_run(stack, dataset)
+    s3 = stack.client("s3")
+    key = resume_request_key(dataset)
+    s3.put_object(
+        Bucket=stack.bucket, Key=key, Body=ResumeRequest(run_id=earlier.run_id).model_dump_json().encode()
+    )
+    try:
+        retrain(stack, dataset)
+    except BaseException:
+        s3.delete_object(Bucket=stack.bucket, Key=key)
+        raise
+    return earlier
 
 
 def retrain(stack: Stack, dataset: str) -> None:

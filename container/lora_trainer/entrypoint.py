@@ -33,10 +33,12 @@ from lora_trainer.kohya_command import (
 from lora_trainer.sagemaker_env import ContractError, JobInputs, OptMl, read_job_inputs
 from lora_trainer.trainer_output import TrainerOutput
 from lora_trainer.workspace import (
-    SavedState,
+    ResumePoint,
     copy_dataset,
     find_resume_state,
     incomplete_states,
+    newest_epoch_lora,
+    read_training_shape,
     save_in_progress,
     write_sample_prompts,
 )
@@ -65,7 +67,7 @@ def count_gpus(device_dir: Path = Path("/dev")) -> int:
 class Launch:
     command: list[str]
     environment: dict[str, str]
-    resumed_from: SavedState | None
+    resumed_from: ResumePoint | None
 
 
 def _child_environment(inputs: JobInputs, threads: int, environ: Mapping[str, str]) -> dict[str, str]:
@@ -91,7 +93,9 @@ def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) ->
     copied = copy_dataset(inputs.dataset_dir, scratch / "dataset")
     log(f"copied {copied} dataset files to {scratch / 'dataset'} (latent caches left behind)")
     config = read_kohya_config(inputs.kohya_config_file)
-    config_file = write_training_config(config, scratch / "kohya.toml")
+    config_file = write_training_config(
+        config, scratch / "kohya.toml", inputs.hyperparameters.checkpoint_every_n_steps
+    )
     prompts = (
         write_sample_prompts(inputs.sample_prompts_file, scratch / "prompts.txt")
         if inputs.sample_prompts_file
@@ -99,23 +103,28 @@ def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) ->
     )
     for broken in incomplete_states(opt_ml.checkpoints_dir):
         log(f"ignoring {broken.name}: the save was cut off before it completed")
-    resume = find_resume_state(opt_ml.checkpoints_dir)
-    if resume is not None:
-        log(f"resuming from {resume.directory.name} (epoch {resume.epoch}, step {resume.step})")
     hyperparameters = inputs.hyperparameters
+    resume = find_resume_state(opt_ml.checkpoints_dir, hyperparameters.output_name)
+    if resume is not None:
+        log(f"resuming from {resume.state.directory.name} " + _resume_position(resume))
+        shape = read_training_shape(opt_ml.checkpoints_dir)
+        if shape is not None and shape.total_steps % shape.steps_per_epoch:
+            extra = shape.steps_per_epoch - shape.total_steps % shape.steps_per_epoch
+            log(
+                f"note: max_train_steps = {shape.total_steps} is not a whole number of {shape.steps_per_epoch}-step "
+                "epochs; after a resume sd-scripts v0.10.1 counts steps from the resumed epoch and trains the last "
+                f"epoch to its end ({extra} steps more than planned). Set max_train_epochs instead to avoid this."
+            )
     gpus = count_gpus()
     processes = max(1, gpus)
     threads = max(1, (os.cpu_count() or 1) // processes)
     if hyperparameters.trainer == "smoke":
-        optional = {
-            "--max_train_steps": hyperparameters.max_steps,
-            "--resume": resume.directory if resume else None,
-            "--sample_prompts": prompts,
-        }
+        optional = {"--max_train_steps": hyperparameters.max_steps, "--sample_prompts": prompts}
         command = [sys.executable, "-m", "lora_trainer.smoke_trainer", "--config_file", str(config_file)]
         command += ["--train_data_dir", str(scratch / "dataset"), "--output_dir", str(opt_ml.checkpoints_dir)]
         command += ["--output_name", hyperparameters.output_name]
         command += [str(token) for option, value in optional.items() if value for token in (option, value)]
+        command += resume.trainer_arguments() if resume else []
     else:
         if gpus == 0:
             log("WARNING: no GPU found; sd-scripts will train on the CPU, which takes days for SDXL")
@@ -128,7 +137,7 @@ def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) ->
             tokenizer_cache_dir=TOKENIZER_CACHE_DIR,
             base_model=base_model_for(config, inputs.base_model_file, hyperparameters.base_model),
             sample_prompts=prompts,
-            resume_dir=resume.directory if resume else None,
+            resume=resume,
             num_processes=processes,
             cpu_threads_per_process=threads,
         )
@@ -136,11 +145,22 @@ def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) ->
     return Launch(command, _child_environment(inputs, threads, environ), resume)
 
 
+def _resume_position(resume: ResumePoint) -> str:
+    state = resume.state
+    if resume.initial_step is None:
+        return (
+            f"(epoch {state.epoch}, step {state.step} as the state records it: its checkpoints carry no LoRA "
+            "metadata to count epochs with)"
+        )
+    return f"(epoch {state.epoch}, {resume.initial_step} of {resume.total_steps} steps done)"
+
+
 class _Supervisor:
     """Runs the trainer in its own process group; SIGTERM is passed on once no state save is being written."""
 
-    def __init__(self, checkpoints_dir: Path) -> None:
+    def __init__(self, checkpoints_dir: Path, output_name: str) -> None:
         self.checkpoints_dir = checkpoints_dir
+        self.output_name = output_name
         self.stop_requested_at: float | None = None
         self.forwarded_at: float | None = None
 
@@ -176,7 +196,10 @@ class _Supervisor:
             return
         now = time.monotonic()
         if self.forwarded_at is None:
-            if save_in_progress(self.checkpoints_dir) and now - self.stop_requested_at < SAVE_GRACE_SECONDS:
+            if (
+                save_in_progress(self.checkpoints_dir, self.output_name)
+                and now - self.stop_requested_at < SAVE_GRACE_SECONDS
+            ):
                 return
             os.killpg(process.pid, signal.SIGTERM)
             self.forwarded_at = now
@@ -306,30 +329,43 @@ def _train(opt_ml: OptMl, environ: Mapping[str, str]) -> int:
         f"run {hyperparameters.run_id} of dataset {hyperparameters.dataset}: trainer {hyperparameters.trainer}"
     )
     log("command: " + " ".join(launch.command))
-    output = TrainerOutput(resumed_step=launch.resumed_from.step if launch.resumed_from else 0)
-    exit_code = _Supervisor(opt_ml.checkpoints_dir).run(launch, output)
+    resumed = launch.resumed_from
+    output = TrainerOutput(
+        resumed_step=resumed.completed_steps if resumed else 0,
+        total_steps=resumed.total_steps if resumed else None,
+    )
+    exit_code = _Supervisor(opt_ml.checkpoints_dir, hyperparameters.output_name).run(launch, output)
     samples = copy_samples(opt_ml)
     if samples:
         log(f"copied {samples} sample image(s) to {opt_ml.samples_dir}")
     if exit_code is None:
-        saved = find_resume_state(opt_ml.checkpoints_dir)
-        where = (
-            f"from {saved.directory.name} (step {saved.step})"
-            if saved
-            else "from the start (no state was saved)"
-        )
+        saved = find_resume_state(opt_ml.checkpoints_dir, hyperparameters.output_name)
+        where = f"from {saved.state.directory.name}" if saved else "from the start (no state was saved)"
         log(f"stopped by SIGTERM; a restarted job resumes {where}")
+        _log_salvage(opt_ml, hyperparameters.output_name)
         return EXIT_STOPPED
     tail = list(output.tail)
     if exit_code != 0:
         write_failure(
             opt_ml, f"The {hyperparameters.trainer} trainer exited with code {exit_code}: {diagnose(tail)}"
         )
+        _log_salvage(opt_ml, hyperparameters.output_name)
         return EXIT_FAILED
     reason = publish_model(
         opt_ml, hyperparameters.output_name, tail, Architecture.for_trainer(hyperparameters.trainer)
     )
     if reason is not None:
         write_failure(opt_ml, reason)
+        _log_salvage(opt_ml, hyperparameters.output_name)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _log_salvage(opt_ml: OptMl, output_name: str) -> None:
+    """Say which finished epoch survives in checkpoints/, where the pipeline salvages it from."""
+    newest = newest_epoch_lora(opt_ml.checkpoints_dir, output_name)
+    if newest is None:
+        log("no epoch finished, so there is no epoch LoRA to salvage")
+        return
+    path, epoch = newest
+    log(f"the LoRA of epoch {epoch} ({path.name}) stays in checkpoints/ for salvage and resume")

@@ -17,6 +17,7 @@ from typing import Any
 import tomli_w
 
 from lora_pipeline.text_formats import loads_toml
+from lora_trainer.workspace import ResumePoint
 
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 TRAIN_SCRIPT = "sdxl_train_network.py"
@@ -62,7 +63,7 @@ class KohyaRun:
     tokenizer_cache_dir: Path
     base_model: str
     sample_prompts: Path | None
-    resume_dir: Path | None
+    resume: ResumePoint | None
     num_processes: int
     cpu_threads_per_process: int
 
@@ -83,23 +84,36 @@ def read_kohya_config(path: Path) -> dict[str, Any]:
         return flatten_config(loads_toml(stream.read().decode("utf-8")))
 
 
-def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config sd-scripts gets: the user's settings without the owned keys, plus spot-safe saving."""
+def training_config(config: Mapping[str, Any], checkpoint_every_n_steps: int | None = None) -> dict[str, Any]:
+    """The config sd-scripts gets: the user's settings without the owned keys, plus spot-safe saving.
+
+    `checkpoint_every_n_steps` (from the plan: epochs longer than the stack's checkpoint interval) adds step
+    saves, or shortens the config's own when they are further apart.
+    """
     settings = {key: value for key, value in config.items() if key not in OWNED_KEYS}
     if not any(settings.get(key) for key in _PERIODIC_SAVE_KEYS):
         # A state is only written when a periodic save fires; without one a spot restart starts over.
         settings["save_every_n_epochs"] = 1
+    if (
+        checkpoint_every_n_steps
+        and not 0 < int(settings.get("save_every_n_steps") or 0) <= checkpoint_every_n_steps
+    ):
+        settings["save_every_n_steps"] = checkpoint_every_n_steps
     # Keep the last two states, not every one: each holds the optimiser and goes to S3.
     if settings.get("save_every_n_steps"):
+        # Step saves write a LoRA too (train_network.py): keep as many of those.
         settings.setdefault("save_last_n_steps_state", 2 * int(settings["save_every_n_steps"]))
-    else:
+        settings.setdefault("save_last_n_steps", 2 * int(settings["save_every_n_steps"]))
+    if settings.get("save_every_n_epochs") or not settings.get("save_every_n_steps"):
         settings.setdefault("save_last_n_epochs_state", 2)
     return settings
 
 
-def write_training_config(config: Mapping[str, Any], path: Path) -> Path:
+def write_training_config(
+    config: Mapping[str, Any], path: Path, checkpoint_every_n_steps: int | None = None
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(tomli_w.dumps(training_config(config)).encode("utf-8"))
+    path.write_bytes(tomli_w.dumps(training_config(config, checkpoint_every_n_steps)).encode("utf-8"))
     return path
 
 
@@ -154,6 +168,6 @@ def build_kohya_command(config_file: Path, config: Mapping[str, Any], run: Kohya
         arguments += ["--sample_prompts", str(run.sample_prompts)]
         if not any(config.get(key) for key in _PERIODIC_SAMPLE_KEYS):
             arguments += ["--sample_every_n_epochs", "1"]
-    if run.resume_dir is not None:
-        arguments += ["--resume", str(run.resume_dir), "--skip_until_initial_step"]
+    if run.resume is not None:
+        arguments += run.resume.trainer_arguments()
     return launcher + arguments

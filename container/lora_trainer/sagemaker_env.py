@@ -83,6 +83,7 @@ class Hyperparameters:
     run_id: str
     base_model: str | None = None
     max_steps: int | None = None
+    checkpoint_every_n_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,11 +137,13 @@ def read_hyperparameters(path: Path) -> Hyperparameters:
             f"{path}: output_name = {output_name!r} is not a plain file name. Use a name without slashes "
             "(the LoRA is written as <output_name>.safetensors)."
         )
-    max_steps = raw.get("max_steps")
-    if max_steps is not None and not (max_steps.isdigit() and int(max_steps) > 0):
-        raise ContractError(
-            f"{path}: max_steps = {max_steps!r} is not a positive whole number. Fix or remove it."
-        )
+    counts = {key: raw.get(key) for key in ("max_steps", "checkpoint_every_n_steps")}
+    for key, value in counts.items():
+        if value is not None and not (value.isdigit() and int(value) > 0):
+            raise ContractError(
+                f"{path}: {key} = {value!r} is not a positive whole number. Fix or remove it."
+            )
+    max_steps, checkpoint_every_n_steps = counts.values()
     return Hyperparameters(
         trainer=trainer,
         output_name=output_name,
@@ -148,6 +151,7 @@ def read_hyperparameters(path: Path) -> Hyperparameters:
         run_id=raw["run_id"],
         base_model=raw.get("base_model") or None,
         max_steps=int(max_steps) if max_steps else None,
+        checkpoint_every_n_steps=int(checkpoint_every_n_steps) if checkpoint_every_n_steps else None,
     )
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,10 +25,18 @@ from safetensors.torch import save_file
 from lora_pipeline.plan import SMOKE_TRAINING_STEPS
 from lora_pipeline.training_metrics import TrainingProgress, format_metric_line
 from lora_trainer.kohya_format import kohya_state_dict, peft_lora_weights
+from lora_trainer.sd_scripts_schedule import (
+    EngineAssertion,
+    EngineRun,
+    OptimizerStep,
+    Save,
+    events,
+    start,
+)
 from lora_trainer.smoke_metadata import metadata_for
 from lora_trainer.smoke_trainer import TrainingImage
 from lora_trainer.tiny_sdxl import IMAGE_SIZE, SCHEDULER_CONFIG, UNET_CONFIG, build_tiny_sdxl
-from lora_trainer.workspace import TRAIN_STATE_FILE, state_dir_name
+from lora_trainer.workspace import TRAIN_STATE_FILE
 
 EXIT_STOPPED = 143
 MAX_RANK = 8
@@ -66,8 +75,6 @@ class SmokeRun:
         self.total_steps = args.max_train_steps or SMOKE_TRAINING_STEPS
         self.items = [image for image in images for _ in range(image.repeats)]
         self.steps_per_epoch = math.ceil(len(self.items) / self.batch_size)
-        self.save_every_n_steps = int(config.get("save_every_n_steps") or 0)
-        self.save_every_n_epochs = int(config.get("save_every_n_epochs") or 0)
         with tempfile.TemporaryDirectory() as tokenizer_dir:
             self.model = build_tiny_sdxl(self.seed, Path(tokenizer_dir), [image.caption for image in images])
         self.noise_scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
@@ -136,17 +143,27 @@ class SmokeRun:
         ).sample
         return functional.mse_loss(prediction, noise)
 
-    def _state_to_save(self, done: int) -> str | None:
-        if done >= self.total_steps:
-            return None
-        if self.save_every_n_steps and done % self.save_every_n_steps == 0:
-            return state_dir_name(self.args.output_name, step=done)
-        epoch, position = divmod(done, self.steps_per_epoch)
-        if self.save_every_n_epochs and position == 0 and epoch % self.save_every_n_epochs == 0:
-            return state_dir_name(self.args.output_name, epoch=epoch)
-        return None
+    def _engine_run(self, steps_from_state: int | None) -> EngineRun:
+        def setting(key: str) -> int | None:
+            value = self.config.get(key)
+            return int(value) if value else None
+
+        return EngineRun(
+            batches_per_epoch=self.steps_per_epoch,
+            max_train_steps=self.total_steps,
+            save_every_n_epochs=setting("save_every_n_epochs"),
+            save_every_n_steps=setting("save_every_n_steps"),
+            save_last_n_epochs=setting("save_last_n_epochs"),
+            save_last_n_epochs_state=setting("save_last_n_epochs_state"),
+            save_last_n_steps=setting("save_last_n_steps"),
+            save_last_n_steps_state=setting("save_last_n_steps_state"),
+            steps_from_state=steps_from_state,
+            initial_step=self.args.initial_step,
+            skip_until_initial_step=self.args.skip_until_initial_step,
+        )
 
     def train(self, stop: Callable[[], bool]) -> int:
+        """Train as sd-scripts' loop runs (lora_trainer.sd_scripts_schedule), saving and resuming as it does."""
         # The model is so small that thread hand-offs cost more than they save, badly so on a busy CPU.
         torch.set_num_threads(1)
         started_at = time.time()
@@ -156,55 +173,85 @@ class SmokeRun:
         accelerator = Accelerator(cpu=True)
         network = _Network(self.model.unet, self.model.text_encoder, self.model.text_encoder_2)
         network, optimizer = accelerator.prepare(network, optimizer)
-        progress = {"epoch": 1, "step": 0}
+        recorded = {"current_epoch": 0, "current_step": 0}
 
         def write_train_state(models: list[torch.nn.Module], weights: list[Any], output_dir: str) -> None:
-            state = {"current_epoch": progress["epoch"], "current_step": progress["step"]}
-            Path(output_dir, TRAIN_STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+            Path(output_dir, TRAIN_STATE_FILE).write_text(json.dumps(recorded), encoding="utf-8")
 
         accelerator.register_save_state_pre_hook(write_train_state)
-        start = 0
+        steps_from_state = None
         if self.args.resume is not None:
             accelerator.load_state(str(self.args.resume))
-            start = int(
-                json.loads((self.args.resume / TRAIN_STATE_FILE).read_text(encoding="utf-8"))["current_step"]
-            )
-            print(f"resumed from {self.args.resume} at step {start}", flush=True)
-
-        loss_average = 0.0
+            saved = json.loads((self.args.resume / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
+            steps_from_state = int(saved["current_step"])
+            print(f"load train state from {self.args.resume}: {saved}", flush=True)
+        engine = self._engine_run(steps_from_state)
+        try:
+            first = start(engine)
+        except EngineAssertion as error:
+            print(f"AssertionError: {error}", flush=True)
+            return 1
+        steps_per_epoch = engine.steps_per_epoch
+        print(
+            f"epoch {first.epoch_to_start + 1}/{engine.num_train_epochs}: global_step starts at "
+            f"{first.global_step}, skipping {first.skip_batches} batches",
+            flush=True,
+        )
+        loss_average: float | None = None
         step_started = time.monotonic()
-        for step in range(start, self.total_steps):
-            loss = self._loss(self._batch(step), latents, step)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad()
-            done = step + 1
-            loss_average = loss.item() if step == start else 0.9 * loss_average + 0.1 * loss.item()
-            progress.update(epoch=step // self.steps_per_epoch + 1, step=done)
-            sec_per_step = (time.monotonic() - step_started) / (done - start)
-            metrics = TrainingProgress(
-                step=done,
-                total_steps=self.total_steps,
-                epoch=progress["epoch"],
-                loss=loss_average,
-                lr=self.learning_rate,
-                sec_per_step=sec_per_step,
-                eta_seconds=round(sec_per_step * (self.total_steps - done)),
-            )
-            print(format_metric_line(metrics), flush=True)
-            if state_name := self._state_to_save(done):
-                print(f"saving state at step {done}: {state_name}", flush=True)
-                accelerator.save_state(str(self.args.output_dir / state_name))
-            if stop():
-                print(f"stopped at step {done} of {self.total_steps}", flush=True)
-                return EXIT_STOPPED
-
-        self._save_lora(started_at)
+        trained = 0
+        for event in events(engine, self.args.output_name):
+            if isinstance(event, OptimizerStep):
+                run_step = event.run_step(steps_per_epoch)
+                if stop():  # checked before a step, so the save that follows a step is always finished
+                    print(f"stopped after {run_step - 1} of {self.total_steps} steps", flush=True)
+                    return EXIT_STOPPED
+                loss = self._loss(self._batch(run_step - 1), latents, run_step - 1)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+                trained += 1
+                loss_average = loss.item() if loss_average is None else 0.9 * loss_average + 0.1 * loss.item()
+                sec_per_step = (time.monotonic() - step_started) / trained
+                print(
+                    format_metric_line(
+                        TrainingProgress(
+                            step=run_step,
+                            total_steps=self.total_steps,
+                            epoch=event.epoch,
+                            loss=loss_average,
+                            lr=self.learning_rate,
+                            sec_per_step=sec_per_step,
+                            eta_seconds=round(sec_per_step * (self.total_steps - run_step)),
+                        )
+                    ),
+                    flush=True,
+                )
+            elif isinstance(event, Save):
+                recorded.update(current_epoch=event.current_epoch, current_step=event.current_step)
+                self._save(accelerator, event, started_at)
+            else:
+                self._save_lora(event.model_file, event.epoch, event.global_step, started_at)
         if self.args.sample_prompts is not None:
             self._render_samples()
         return 0
 
-    def _save_lora(self, started_at: float) -> None:
+    def _save(self, accelerator: Accelerator, save: Save, started_at: float) -> None:
+        output_dir: Path = self.args.output_dir
+        if save.model_file is not None:
+            self._save_lora(save.model_file, save.current_epoch, save.global_step, started_at)
+        print(
+            f"saving state at epoch {save.current_epoch} step {save.current_step}: {save.state_dir}",
+            flush=True,
+        )
+        accelerator.save_state(str(output_dir / save.state_dir))
+        for name in save.removed_models:
+            (output_dir / name).unlink(missing_ok=True)
+        for name in save.removed_states:
+            if (output_dir / name).is_dir():
+                shutil.rmtree(output_dir / name)
+
+    def _save_lora(self, file_name: str, epoch: int, steps: int, started_at: float) -> None:
         dtype = getattr(torch, SAVE_DTYPES.get(str(self.config.get("save_precision", "float")), "float32"))
         layers = int(UNET_CONFIG["layers_per_block"])
         weights = kohya_state_dict(peft_lora_weights(self.model.unet), "unet", self.alpha, layers, dtype)
@@ -217,17 +264,17 @@ class SmokeRun:
             self.images,
             rank=self.rank,
             alpha=self.alpha,
-            steps=self.total_steps,
-            epoch=math.ceil(self.total_steps / self.steps_per_epoch),
+            steps=steps,
+            epoch=epoch,
             total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch,
             started_at=started_at,
             unet_only=self.unet_only,
         )
         self.args.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.args.output_dir / f"{self.args.output_name}.safetensors"
+        path = self.args.output_dir / file_name
         save_file(weights, str(path), metadata=metadata)
-        print(f"model saved: {path}", flush=True)
+        print(f"saving checkpoint: {path}", flush=True)
 
     def _render_samples(self) -> None:
         prompts = [

@@ -66,6 +66,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output_name", required=True)
     parser.add_argument("--max_train_steps", type=int, default=None)
     parser.add_argument("--resume", type=Path, default=None)
+    parser.add_argument("--initial_step", type=int, default=None)
+    parser.add_argument("--skip_until_initial_step", action="store_true")
     parser.add_argument("--sample_prompts", type=Path, default=None)
     return parser.parse_args(argv)
 

@@ -36,9 +36,16 @@ class TrainerOutput:
     """Feed it the trainer's console split at line ends and carriage returns; print what it returns."""
 
     def __init__(
-        self, resumed_step: int, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+        self,
+        resumed_step: int = 0,
+        total_steps: int | None = None,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """`resumed_step`: optimizer steps done before this launch; `total_steps`: the run's planned total, or
+        None to take the bar's own total (right for a run that did not resume)."""
         self.resumed_step = resumed_step
+        self.total_steps = total_steps
         self.interval = interval
         self.clock = clock
         self.epoch: int | None = None
@@ -61,9 +68,10 @@ class TrainerOutput:
         return [text]
 
     def _from_bar(self, bar: re.Match[str], text: str) -> list[str]:
-        # After --resume with --skip_until_initial_step the bar counts only the remaining steps.
+        # After a resume the bar counts this launch's steps from 0, and its total depends on how sd-scripts
+        # resumed (train_network.py: max_train_steps less the batches still to skip in the resumed epoch).
         step = self.resumed_step + int(bar["n"])
-        total = self.resumed_step + int(bar["total"])
+        total = self.total_steps if self.total_steps is not None else self.resumed_step + int(bar["total"])
         if step == 0 or (self.last_progress is not None and step == self.last_progress.step):
             return []
         now = self.clock()

@@ -156,7 +156,8 @@ class TrainingJobRunner:
         if result.status != "Completed":
             job.model_artifacts = None
         progress.secondary_status(
-            result.status, result.failure_reason or f"Training job {result.status.lower()}"
+            result.secondary_status or result.status,
+            result.failure_reason or f"Training job {result.status.lower()}",
         )
         job.secondary_status_transitions[-1]["EndTime"] = now
         job.training_job_status = result.status

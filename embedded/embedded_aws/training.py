@@ -27,6 +27,7 @@ class TrainingResult:
     failure_reason: str | None = None
     billable_seconds: int = 1
     final_metrics: dict[str, float] = field(default_factory=dict)
+    secondary_status: str | None = None  # the last SecondaryStatus when not the status (`MaxRuntimeExceeded`)
 
 
 class TrainingJobRejected(Exception):

@@ -94,7 +94,7 @@ def _argv(case_dir: Path, dataset: Path, report: ValidationReport, num_processes
         tokenizer_cache_dir=case_dir / "tokenizers",
         base_model=str(config.get("pretrained_model_name_or_path", "base.safetensors")),
         sample_prompts=case_dir / "prompts.txt" if report.prompts_txt else None,
-        resume_dir=None,
+        resume=None,
         num_processes=num_processes,
         cpu_threads_per_process=1,
     )

@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from embedded_aws import ArchiveExecutor, EmbeddedStack, HeldExecutor, TrainingProgress, TrainingResult
+from embedded_aws.training import split_s3_uri
 from lora_pipeline.training_metrics import TrainingProgress as MetricProgress
 from lora_pipeline.training_metrics import format_metric_line
 from lora_pipeline_cli.main import main
-from tests.integration.pipeline_support import dataset, lora_archive, pipeline
+from tests.integration.pipeline_support import dataset, lora_archive, pipeline, upload
+from tests.lora_files import kohya_metadata, lora_tensors, safetensors_bytes
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -221,3 +223,63 @@ def test_unknown_stack_says_how_to_deploy(capsys: pytest.CaptureFixture[str]) ->
         code, _, err = run_cli(capsys, "status", "--stack", "no-such-stack")
     assert code == 2
     assert "not found" in err and "sam deploy --guided" in err
+
+
+class _StopsOnceThenTrains:
+    """First job: two epochs saved into its checkpoints, then MaxRuntime. Later jobs: note which checkpoint
+    files SageMaker would restore into /opt/ml/checkpoints (the job's CheckpointConfig prefix), then finish."""
+
+    def __init__(self) -> None:
+        self.restored: list[list[str]] = []
+        self.inner = ArchiveExecutor(lora_archive("bluebot"))
+
+    def admit(self, request: dict[str, Any]) -> None:
+        pass
+
+    def stop(self, job_name: str) -> None:
+        pass
+
+    def run(self, request: dict[str, Any], s3_client: Any, progress: TrainingProgress) -> TrainingResult:
+        bucket, prefix = split_s3_uri(request["CheckpointConfig"]["S3Uri"])
+        listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        if self.restored or listed:
+            self.restored.append(sorted(o["Key"][len(prefix) :] for o in listed))
+            return self.inner.run(request, s3_client, progress)
+        self.restored.append([])
+        for name, body in _saved_after_epoch_2().items():
+            s3_client.put_object(Bucket=bucket, Key=prefix + name, Body=body)
+        return TrainingResult(status="Stopped", secondary_status="MaxRuntimeExceeded")
+
+
+def _saved_after_epoch_2() -> dict[str, bytes]:
+    lora = safetensors_bytes(lora_tensors(), kohya_metadata() | {"ss_num_epochs": "3"})
+    return {
+        "bluebot-000001.safetensors": lora,
+        "bluebot-000002.safetensors": lora,
+        "bluebot-000002-state/train_state.json": b'{"current_epoch": 2, "current_step": 20}',
+        "bluebot-000002-state/random_states_0.pkl": b"rng",
+    }
+
+
+def test_resume_continues_a_stopped_run_from_its_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    executor = _StopsOnceThenTrains()
+    with pipeline(executor) as stack:
+        publish_training_image(stack)
+        code, _, err = run_cli(capsys, "resume", "bluebot", "--stack", stack.stack_name)
+        assert code != 0 and "retrain bluebot" in err, "nothing to resume yet"
+        upload(stack, dataset(tmp_path))
+        stack.wait_until_idle(timeout=60)
+        (stopped,) = stack.executions()
+
+        code, out, err = run_cli(capsys, "resume", "bluebot", "--stack", stack.stack_name)
+        assert code == 0, err
+        assert f"continues from the checkpoints of run {stopped.input['run_id']}" in out
+        stack.wait_until_idle(timeout=60)
+
+        assert executor.restored == [[], sorted(_saved_after_epoch_2())]
+        code, out, _ = run_cli(capsys, "status", "bluebot", "--stack", stack.stack_name)
+        assert [line.split()[2] for line in out.splitlines()[1:]] == ["SUCCEEDED", "FAILED"]
+        keys = {o["Key"] for o in stack.s3.list_objects_v2(Bucket=stack.bucket)["Contents"]}
+        assert "runs/bluebot/resume-request.json" not in keys, "a request is used once"

@@ -142,3 +142,58 @@ def test_restart_after_the_final_save_publishes_without_training_again(tmp_path:
     assert (opt_ml / "model/bluebot.safetensors").read_bytes() == (
         opt_ml / "checkpoints/bluebot.safetensors"
     ).read_bytes()
+
+
+def _interrupt_when(opt_ml: Path, step: int) -> tuple[int, str]:
+    """Run the entrypoint and send SIGTERM (as spot and MaxRuntime do) once it reports `step`."""
+    job = start_entrypoint(opt_ml)
+    assert job.stdout is not None
+    output = []
+    for line in job.stdout:
+        output.append(line)
+        if (progress := parse_metric_line(line)) is not None and progress.step >= step:
+            job.send_signal(signal.SIGTERM)
+            break
+    output += job.stdout.readlines()
+    return job.wait(timeout=60), "".join(output)
+
+
+@pytest.mark.slow
+def test_two_interruptions_in_a_row_resume_from_the_newest_epoch_and_add_up_to_the_plan(
+    tmp_path: Path,
+) -> None:
+    """The smoke trainer saves and resumes as sd-scripts does (lora_trainer.sd_scripts_schedule): 3 epochs of
+    2 steps, a state after epochs 1 and 2, `current_step` counted from the resumed epoch after a resume."""
+    opt_ml = make_opt_ml(tmp_path, max_steps=6, subsets={"1_bluebot": 4})
+    launches = [_interrupt_when(opt_ml, 2), _interrupt_when(opt_ml, 4)]
+    final = run_entrypoint(opt_ml)
+    launches.append((final.returncode, final.stdout + final.stderr))
+
+    assert [code for code, _ in launches] == [143, 143, 0], launches[-1][1]
+    runs = [_metric_steps(text) for _, text in launches]
+    for index in (1, 2):
+        previous, resumed, text = runs[index - 1], runs[index], launches[index][1]
+        # A stop after a step but before its epoch's save loses that step; never more than the epoch.
+        assert resumed[0] in (previous[-1] + 1, previous[-1]), text
+        assert resumed[0] % 2 == 1, "resumed at an epoch start: the states are epoch states"
+        assert "of 6 steps done" in text
+    assert runs[-1][-1] == 6
+    assert sorted(set(step for run in runs for step in run)) == list(range(1, 7))
+    assert "stays in checkpoints/" in launches[0][1]
+    assert (opt_ml / "model/bluebot.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_stop_between_the_final_state_and_the_lora_does_not_crash_the_restart(tmp_path: Path) -> None:
+    opt_ml = make_opt_ml(tmp_path, max_steps=4, subsets={"1_bluebot": 4})
+    assert run_entrypoint(opt_ml).returncode == 0
+    checkpoints = opt_ml / "checkpoints"
+    (checkpoints / "bluebot.safetensors").unlink()  # the stop landed after `<name>-state`, before the LoRA
+    shutil.rmtree(opt_ml / "model")
+
+    restart = run_entrypoint(opt_ml)
+
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    assert "resuming from bluebot-000001-state (epoch 1, 2 of 4 steps done)" in restart.stdout
+    assert _metric_steps(restart.stdout) == [3, 4]
+    assert (opt_ml / "model/bluebot.safetensors").is_file()

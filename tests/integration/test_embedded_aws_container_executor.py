@@ -128,3 +128,40 @@ def test_stop_training_job_terminates_the_container(tmp_path: Path) -> None:
 
         assert job["TrainingJobStatus"] == "Stopped"
         sagemaker.stop_training_job(TrainingJobName="long-bluebot")  # stopping a stopped job is a no-op
+
+
+@pytest.mark.slow
+def test_a_job_restarted_on_the_same_checkpoints_finishes_the_plan_without_repeating_epochs(
+    tmp_path: Path,
+) -> None:
+    """A spot interruption as SageMaker handles it: the stopped container's checkpoints go to S3, and the next
+    job on the same CheckpointConfig gets them back in /opt/ml/checkpoints and resumes (3 epochs of 2 steps)."""
+    local = make_opt_ml(tmp_path / "local", subsets={"1_bluebot": 4})
+    timeline: list[TimelineEntry] = []
+    executor = ContainerExecutor(environment={"HF_HUB_OFFLINE": "1"})
+    with EmbeddedStack.up(
+        FIXTURE, {"QuietPeriodSeconds": "0"}, executor, on_timeline=timeline.append
+    ) as stack:
+        _upload_inputs(stack, local)
+        sagemaker = stack.client("sagemaker")
+        hyperparameters = {**HYPERPARAMETERS, "trainer": "smoke", "max_steps": "6"}
+        sagemaker.create_training_job(**_request(stack.bucket, "spot-1", hyperparameters))
+        deadline = time.monotonic() + 120
+        while not any("lora-metrics step=2/6" in e.text for e in timeline if e.kind == "training-log"):
+            assert time.monotonic() < deadline, "the smoke trainer never finished its first epoch"
+            time.sleep(0.1)
+        sagemaker.stop_training_job(TrainingJobName="spot-1")
+        assert _wait_for_job(stack, "spot-1", timeout=60)["TrainingJobStatus"] == "Stopped"
+        first = [e.text for e in timeline if e.kind == "training-log"]
+
+        sagemaker.create_training_job(**_request(stack.bucket, "spot-2", hyperparameters))
+        job = _wait_for_job(stack, "spot-2")
+
+        assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+        second = [e.text for e in timeline if e.kind == "training-log"][len(first) :]
+        resumed = next(line for line in second if "resuming from" in line)
+        assert "bluebot-00000" in resumed and "of 6 steps done" in resumed
+        steps = [int(line.split("step=")[1].split("/")[0]) for line in second if "lora-metrics step=" in line]
+        done_before = int(resumed.split(", ")[1].split(" of ")[0])
+        assert done_before % 2 == 0 and steps == list(range(done_before + 1, 7))
+        assert {m["MetricName"]: m["Value"] for m in job["FinalMetricDataList"]} == {"train:step": 6}

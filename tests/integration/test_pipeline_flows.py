@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from embedded_aws.training import ArchiveExecutor, FailingExecutor, FlakyExecutor
+from embedded_aws.training import (
+    ArchiveExecutor,
+    FailingExecutor,
+    FlakyExecutor,
+    TrainingResult,
+    split_s3_uri,
+)
 from lora_pipeline.s3_layout import RunLayout
+from lora_pipeline.salvage import KEPT_FOR_RESUME_TAG
 from tests.integration.pipeline_support import (
     dataset,
     emails,
@@ -19,7 +28,7 @@ from tests.integration.pipeline_support import (
     table_item,
     upload,
 )
-from tests.lora_files import Member, tar_bytes
+from tests.lora_files import Member, kohya_metadata, lora_tensors, safetensors_bytes, tar_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -178,3 +187,63 @@ def test_throttled_create_and_capacity_failure_are_retried_under_new_names(tmp_p
         assert len(pipeline_events(stack, "Training Started")) == 1
         (succeeded,) = pipeline_events(stack, "Training Succeeded")
         assert succeeded["training_job_name"] == f"bluebot-{run_id}-1"
+
+
+class _MaxRuntimeExecutor:
+    """Nine of ten epochs saved into the job's checkpoints (as sd-scripts and SageMaker's sync leave them),
+    then the job reaches its MaxRuntime."""
+
+    def admit(self, request: dict[str, Any]) -> None:
+        pass
+
+    def stop(self, job_name: str) -> None:
+        pass
+
+    def run(self, request: dict[str, Any], s3_client: Any, progress: Any) -> TrainingResult:
+        bucket, prefix = split_s3_uri(request["CheckpointConfig"]["S3Uri"])
+        name = request["HyperParameters"]["output_name"]
+        metadata = kohya_metadata(output_name=name) | {"ss_num_epochs": "10"}
+        for epoch in range(1, 10):
+            lora = safetensors_bytes(lora_tensors(), metadata)
+            s3_client.put_object(Bucket=bucket, Key=f"{prefix}{name}-{epoch:06d}.safetensors", Body=lora)
+        for epoch in (8, 9):
+            state = f"{prefix}{name}-{epoch:06d}-state/"
+            train_state = json.dumps({"current_epoch": epoch, "current_step": epoch * 30})
+            for file, body in (("train_state.json", train_state.encode()), ("random_states_0.pkl", b"rng")):
+                s3_client.put_object(Bucket=bucket, Key=state + file, Body=body)
+        progress.secondary_status("Training", "Training in progress.")
+        return TrainingResult(status="Stopped", billable_seconds=3600, secondary_status="MaxRuntimeExceeded")
+
+
+def test_a_job_stopped_at_max_runtime_publishes_its_newest_epoch_and_keeps_its_checkpoints(
+    tmp_path: Path,
+) -> None:
+    with pipeline(_MaxRuntimeExecutor()) as stack:
+        upload(stack, dataset(tmp_path))
+        stack.wait_until_idle(timeout=60)
+
+        (failed,) = pipeline_events(stack, "Training Failed")
+        salvaged = failed["salvaged"]
+        assert (salvaged["epoch"], salvaged["epochs"], salvaged["stopped"]) == (
+            9,
+            10,
+            "stopped at MaxRuntime",
+        )
+        assert salvaged["resumable"] is True
+        run_id = stack.executions()[0].input["run_id"]
+        layout = RunLayout("bluebot", run_id)
+        assert salvaged["model_uri"] == f"s3://{stack.bucket}/{layout.model_prefix}bluebot-000009.safetensors"
+        published = stack.s3.get_object(
+            Bucket=stack.bucket, Key=f"{layout.model_prefix}bluebot-000009.safetensors"
+        )
+        assert hashlib.sha256(published["Body"].read()).hexdigest() == salvaged["sha256"]
+        manifest = json.loads(
+            stack.s3.get_object(Bucket=stack.bucket, Key=layout.manifest_key)["Body"].read()
+        )
+        assert manifest["partial"] == "stopped at MaxRuntime after epoch 9 of 10"
+        body = emails(stack)["Training failed: bluebot (training)"]
+        assert "Stopped at MaxRuntime after epoch 9 of 10" in body and "lora-pipeline resume bluebot" in body
+        kept = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=layout.checkpoints_prefix)["Contents"]
+        assert len(kept) == 9 + 4
+        tags = stack.s3.get_object_tagging(Bucket=stack.bucket, Key=kept[0]["Key"])["TagSet"]
+        assert tags == [KEPT_FOR_RESUME_TAG]

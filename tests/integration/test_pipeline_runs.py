@@ -30,6 +30,7 @@ from tests.integration.pipeline_support import (
     table_item,
     upload,
 )
+from tests.lora_files import kohya_metadata, lora_tensors, safetensors_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -220,6 +221,33 @@ def test_cancel_stops_the_job_and_frees_the_slot_and_the_queue(tmp_path: Path) -
         )
         slots = table_item(stack, "SLOTS", "SLOTS")
         assert "holders" not in slots and slots["queue"]["L"] == []
+
+
+def test_a_cancelled_run_publishes_its_newest_epoch_and_keeps_what_resume_needs(tmp_path: Path) -> None:
+    held = HeldExecutor(ArchiveExecutor(lora_archive()))
+    with pipeline(held) as stack:
+        upload(stack, dataset(tmp_path))
+        wait_for(held_jobs(held, 1))
+        (execution,) = stack.executions()
+        checkpoints = RunLayout("bluebot", execution.input["run_id"]).checkpoints_prefix
+        saved = {
+            "bluebot-000002.safetensors": safetensors_bytes(
+                lora_tensors(), kohya_metadata() | {"ss_num_epochs": "4"}
+            ),
+            "bluebot-000002-state/train_state.json": b'{"current_epoch": 2, "current_step": 20}',
+            "bluebot-000002-state/random_states_0.pkl": b"rng",
+        }
+        for name, body in saved.items():
+            stack.s3.put_object(Bucket=stack.bucket, Key=checkpoints + name, Body=body)
+
+        stack.client("stepfunctions").stop_execution(executionArn=execution.arn)
+        stack.wait_until_idle(timeout=60)
+
+        (cancelled,) = pipeline_events(stack, "Training Cancelled")
+        assert cancelled["salvaged"]["stopped"] == "cancelled" and cancelled["salvaged"]["epoch"] == 2
+        assert "Cancelled after epoch 2 of 4" in emails(stack)["Training cancelled: bluebot"]
+        kept = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=checkpoints)["Contents"]
+        assert sorted(o["Key"].removeprefix(checkpoints) for o in kept) == sorted(saved)
 
 
 def test_waiting_runs_train_in_the_order_they_arrived(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def _modules_after_import(function: str) -> list[str]:
     return modules
 
 
-@pytest.mark.parametrize("function", ["ingest", "validate", "unpack", "notify", "cancel"])
+@pytest.mark.parametrize("function", ["ingest", "validate", "unpack", "notify", "cancel", "salvage"])
 def test_a_handler_imports_only_what_it_uses(function: str) -> None:
     modules = _modules_after_import(function)
     loaded = {m.split(".", 1)[1] for m in modules if m.startswith("lora_pipeline.")}

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from lora_pipeline.job_settings import JobSettings
+from lora_pipeline.runs import training_job_spec
 from lora_trainer.entrypoint import count_gpus, diagnose
 from lora_trainer.kohya_format import original_unet_path
 from lora_trainer.sagemaker_env import ContractError, OptMl, read_hyperparameters, read_job_inputs
@@ -38,26 +40,29 @@ def test_resume_picks_the_furthest_complete_state_by_step_not_by_time(tmp_path: 
     os.utime(newer_in_time_only, (time.time() + 60, time.time() + 60))
     _state(tmp_path, "bluebot-000003-state", step=300, complete=False)
 
-    found = find_resume_state(tmp_path)
+    found = find_resume_state(tmp_path, "bluebot")
 
-    assert found is not None and (found.directory.name, found.step) == ("bluebot-000002-state", 200)
+    assert found is not None and (found.state.directory.name, found.state.step) == (
+        "bluebot-000002-state",
+        200,
+    )
     assert [p.name for p in incomplete_states(tmp_path)] == ["bluebot-000003-state"]
 
 
 def test_no_states_means_a_fresh_start(tmp_path: Path) -> None:
-    assert find_resume_state(tmp_path / "missing") is None
+    assert find_resume_state(tmp_path / "missing", "bluebot") is None
     (tmp_path / "bluebot-000001-state").mkdir()
-    assert find_resume_state(tmp_path) is None
+    assert find_resume_state(tmp_path, "bluebot") is None
 
 
 def test_a_save_is_in_progress_only_while_an_incomplete_state_is_being_written(tmp_path: Path) -> None:
     _state(tmp_path, "bluebot-000001-state", step=100)
-    assert not save_in_progress(tmp_path)
+    assert not save_in_progress(tmp_path, "bluebot")
     writing = _state(tmp_path, "bluebot-000002-state", step=200, complete=False)
-    assert save_in_progress(tmp_path)
+    assert save_in_progress(tmp_path, "bluebot")
     for path in [writing, *writing.iterdir()]:
         os.utime(path, (time.time() - 600, time.time() - 600))
-    assert not save_in_progress(tmp_path), "a state abandoned long ago is not a save in progress"
+    assert not save_in_progress(tmp_path, "bluebot"), "a state abandoned long ago is not a save in progress"
 
 
 def test_dataset_copy_leaves_latent_caches_and_root_files_behind(tmp_path: Path) -> None:
@@ -97,6 +102,10 @@ def test_sample_prompts_render_at_1024_unless_a_size_is_given(tmp_path: Path) ->
         ({"output_name": "x", "dataset": "d", "run_id": "r", "trainer": "dreambooth"}, "kohya, smoke"),
         ({"output_name": "../x", "dataset": "d", "run_id": "r"}, "plain file name"),
         ({"output_name": "x", "dataset": "d", "run_id": "r", "max_steps": "-3"}, "positive whole number"),
+        (
+            {"output_name": "x", "dataset": "d", "run_id": "r", "checkpoint_every_n_steps": "0"},
+            "positive whole",
+        ),
     ],
 )
 def test_bad_hyperparameters_name_the_file_and_the_fix(
@@ -180,6 +189,37 @@ def test_unet_paths_follow_the_original_sdxl_layout(diffusers: str, original: st
 def test_paths_outside_attention_blocks_are_refused() -> None:
     with pytest.raises(ValueError, match="attention"):
         original_unet_path("down_blocks.0.resnets.0.conv1", layers_per_block=2)
+
+
+def test_the_plans_checkpoint_interval_reaches_the_container(tmp_path: Path) -> None:
+    job = JobSettings(
+        instance_type="ml.g5.2xlarge",
+        volume_size_gb=50,
+        max_runtime_hours=12.0,
+        spot=True,
+        trainer="kohya",
+        base_model="stabilityai/stable-diffusion-xl-base-1.0",
+    )
+    spec = training_job_spec("bkt", "bluebot", "r", job, "bluebot", None, checkpoint_every_n_steps=947)
+    path = tmp_path / "hyperparameters.json"
+    path.write_text(json.dumps(spec.hyperparameters))
+    assert read_hyperparameters(path).checkpoint_every_n_steps == 947
+    assert (
+        "checkpoint_every_n_steps" not in training_job_spec("bkt", "b", "r", job, "b", None).hyperparameters
+    )
+
+
+def test_a_save_into_an_older_states_folder_is_a_save_in_progress(tmp_path: Path) -> None:
+    """After a resume sd-scripts can save `<name>-step<n>-state` where an older save of that name is: the
+    folder keeps looking complete while train_state.json is already the new one."""
+    state = _state(tmp_path, "bluebot-step00000050-state", step=50)
+    for path in [state, *state.iterdir()]:
+        os.utime(path, (time.time() - 600, time.time() - 600))
+    assert not save_in_progress(tmp_path, "bluebot")
+    (state / "train_state.json").write_text(json.dumps({"current_epoch": 4, "current_step": 50}))
+    assert save_in_progress(tmp_path, "bluebot")
+    (state / "random_states_0.pkl").write_bytes(b"rng")
+    assert not save_in_progress(tmp_path, "bluebot")
 
 
 def test_sample_prompt_sizes_are_read_as_sd_scripts_reads_them(tmp_path: Path) -> None:

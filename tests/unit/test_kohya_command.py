@@ -19,6 +19,7 @@ from lora_trainer.kohya_command import (
     training_config,
     write_training_config,
 )
+from lora_trainer.workspace import ResumePoint, SavedState
 
 
 def _argument_table() -> dict[str, str]:
@@ -58,12 +59,18 @@ def _run(tmp_path: Path, **overrides: object) -> KohyaRun:
         "tokenizer_cache_dir": Path("/opt/tokenizers"),
         "base_model": DEFAULT_BASE_MODEL,
         "sample_prompts": None,
-        "resume_dir": None,
+        "resume": None,
         "num_processes": 1,
         "cpu_threads_per_process": 8,
     }
     values.update(overrides)
     return KohyaRun(**values)  # type: ignore[arg-type]
+
+
+def _mid_epoch(state: Path) -> ResumePoint:
+    return ResumePoint(
+        SavedState(state, epoch=2, step=150), initial_step=150, skip_batches=True, total_steps=1000
+    )
 
 
 @pytest.fixture
@@ -96,7 +103,9 @@ def _options(arguments: list[str]) -> dict[str, list[str]]:
 def test_every_option_exists_in_sd_scripts_and_gets_the_right_number_of_values(
     tmp_path: Path, config: dict[str, object]
 ) -> None:
-    run = _run(tmp_path, sample_prompts=tmp_path / "prompts.txt", resume_dir=tmp_path / "checkpoints/x-state")
+    run = _run(
+        tmp_path, sample_prompts=tmp_path / "prompts.txt", resume=_mid_epoch(tmp_path / "checkpoints/x-state")
+    )
     options = _options(_script_arguments(build_kohya_command(tmp_path / "effective.toml", config, run)))
     for name, values in options.items():
         assert name in ARGUMENTS, f"--{name} is not an argument of sdxl_train_network.py v0.10.1"
@@ -124,10 +133,33 @@ def test_paths_point_at_the_sagemaker_tree_not_at_the_config(
 def test_resume_keeps_the_step_count(tmp_path: Path, config: dict[str, object]) -> None:
     state = tmp_path / "checkpoints/bluebot-000002-state"
     options = _options(
-        _script_arguments(build_kohya_command(tmp_path / "e.toml", config, _run(tmp_path, resume_dir=state)))
+        _script_arguments(
+            build_kohya_command(tmp_path / "e.toml", config, _run(tmp_path, resume=_mid_epoch(state)))
+        )
     )
     assert options["resume"] == [str(state)]
     assert options["skip_until_initial_step"] == []
+
+
+def test_resume_passes_the_start_step_the_pipeline_computed(
+    tmp_path: Path, config: dict[str, object]
+) -> None:
+    """sd-scripts' own step in train_state.json counts from the resumed epoch after a first resume, so the
+    entrypoint gives `--initial_step` (train_network.py prefers it over the state's step). At an epoch boundary
+    nothing is skipped: without `--skip_until_initial_step` train_network.py only moves the first epoch."""
+    mid_epoch = _options(
+        _script_arguments(
+            build_kohya_command(tmp_path / "e.toml", config, _run(tmp_path, resume=_mid_epoch(tmp_path)))
+        )
+    )
+    assert mid_epoch["initial_step"] == ["150"] and "skip_until_initial_step" in mid_epoch
+    state = SavedState(tmp_path / "bluebot-000005-state", epoch=5, step=200)
+    boundary = ResumePoint(state, initial_step=500, skip_batches=False, total_steps=1000)
+    options = _options(
+        _script_arguments(build_kohya_command(tmp_path / "e.toml", config, _run(tmp_path, resume=boundary)))
+    )
+    assert options["resume"] == [str(state.directory)] and options["initial_step"] == ["500"]
+    assert "skip_until_initial_step" not in options
 
 
 def test_sample_prompts_render_every_epoch_unless_the_config_says_otherwise(
@@ -184,6 +216,21 @@ def test_periodic_state_saves_are_added_when_the_config_has_none() -> None:
     assert (
         training_config({"save_every_n_epochs": 2, "save_last_n_epochs_state": 5})["save_last_n_epochs_state"]
         == 5
+    )
+
+
+def test_the_plans_checkpoint_interval_adds_step_saves_and_keeps_the_epoch_loras() -> None:
+    derived = training_config({"max_train_epochs": 10}, checkpoint_every_n_steps=250)
+    assert derived["save_every_n_steps"] == 250 and derived["save_every_n_epochs"] == 1
+    assert derived["save_last_n_steps_state"] == derived["save_last_n_steps"] == 500
+    assert derived["save_last_n_epochs_state"] == 2
+    assert (
+        training_config({"save_every_n_steps": 100}, checkpoint_every_n_steps=250)["save_every_n_steps"]
+        == 100
+    )
+    assert (
+        training_config({"save_every_n_steps": 900}, checkpoint_every_n_steps=250)["save_every_n_steps"]
+        == 250
     )
 
 

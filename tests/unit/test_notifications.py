@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from lora_pipeline import events, notifications
+from lora_pipeline.salvage import SalvagedLora, has_complete_state, how_it_stopped, newest_epoch_lora
 
 COMMON: dict[str, Any] = {
     "dataset": "bluebot",
@@ -150,6 +151,69 @@ def test_durations() -> None:
     assert notifications.duration(59) == "59 s"
     assert notifications.duration(61) == "1 min 01 s"
     assert notifications.duration(7200) == "2 h 00 min"
+
+
+def _salvaged(**overrides: Any) -> SalvagedLora:
+    values: dict[str, Any] = {
+        "model_uri": "s3://lora-bucket/runs/bluebot/r/model/bluebot-000009.safetensors",
+        "manifest_uri": "s3://lora-bucket/runs/bluebot/r/model/manifest.json",
+        "sha256": "ab" * 32,
+        "size_bytes": 228_000_000,
+        "epoch": 9,
+        "epochs": 10,
+        "stopped": how_it_stopped({"TrainingJobStatus": "Stopped", "SecondaryStatus": "MaxRuntimeExceeded"}),
+        "resumable": True,
+    }
+    return SalvagedLora(**(values | overrides))
+
+
+def test_a_run_stopped_at_max_runtime_names_the_saved_epoch_and_how_to_resume() -> None:
+    failed = events.TrainingFailed(
+        **COMMON,
+        stage="training",
+        error="SageMaker.AmazonSageMakerException",
+        cause="Training job stopped",
+        failure_reason=None,
+        training_job_name="bluebot-x-0",
+        console_url="https://console/job",
+        logs_url=None,
+        salvaged=_salvaged(),
+    )
+    body = notifications.render(failed).body
+    assert "Stopped at MaxRuntime after epoch 9 of 10: that epoch's LoRA is kept as a partial result." in body
+    assert "bluebot-000009.safetensors" in body and "lora-pipeline resume bluebot" in body
+
+
+def test_a_cancelled_run_without_a_state_to_resume_from_does_not_offer_resume() -> None:
+    detail = events.TrainingCancelled(
+        **COMMON,
+        execution_status="ABORTED",
+        training_job_name="job-0",
+        training_job_stopped=True,
+        salvaged=_salvaged(stopped=how_it_stopped(None), epochs=None, resumable=False),
+    )
+    body = notifications.render(detail).body
+    assert "Cancelled after epoch 9: that epoch's LoRA" in body and "lora-pipeline resume" not in body
+
+
+@pytest.mark.parametrize(
+    ("names", "newest", "resumable"),
+    [
+        (
+            ["b-000001.safetensors", "b-000010.safetensors", "b-000002.safetensors"],
+            ("b-000010.safetensors", 10),
+            False,
+        ),
+        (["b.safetensors", "b-step00000050.safetensors", "b-state/train_state.json"], None, False),
+        (["b-000003-state/train_state.json", "b-000003-state/random_states_0.pkl"], None, True),
+        (["b-step00000050-state/random_states_0.pkl"], None, False),
+    ],
+)
+def test_what_a_stopped_run_leaves_is_read_from_sd_scripts_names(
+    names: list[str], newest: tuple[str, int] | None, resumable: bool
+) -> None:
+    assert newest_epoch_lora(names, "b") == newest
+    assert has_complete_state(names) is resumable
 
 
 def test_rejection_subject_counts_problems_as_the_body_does() -> None:

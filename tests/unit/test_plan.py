@@ -133,6 +133,39 @@ def test_a_dataset_without_images_gets_no_estimate():
     assert plan.estimated_seconds is None and plan.on_demand_usd is None
 
 
+def test_long_epochs_on_spot_save_a_state_within_the_checkpoint_interval():
+    seconds = TABLE.get("ml.g5.2xlarge").seconds_per_step
+    subsets = [SubsetCount("100_x", 30, 100)]  # 3,000 steps per epoch
+    plan, _ = make_plan(subsets, {"max_train_epochs": 2}, job(), TABLE, checkpoint_interval_minutes=30)
+    assert plan.checkpoint_every_n_steps is not None
+    assert plan.checkpoint_every_n_steps * seconds <= 30 * 60 < (plan.checkpoint_every_n_steps + 1) * seconds
+
+
+@pytest.mark.parametrize(
+    ("subsets", "config", "settings"),
+    [
+        ([SubsetCount("10_x", 20, 10)], {"max_train_epochs": 10}, {}),  # 200 steps per epoch: epoch saves do
+        ([SubsetCount("100_x", 30, 100)], {"max_train_epochs": 2}, {"spot": False}),  # on demand: no restart
+        ([SubsetCount("100_x", 30, 100)], {"save_every_n_steps": 100}, {}),  # the config's saves are closer
+    ],
+)
+def test_no_extra_saves_where_the_existing_ones_are_close_enough(subsets, config, settings):
+    plan, _ = make_plan(subsets, config, job(**settings), TABLE, checkpoint_interval_minutes=30)
+    assert plan.checkpoint_every_n_steps is None
+
+
+def test_rare_epoch_saves_from_the_config_count_as_far_apart():
+    plan, _ = make_plan(
+        [SubsetCount("10_x", 40, 10)],
+        {"max_train_epochs": 10, "save_every_n_epochs": 5},
+        job(),
+        TABLE,
+        checkpoint_interval_minutes=30,
+    )
+    assert plan.steps_per_epoch * 5 * TABLE.get("ml.g5.2xlarge").seconds_per_step > 30 * 60
+    assert plan.checkpoint_every_n_steps is not None
+
+
 def test_batches_are_counted_per_aspect_bucket():
     # train_util.py BaseDataset.make_buckets: ceil(3/4) + ceil(3/4) + ceil(2/4) = 3 batches, not ceil(8/4) = 2
     plan, _ = make_plan(

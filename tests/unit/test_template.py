@@ -62,6 +62,7 @@ def test_functions_run_python312_on_arm64_with_tracing() -> None:
         "IngestFunction",
         "ValidateFunction",
         "UnpackFunction",
+        "SalvageFunction",
         "NotifyFunction",
         "CancelFunction",
     }

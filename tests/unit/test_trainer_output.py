@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from lora_pipeline.training_metrics import TrainingProgress, format_metric_line, parse_metric_line
 from lora_trainer.trainer_output import TrainerOutput
+from lora_trainer.workspace import ResumePoint, SavedState
 
 
 class _Clock:
@@ -64,3 +69,25 @@ def test_smoke_metric_lines_and_other_lines_pass_through_and_only_log_lines_are_
         "ValueError: caption file x.caption is empty"
     ]
     assert list(output.tail) == ["ValueError: caption file x.caption is empty"]
+
+
+@pytest.mark.parametrize(
+    ("resume", "bar_total"),
+    [
+        # epoch boundary, no skip: train_network.py's bar total is max_train_steps itself
+        (
+            ResumePoint(SavedState(Path("s"), epoch=3, step=300), 300, skip_batches=False, total_steps=1000),
+            1000,
+        ),
+        # mid-epoch with --skip_until_initial_step: the bar total is max_train_steps less the batches skipped
+        (ResumePoint(SavedState(Path("s"), epoch=4, step=50), 350, skip_batches=True, total_steps=1000), 950),
+    ],
+)
+def test_after_any_resume_the_metrics_read_done_of_the_planned_total(
+    resume: ResumePoint, bar_total: int
+) -> None:
+    output = TrainerOutput(resume.completed_steps, resume.total_steps, clock=_Clock())
+    [line] = output.lines_for(_bar(1, bar_total))
+    progress = parse_metric_line(line)
+    assert progress is not None
+    assert (progress.step, progress.total_steps) == (resume.completed_steps + 1, 1000)

@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lora_pipeline.salvage import SalvagedLora
+
 EVENT_SOURCE = "sdxl-lora-pipeline"
 
 
@@ -111,6 +113,10 @@ class TrainingFailed(EventDetail):
     training_job_name: str | None
     console_url: str = Field(description="Where to look: the training job, or the execution.")
     logs_url: str | None
+    salvaged: SalvagedLora | None = Field(
+        None,
+        description="The newest finished epoch's LoRA, published as a partial result; None when no epoch finished.",
+    )
 
 
 class TrainingCancelled(EventDetail):
@@ -119,6 +125,10 @@ class TrainingCancelled(EventDetail):
     execution_status: Literal["ABORTED", "TIMED_OUT"]
     training_job_name: str | None = Field(description="The job that was stopped, if one was running.")
     training_job_stopped: bool
+    salvaged: SalvagedLora | None = Field(
+        None,
+        description="The newest finished epoch's LoRA, published as a partial result; None when no epoch finished.",
+    )
 
 
 EVENT_MODELS: tuple[type[EventDetail], ...] = (

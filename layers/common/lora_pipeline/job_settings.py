@@ -167,6 +167,7 @@ class StackLimits:
     min_volume_size_gb: int = 50
     max_runtime_hours: float = 12.0
     use_spot: bool = True
+    checkpoint_interval_minutes: float = 30.0
     base_model_s3_uri: str | None = None
     bucket: str | None = None
     """The stack's bucket: an s3:// base_model must lie in it (None when validating without a stack)."""

@@ -42,6 +42,8 @@ class Manifest(BaseModel):
     """The file's `ss_*` and `modelspec.*` metadata (Kohya training settings)."""
     metadata_omitted: list[str]
     run: RunFacts
+    partial: str | None = None
+    """Set when the run did not finish and this is an epoch's LoRA: `stopped at MaxRuntime after epoch 9 of 10`."""
     unpacked_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def to_json(self) -> bytes:

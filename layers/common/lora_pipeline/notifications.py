@@ -17,6 +17,7 @@ from lora_pipeline.events import (
     TrainingStarted,
     TrainingSucceeded,
 )
+from lora_pipeline.salvage import SalvagedLora
 
 SUBJECT_MAX = 99
 
@@ -159,6 +160,24 @@ def _succeeded(d: TrainingSucceeded, link: DownloadLink | None) -> Message:
     return Message(_subject(f"LoRA ready: {d.dataset}"), "\n".join(lines) + "\n" + _footer(d))
 
 
+def _salvaged(dataset: str, salvaged: SalvagedLora | None) -> list[str]:
+    if salvaged is None:
+        return []
+    summary = salvaged.summary
+    lines = [
+        "",
+        f"{summary[0].upper()}{summary[1:]}: that epoch's LoRA is kept as a partial result.",
+        f"  {salvaged.model_uri}",
+        f"  {salvaged.size_bytes / 1e6:.1f} MB, sha256 {salvaged.sha256}",
+    ]
+    if salvaged.resumable:
+        lines.append(
+            f"To train the rest instead of starting over: lora-pipeline resume {dataset} "
+            "(the checkpoints are kept for a limited time: the stack's ResumeCheckpointDays)."
+        )
+    return lines
+
+
 def _failed(d: TrainingFailed) -> Message:
     lines = [f"The run for '{d.dataset}' failed during {d.stage.value}.", "", f"Error: {d.error}"]
     if d.failure_reason:
@@ -170,6 +189,7 @@ def _failed(d: TrainingFailed) -> Message:
     lines.append(f"Look here: {d.console_url}")
     if d.logs_url:
         lines.append(f"Logs: {d.logs_url}")
+    lines += _salvaged(d.dataset, d.salvaged)
     lines += ["", "The training slot was released. Upload the dataset again (or add _READY) to retry."]
     return Message(
         _subject(f"Training failed: {d.dataset} ({d.stage.value})"), "\n".join(lines) + "\n" + _footer(d)
@@ -184,6 +204,7 @@ def _cancelled(d: TrainingCancelled) -> Message:
         lines.append(f"Training job {d.training_job_name} {state}; its training slot was released.")
     else:
         lines.append("No training job had started; its place in the queue was released.")
+    lines += _salvaged(d.dataset, d.salvaged)
     return Message(_subject(f"Training cancelled: {d.dataset}"), "\n".join(lines) + "\n" + _footer(d))
 
 

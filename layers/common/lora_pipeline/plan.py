@@ -104,6 +104,7 @@ class Plan(BaseModel):
     on_demand_usd: float | None
     spot_usd: float | None
     price_source: str
+    checkpoint_every_n_steps: int | None = None
 
     @property
     def estimated_usd(self) -> float | None:
@@ -141,13 +142,16 @@ def make_plan(
     job: JobSettings,
     instances: InstanceTable,
     bucket_counts: Sequence[int] | None = None,
+    *,
+    checkpoint_interval_minutes: float | None = None,
 ) -> tuple[Plan, list[Problem]]:
     """Steps as sd-scripts counts them: `epochs * ceil(batches / gpus / gradient_accumulation_steps)`, where
     `batches` is `sum over buckets of ceil(samples_in_bucket / train_batch_size)` (`buckets.batches_per_epoch`).
 
     `bucket_counts` is the samples (images x repeats) in each aspect-ratio bucket, from
     `buckets.assign_buckets` (`DatasetSummary.buckets`); None means one bucket for all samples, right only
-    when every image has the same size.
+    when every image has the same size. `checkpoint_interval_minutes` (the stack's CheckpointIntervalMinutes)
+    bounds the GPU time a spot interruption can cost: see `checkpoint_every_n_steps`.
     """
     batch = _int_setting(config, "train_batch_size", 1)
     grad_accum = _int_setting(config, "gradient_accumulation_steps", 1)
@@ -216,8 +220,32 @@ def make_plan(
         on_demand_usd=on_demand,
         spot_usd=spot_cost,
         price_source=instances.source,
+        checkpoint_every_n_steps=checkpoint_every_n_steps(
+            config, job, epoch_steps, step_seconds, checkpoint_interval_minutes
+        ),
     )
     return plan, _plan_problems(plan, job)
+
+
+def checkpoint_every_n_steps(
+    config: Mapping[str, Any],
+    job: JobSettings,
+    steps_per_epoch: int,
+    seconds_per_step: float | None,
+    interval_minutes: float | None,
+) -> int | None:
+    """Steps between state saves that keep a spot job within `interval_minutes` of GPU time of its last save,
+    or None when the config's own saves (every epoch unless it says otherwise) already are that close.
+
+    sd-scripts saves a state only when `save_every_n_epochs` or `save_every_n_steps` fires (train_network.py).
+    """
+    if not job.spot or job.trainer == "smoke" or not seconds_per_step or not interval_minutes:
+        return None
+    limit = max(1, math.floor(interval_minutes * 60 / seconds_per_step))
+    every_steps = _int_setting(config, "save_every_n_steps", 0)
+    every_epochs = _int_setting(config, "save_every_n_epochs", 0 if every_steps else 1)
+    intervals = [n for n in (every_steps, every_epochs * steps_per_epoch) if n > 0]
+    return None if intervals and min(intervals) <= limit else limit
 
 
 def _plan_problems(plan: Plan, job: JobSettings) -> list[Problem]:

@@ -218,6 +218,7 @@ def training_job_spec(
     job: JobSettings,
     output_name: str,
     estimated_cost_usd: float | None,
+    checkpoint_every_n_steps: int | None = None,
 ) -> TrainingJobSpec:
     run = RunLayout(dataset, run_id)
     channels = [
@@ -250,7 +251,8 @@ def training_job_spec(
             "dataset": dataset,
             "run_id": run_id,
             "base_model": job.base_model,
-        },
+        }
+        | ({"checkpoint_every_n_steps": str(checkpoint_every_n_steps)} if checkpoint_every_n_steps else {}),
         estimated_cost_usd=estimated_cost_usd,
     )
 
@@ -288,5 +290,13 @@ def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> Va
         problems=[p.model_dump(mode="json") for p in listed],
         problems_omitted=len(report.problems) - len(listed),
         report_uri=s3_uri(bucket, RunLayout(report.dataset, run_id).validation_key),
-        job=training_job_spec(bucket, report.dataset, run_id, report.job, output_name, estimate),
+        job=training_job_spec(
+            bucket,
+            report.dataset,
+            run_id,
+            report.job,
+            output_name,
+            estimate,
+            report.plan.checkpoint_every_n_steps if report.plan is not None else None,
+        ),
     )

@@ -31,6 +31,11 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def resume_request_key(dataset: str) -> str:
+    """Written by `lora-pipeline resume`: the dataset's next run starts from this run's kept checkpoints."""
+    return f"{RUNS_PREFIX}{dataset}/resume-request.json"
+
+
 def unsafe_key_reason(path: str) -> str | None:
     """Why an object key (or a part of one) cannot be used as a file path, or None when it can.
 

@@ -93,7 +93,14 @@ def validate_dataset(
         buckets = [b.image_count for b in summary.buckets]
         # Images whose size could not be read (already errors) count as one more bucket.
         buckets.append(summary.total_repeated_images - sum(buckets))
-        plan, plan_problems = make_plan(counts, effective, job, instances, bucket_counts=buckets)
+        plan, plan_problems = make_plan(
+            counts,
+            effective,
+            job,
+            instances,
+            bucket_counts=buckets,
+            checkpoint_interval_minutes=limits.checkpoint_interval_minutes,
+        )
         problems += plan_problems
 
     return ValidationReport(

@@ -38,6 +38,7 @@ class ValidateEnv(_Env):
     min_volume_size_gb: int = Field(alias="MIN_VOLUME_SIZE_GB")
     max_runtime_hours: float = Field(alias="MAX_RUNTIME_HOURS")
     use_spot: bool = Field(alias="USE_SPOT")
+    checkpoint_interval_minutes: float = Field(30.0, alias="CHECKPOINT_INTERVAL_MINUTES", gt=0)
     base_model_s3_uri: str | None = Field(None, alias="BASE_MODEL_S3_URI")
 
     @field_validator("allowed_instance_types", mode="before")
@@ -60,6 +61,7 @@ class ValidateEnv(_Env):
             min_volume_size_gb=self.min_volume_size_gb,
             max_runtime_hours=self.max_runtime_hours,
             use_spot=self.use_spot,
+            checkpoint_interval_minutes=self.checkpoint_interval_minutes,
             base_model_s3_uri=self.base_model_s3_uri,
         )
 

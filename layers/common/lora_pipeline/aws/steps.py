@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from lora_pipeline import salvage
 from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.events import Stage, TrainingCancelled, TrainingFailed
 from lora_pipeline.runs import (
@@ -21,13 +23,15 @@ from lora_pipeline.runs import (
     training_job_base_name,
     validation_outcome,
 )
-from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, s3_uri
+from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, resume_request_key, s3_uri
+from lora_pipeline.salvage import SalvagedLora
 
 # Each handler imports this module; what only one step needs is imported in that step, so that a function's
 # cold start loads only its own part of the domain (the validation rules alone are most of it).
 if TYPE_CHECKING:
     from lora_pipeline.aws.event_publisher import EventPublisher
     from lora_pipeline.aws.run_table import RunTable
+    from lora_pipeline.aws.s3_model_io import S3ObjectStream
     from lora_pipeline.instances import InstanceTable
     from lora_pipeline.job_settings import StackLimits
 
@@ -101,6 +105,32 @@ def ingest_upload(
     raise RuntimeError(f"dataset {obj.dataset}: its run lock kept changing; the event will be retried")
 
 
+def adopt_resume_request(s3: Any, run: RunInput) -> str | None:
+    """Copy the checkpoints a `lora-pipeline resume` asked for into this run's checkpoints, so its training
+    job resumes from them; returns the earlier run's id (None when nothing was asked). The request is used
+    once. Copies drop the kept-for-resume tag: they belong to a run in progress."""
+    key = resume_request_key(run.dataset)
+    try:
+        body = s3.get_object(Bucket=run.bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise
+    s3.delete_object(Bucket=run.bucket, Key=key)
+    earlier = salvage.ResumeRequest.model_validate_json(body).run_id
+    source = RunLayout(run.dataset, earlier).checkpoints_prefix
+    target = RunLayout(run.dataset, run.run_id).checkpoints_prefix
+    for name in _checkpoint_names(s3, run.bucket, source):
+        s3.copy_object(
+            Bucket=run.bucket,
+            Key=target + name,
+            CopySource={"Bucket": run.bucket, "Key": source + name},
+            TaggingDirective="REPLACE",
+            Tagging="",
+        )
+    return earlier
+
+
 def _start_run(
     table: RunTable,
     sfn: Any,
@@ -145,7 +175,10 @@ def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
         files[layout.prompts_key] = (report.prompts_txt, "text/plain")
     for key, (text, content_type) in files.items():
         s3.put_object(Bucket=run.bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
-    return validation_outcome(report, run.bucket, run.run_id).model_dump(mode="json")
+    outcome: dict[str, Any] = validation_outcome(report, run.bucket, run.run_id).model_dump(mode="json")
+    if outcome["valid"]:
+        adopt_resume_request(s3, run)
+    return outcome
 
 
 class RunEndedError(RuntimeError):
@@ -180,6 +213,119 @@ def _delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
             deleted += len(keys)
     return deleted
+
+
+class SalvageInput(RunInput):
+    output_name: str | None = None
+    training_job: dict[str, Any] | None = None  # DescribeTrainingJob output; None for a cancelled run
+    trainer_name: str | None = None  # the run's trainer when `training_job` is None
+
+    @property
+    def trainer(self) -> str:
+        """The trainer the job ran (runs.py puts it in the hyperparameters), not what the file claims."""
+        if self.training_job is not None:
+            return str(self.training_job.get("HyperParameters", {}).get("trainer", ""))
+        return self.trainer_name or ""
+
+
+class _HashingReader:
+    def __init__(self, stream: S3ObjectStream) -> None:
+        self.stream = stream
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.stream.read(size)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+
+def _checkpoint_names(s3: Any, bucket: str, prefix: str) -> list[str]:
+    names = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        names += [obj["Key"][len(prefix) :] for obj in page.get("Contents", [])]
+    return names
+
+
+def salvage_run(s3: Any, run: SalvageInput) -> SalvagedLora | None:
+    """Publish the newest finished epoch's LoRA of a run that did not finish, and keep its checkpoints.
+
+    The LoRA is read whole (sha256) and checked like a final one (`check_lora_stream` for the run's trainer:
+    structure, SDXL identity, every tensor's numbers), then copied to
+    `model/<name>-<epoch:06d>.safetensors` with a manifest marked `partial`. Checkpoints holding a complete
+    state or an epoch LoRA are tagged for the lifecycle rule that expires them (`lora-pipeline resume` uses
+    them meanwhile); others are deleted. Returns None when no epoch finished or its LoRA is refused.
+    """
+    from lora_pipeline.aws.s3_model_io import S3ObjectStream, write_manifest
+    from lora_pipeline.manifest import RunFacts, build_manifest
+    from lora_pipeline.model_archive import UnpackResult
+    from lora_pipeline.safetensors_lora import Architecture, check_lora_stream
+
+    layout = RunLayout(run.dataset, run.run_id)
+    names = _checkpoint_names(s3, run.bucket, layout.checkpoints_prefix)
+    newest = salvage.newest_epoch_lora(names, run.output_name)
+    resumable = salvage.has_complete_state(names)
+    if newest is None and not resumable:
+        _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
+        return None
+    for name in names:
+        s3.put_object_tagging(
+            Bucket=run.bucket,
+            Key=layout.checkpoints_prefix + name,
+            Tagging={"TagSet": [salvage.KEPT_FOR_RESUME_TAG]},
+        )
+    if newest is None:
+        return None
+    name, epoch = newest
+    source_key = layout.checkpoints_prefix + name
+    stream = S3ObjectStream(s3, run.bucket, source_key)
+    reader = _HashingReader(stream)
+    try:
+        check = check_lora_stream(reader, None, Architecture.for_trainer(run.trainer))
+        while reader.read(1024 * 1024):
+            pass
+    finally:
+        stream.close()
+    if not check.accepted or check.header is None or check.summary is None:
+        return None
+    header, summary = check.header, check.summary
+    model_key = layout.model_prefix + name
+    s3.copy_object(Bucket=run.bucket, Key=model_key, CopySource={"Bucket": run.bucket, "Key": source_key})
+    epochs = header.metadata.get("ss_num_epochs")
+    outcome = SalvagedLora(
+        model_uri=s3_uri(run.bucket, model_key),
+        manifest_uri=s3_uri(run.bucket, layout.manifest_key),
+        sha256=reader.sha256.hexdigest(),
+        size_bytes=reader.size,
+        epoch=epoch,
+        epochs=int(epochs) if epochs and epochs.isdigit() else None,
+        stopped=salvage.how_it_stopped(run.training_job),
+        resumable=resumable,
+    )
+    job = run.training_job or {}
+    result = UnpackResult(
+        name=name,
+        size=reader.size,
+        sha256=outcome.sha256,
+        member=name,
+        summary=summary,
+        metadata=header.metadata,
+        alphas=check.alphas,
+    )
+    manifest = build_manifest(
+        result,
+        model_uri=outcome.model_uri,
+        archive_uri=s3_uri(run.bucket, source_key),
+        run=RunFacts(
+            dataset=run.dataset,
+            run_id=run.run_id,
+            training_job_name=job.get("TrainingJobName"),
+            billable_seconds=job.get("BillableTimeInSeconds"),
+        ),
+    ).model_copy(update={"partial": outcome.summary})
+    write_manifest(s3, run.bucket, layout.manifest_key, manifest)
+    return outcome
 
 
 def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable) -> UnpackOutcome:
@@ -281,6 +427,15 @@ def _stop_training_job(sagemaker: Any, base_name: str) -> tuple[str | None, bool
     return name, status in ("Stopping", "Stopped")
 
 
+def _job_trainer(sagemaker: Any, job: str | None) -> str | None:
+    if job is None:
+        return None
+    hyperparameters: dict[str, str] = sagemaker.describe_training_job(TrainingJobName=job).get(
+        "HyperParameters", {}
+    )
+    return hyperparameters.get("trainer")
+
+
 # The states that put a run's last event on the bus, and the states where each stage of a run begins
 # (statemachine/pipeline.asl.json; a test keeps both in step with it).
 TERMINAL_EVENT_STATES = frozenset({"EmitRejected", "EmitSucceeded", "EmitFailed"})
@@ -335,10 +490,11 @@ def run_ended(
     now: datetime,
 ) -> tuple[str | None, str | None]:
     """An execution ended. Unless it succeeded, clean up what it could not (it was stopped, timed out or
-    crashed): stop its training job, free its slot and dataset, delete its spot checkpoints (a new run
-    never resumes another run's state) and, when it put no last event itself, emit `Training Cancelled`
-    or `Training Failed`, once. Then start the one follow-up run that uploads during the run asked for
-    (not after a stop: the user asked for no more training).
+    crashed): stop its training job, free its slot and dataset, salvage its newest epoch LoRA and keep its
+    checkpoints for `lora-pipeline resume` (`salvage_run`; a FAILED execution that went through its own
+    failure path did so in its Salvage state) and, when it put no last event itself, emit
+    `Training Cancelled` or `Training Failed`, once. Then start the one follow-up run that uploads during
+    the run asked for (not after a stop: the user asked for no more training).
 
     Returns the training job it saw (or None) and the follow-up run's id (or None).
     """
@@ -347,17 +503,30 @@ def run_ended(
     if end.status != "SUCCEEDED":
         layout = RunLayout(run.dataset, run.run_id)
         job, stopped = _stop_training_job(sagemaker, training_job_base_name(run.dataset, run.run_id))
-        _delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
-        table.release_slot(run.run_id)
         cancelled = end.status in ("ABORTED", "TIMED_OUT")
+        emitted, stage = _history(sfn, end.execution_arn)
+        if cancelled and not emitted:
+            # Anything unpacked for a run that reports no success goes (the unpack function checks too);
+            # the salvage below then publishes the newest epoch's LoRA as a partial result.
+            _delete_prefix(s3, run.bucket, layout.model_prefix)
+        salvaged = (
+            salvage_run(
+                s3,
+                SalvageInput(
+                    dataset=run.dataset,
+                    run_id=run.run_id,
+                    bucket=run.bucket,
+                    trainer_name=_job_trainer(sagemaker, job),
+                ),
+            )
+            if cancelled or not emitted
+            else None
+        )
+        table.release_slot(run.run_id)
         table.finish(
             run.dataset, run.run_id, "CANCELLED" if cancelled else "FAILED", now, follow_up=not cancelled
         )
-        emitted, stage = _history(sfn, end.execution_arn)
         if not emitted:
-            if cancelled:
-                # Anything unpacked for a run that reports no success goes (the unpack function checks too).
-                _delete_prefix(s3, run.bucket, layout.model_prefix)
             common = {"dataset": run.dataset, "run_id": run.run_id, "bucket": run.bucket, "time": now}
             _emit_once(
                 table,
@@ -367,6 +536,7 @@ def run_ended(
                     execution_status=end.status,
                     training_job_name=job,
                     training_job_stopped=stopped,
+                    salvaged=salvaged,
                 )
                 if cancelled
                 else TrainingFailed(
@@ -378,6 +548,7 @@ def run_ended(
                     training_job_name=job,
                     console_url=execution_console_url(end.execution_arn),
                     logs_url=None,
+                    salvaged=salvaged,
                 ),
             )
     follow_up = start_follow_up(table, sfn, state_machine_arn, run.bucket, run.dataset, now)
