@@ -162,23 +162,27 @@ def _interrupt_when(opt_ml: Path, step: int) -> tuple[int, str]:
 def test_two_interruptions_in_a_row_resume_from_the_newest_epoch_and_add_up_to_the_plan(
     tmp_path: Path,
 ) -> None:
-    """The smoke trainer saves and resumes as sd-scripts does (lora_trainer.sd_scripts_schedule): 3 epochs of
-    2 steps, a state after epochs 1 and 2, `current_step` counted from the resumed epoch after a resume."""
-    opt_ml = make_opt_ml(tmp_path, max_steps=6, subsets={"1_bluebot": 4})
-    launches = [_interrupt_when(opt_ml, 2), _interrupt_when(opt_ml, 4)]
+    """The smoke trainer saves and resumes as sd-scripts does (lora_trainer.sd_scripts_schedule): 5 epochs of
+    2 steps, a state after each epoch, `current_step` counted from the resumed epoch after a resume.
+
+    A SIGTERM lands a step or two after it is sent (the entrypoint lets a state save finish first), so each stop
+    is asked for early: at step 2, then at the second launch's first step; the third launch finishes."""
+    opt_ml = make_opt_ml(tmp_path, max_steps=10, subsets={"1_bluebot": 4})
+    launches = [_interrupt_when(opt_ml, 2), _interrupt_when(opt_ml, 1)]
     final = run_entrypoint(opt_ml)
     launches.append((final.returncode, final.stdout + final.stderr))
 
     assert [code for code, _ in launches] == [143, 143, 0], launches[-1][1]
     runs = [_metric_steps(text) for _, text in launches]
+    assert all(runs), "every launch trained: the third one resumed from the second one's state"
     for index in (1, 2):
         previous, resumed, text = runs[index - 1], runs[index], launches[index][1]
         # A stop after a step but before its epoch's save loses that step; never more than the epoch.
         assert resumed[0] in (previous[-1] + 1, previous[-1]), text
         assert resumed[0] % 2 == 1, "resumed at an epoch start: the states are epoch states"
-        assert "of 6 steps done" in text
-    assert runs[-1][-1] == 6
-    assert sorted(set(step for run in runs for step in run)) == list(range(1, 7))
+        assert "of 10 steps done" in text
+    assert runs[-1][-1] == 10
+    assert sorted(set(step for run in runs for step in run)) == list(range(1, 11))
     assert "stays in checkpoints/" in launches[0][1]
     assert (opt_ml / "model/bluebot.safetensors").is_file()
 
