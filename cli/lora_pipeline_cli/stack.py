@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ class Stack:
         settings = {
             env: self.parameters[name] for env, name in _LIMIT_PARAMETERS.items() if name in self.parameters
         }
-        return ValidateEnv.model_validate(settings).limits()
+        return replace(ValidateEnv.model_validate(settings).limits(), bucket=self.bucket)
 
     @property
     def bucket(self) -> str:

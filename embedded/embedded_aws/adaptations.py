@@ -456,16 +456,16 @@ def record_sns_publishes() -> None:
     Topic.publish = publish
 
 
-def dynamodb_atomic_writes() -> None:
+def dynamodb_atomic_requests() -> None:
     """DynamoDB: moto checks a ConditionExpression and then writes, unlocked, so two threads can both pass
-    the check; make each item write (and item read) atomic, as DynamoDB guarantees (concurrent ingest calls
-    and slot acquisitions race in the pipeline)."""
-    from moto.dynamodb.models import DynamoDBBackend
+    the check; and its UpdateItem response deep-copies the stored item outside any lock, so a concurrent write
+    to the same item fails it with "dictionary changed size during iteration". Serve one DynamoDB request at a
+    time, which gives every request the item-level atomicity DynamoDB guarantees (concurrent ingest calls and
+    slot acquisitions race in the pipeline)."""
+    from moto.dynamodb.responses import DynamoHandler
 
-    write_lock = threading.RLock()
-    for name in ("put_item", "update_item", "delete_item", "transact_write_items", "get_item"):
-        shipped = _require(DynamoDBBackend, name, "dynamodb_atomic_writes")
-        setattr(DynamoDBBackend, name, _serialised(shipped, write_lock))
+    shipped = _require(DynamoHandler, "call_action", "dynamodb_atomic_requests")
+    DynamoHandler.call_action = _serialised(shipped, threading.RLock())
 
 
 def _serialised(method: Callable[..., Any], lock: threading.RLock) -> Callable[..., Any]:
@@ -492,7 +492,7 @@ ADAPTATIONS: Final[tuple[Callable[[], None], ...]] = (
     step_functions_history_in_reverse_order,
     logs_filter_by_stream_name_prefix,
     record_sns_publishes,
-    dynamodb_atomic_writes,
+    dynamodb_atomic_requests,
 )
 
 

@@ -4,23 +4,24 @@ dataset, emit the run's last event if it put none), then start the follow-up run
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
-
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from lora_pipeline.aws.clients import client
+from lora_pipeline.aws.envelopes import EventBridgeEvent
 from lora_pipeline.aws.event_publisher import EventPublisher
 from lora_pipeline.aws.powertools import Powertools
 from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.aws.settings import CancelEnv
 from lora_pipeline.aws.steps import ExecutionEnd, run_ended
 
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
 powertools = Powertools()
 
 
-@powertools.handler(EventBridgeModel)
-def lambda_handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+@powertools.handler(EventBridgeEvent)
+def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
     env = CancelEnv.from_environ()
     end = ExecutionEnd.model_validate(event.detail)
     job, follow_up = run_ended(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from lora_pipeline.aws.clients import client
 from lora_pipeline.aws.powertools import Powertools
 from lora_pipeline.aws.steps import SalvageInput, salvage_run
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 powertools = Powertools()
 

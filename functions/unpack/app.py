@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from lora_pipeline.aws.clients import client
 from lora_pipeline.aws.powertools import Powertools
@@ -12,6 +10,9 @@ from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.aws.settings import UnpackEnv
 from lora_pipeline.aws.steps import UnpackInput, unpack_run
 from lora_pipeline.instances import load_instance_table
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 powertools = Powertools()
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from lora_pipeline.aws.clients import client
 from lora_pipeline.aws.powertools import Powertools
 from lora_pipeline.aws.settings import ValidateEnv
 from lora_pipeline.aws.steps import RunInput, validate_run
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 powertools = Powertools()
 

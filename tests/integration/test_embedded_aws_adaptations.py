@@ -135,6 +135,51 @@ def test_conditional_dynamodb_writes_are_atomic_under_concurrency() -> None:
     assert winners_per_round == [1] * 10
 
 
+def test_concurrent_updates_of_one_item_never_see_it_change_mid_copy() -> None:
+    """moto's UpdateItem deep-copies the stored item; unlocked, a concurrent write that adds map keys fails
+    the copy with "dictionary changed size during iteration" (seen in a 50-dataset load run)."""
+    adaptations.install()
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    errors: list[Exception] = []
+    try:
+        with mock_aws():
+            dynamodb = boto3.client(
+                "dynamodb", region_name="us-east-1", config=Config(max_pool_connections=20)
+            )
+            dynamodb.create_table(
+                TableName="runs",
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            dynamodb.put_item(TableName="runs", Item={"pk": {"S": "hot"}, "m": {"M": {}}})
+
+            def write(writer: int) -> None:
+                for n in range(40):
+                    try:
+                        dynamodb.update_item(
+                            TableName="runs",
+                            Key={"pk": {"S": "hot"}},
+                            UpdateExpression="SET m.#k = :v",
+                            ExpressionAttributeNames={"#k": f"w{writer}-{n}"},
+                            ExpressionAttributeValues={":v": {"S": "x" * 64}},
+                        )
+                    except Exception as exc:
+                        errors.append(exc)
+
+            threads = [threading.Thread(target=write, args=(writer,)) for writer in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            stored = dynamodb.get_item(TableName="runs", Key={"pk": {"S": "hot"}})["Item"]["m"]["M"]
+    finally:
+        sys.setswitchinterval(previous_interval)
+    assert errors == []
+    assert len(stored) == 8 * 40
+
+
 def _race_for_one_slot(dynamodb: Any, key: str, contenders: int = 12) -> int:
     start = threading.Barrier(contenders)
     winners: list[int] = []

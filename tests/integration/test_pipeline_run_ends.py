@@ -13,7 +13,7 @@ import pytest
 
 from embedded_aws.stack import EmbeddedStack
 from embedded_aws.training import ArchiveExecutor, HeldExecutor
-from lora_pipeline.aws import steps
+from lora_pipeline.aws import s3_model_io, steps
 from lora_pipeline.s3_layout import RunLayout
 from tests.integration.pipeline_support import (
     dataset,
@@ -136,14 +136,15 @@ def test_a_failure_through_the_failure_path_is_not_reported_twice(tmp_path: Path
 
 def test_a_cancel_while_unpacking_leaves_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     unpacking, stopped = threading.Event(), threading.Event()
-    shipped = steps.unpack_model
+    shipped = s3_model_io.unpack_model
 
     def slow_unpack(*args: Any, **kwargs: Any) -> Any:
         unpacking.set()
         assert stopped.wait(30)
         return shipped(*args, **kwargs)  # writes the model and manifest after the cancel
 
-    monkeypatch.setattr(steps, "unpack_model", slow_unpack)
+    # The unpack step imports unpack_model when it runs (cold starts), so it is replaced in its home module.
+    monkeypatch.setattr(s3_model_io, "unpack_model", slow_unpack)
     with pipeline(ArchiveExecutor(lora_archive())) as stack:
         upload(stack, dataset(tmp_path))
         wait_for(unpacking.is_set, timeout=60)

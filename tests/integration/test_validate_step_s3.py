@@ -82,11 +82,21 @@ def problem_codes(outcome: dict[str, Any]) -> list[str]:
 def test_an_s3_base_model_is_checked_by_its_header(
     s3: Any, tmp_path: Path, names: tuple[str, ...], valid: bool
 ) -> None:
-    s3.put_object(Bucket=MODELS, Key="base.safetensors", Body=checkpoint(names))
-    upload_dataset(s3, tmp_path, f'base_model = "s3://{MODELS}/base.safetensors"\n')
+    # Where a dataset may name its own base model: one object under the stack bucket's base-models/.
+    s3.put_object(Bucket=BUCKET, Key="base-models/base.safetensors", Body=checkpoint(names))
+    upload_dataset(s3, tmp_path, f'base_model = "s3://{BUCKET}/base-models/base.safetensors"\n')
     outcome = validate_run(s3, RUN, StackLimits())
     assert outcome["valid"] is valid
     assert ("JOB_BASE_MODEL_NOT_SDXL" in problem_codes(outcome)) is not valid
+
+
+def test_an_s3_base_model_elsewhere_is_refused_unread(s3: Any, tmp_path: Path) -> None:
+    s3.put_object(Bucket=MODELS, Key="base.safetensors", Body=checkpoint(SD15_NAMES))
+    upload_dataset(s3, tmp_path, f'base_model = "s3://{MODELS}/base.safetensors"\n')
+    outcome = validate_run(s3, RUN, StackLimits())
+    assert outcome["valid"] is False
+    assert problem_codes(outcome).count("JOB_BASE_MODEL_NOT_ALLOWED") == 1
+    assert "JOB_BASE_MODEL_NOT_SDXL" not in problem_codes(outcome)
 
 
 def test_only_the_header_is_read(s3: Any) -> None:

@@ -67,3 +67,40 @@ def test_unknown_fields_and_wrong_values_are_refused_by_both(bad: dict[str, obje
 def test_unknown_detail_type_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown detail-type"):
         events.parse_detail("Training Exploded", {})
+
+
+def _registered_schemas() -> dict[str, dict[str, object]]:
+    from embedded_aws.sam import load_template
+
+    resources = load_template(SCHEMA_DIR.parents[1] / "template.yaml")["Resources"]
+    registered = {}
+    for resource in resources.values():
+        if resource["Type"] == "AWS::EventSchemas::Schema":
+            properties = resource["Properties"]
+            assert properties["Type"] == "JSONSchemaDraft4"
+            assert properties["RegistryName"] == {"Fn::GetAtt": ["EventSchemaRegistry", "RegistryName"]}
+            registered[properties["SchemaName"]] = json.loads(properties["Content"])
+    return registered
+
+
+def test_the_template_registers_every_committed_schema_in_the_schema_registry() -> None:
+    registered = _registered_schemas()
+    expected = {
+        f"{events.EVENT_SOURCE}@{model.__name__}": events.registry_schema(
+            json.loads((SCHEMA_DIR / events.schema_file_name(model)).read_text())
+        )
+        for model in events.EVENT_MODELS
+    }
+    assert registered == expected, "run: .venv/bin/python -m lora_pipeline.events --template template.yaml"
+
+
+def test_registered_schemas_are_draft4_and_accept_the_whole_event() -> None:
+    schema = _registered_schemas()[f"{events.EVENT_SOURCE}@TrainingCancelled"]
+    jsonschema.Draft4Validator.check_schema(schema)
+    event = {"detail-type": "Training Cancelled", "source": events.EVENT_SOURCE, "detail": _cancelled()}
+    jsonschema.Draft4Validator(schema).validate(event)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft4Validator(schema).validate({**event, "detail": _cancelled(schema_version=2)})
+    rejected = _registered_schemas()[f"{events.EVENT_SOURCE}@DatasetRejected"]
+    assert "ProblemDetail" in rejected["definitions"]  # type: ignore[operator]
+    jsonschema.Draft4Validator.check_schema(rejected)

@@ -36,7 +36,7 @@ def test_absent_file_gives_stack_defaults():
 def test_full_valid_file_is_read():
     job, problems = read(
         'instance_type = "ml.g5.xlarge"\nvolume_size_gb = 80\nmax_runtime_hours = 6\nspot = false\n'
-        'base_model = "s3://models/sdxl/base.safetensors"\noutput_name = "bluebot-v2"\n'
+        'base_model = "s3://models/base-models/sdxl/base.safetensors"\noutput_name = "bluebot-v2"\n'
         'sample_prompts = ["a photo of bluebot --d 42"]\nsample_every_n_epochs = 2\n'
     )
     assert problems == []
@@ -126,6 +126,50 @@ def test_bad_base_models(value):
     job, problems = read(f'base_model = "{value}"\n')
     assert codes(problems) == ["JOB_BAD_BASE_MODEL"]
     assert job.base_model == SDXL_BASE_MODEL
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (
+            "s3://stack-bucket/runs/other/20260101T000000Z-ab12/model/lora.safetensors",
+            "not under base-models/",
+        ),
+        ("s3://stack-bucket/datasets/other/model.safetensors", "not under base-models/"),
+        ("s3://another-bucket/base-models/sdxl.safetensors", "outside this stack's bucket stack-bucket"),
+        ("s3://stack-bucket/base-models/../runs/x/model/a.safetensors", "not one plain object key"),
+        ("s3://stack-bucket/base-models//sdxl.safetensors", "not one plain object key"),
+        ("s3://stack-bucket/base-models/*.safetensors", "not one plain object key"),
+    ],
+)
+def test_s3_base_model_only_from_the_stack_base_model_or_base_models_prefix(value, why):
+    limits = StackLimits(bucket="stack-bucket", base_model_s3_uri="s3://models/sdxl.safetensors")
+    job, problems = read(f'base_model = "{value}"\n', limits)
+    assert codes(problems) == ["JOB_BASE_MODEL_NOT_ALLOWED"]
+    assert why in problems[0].message and problems[0].file == "pipeline.toml"
+    assert job.base_model == "s3://models/sdxl.safetensors"
+
+
+def test_a_refused_s3_base_model_is_never_read():
+    class Refusing:
+        def read_range(self, uri, start, length):
+            raise AssertionError(f"read {uri}")
+
+    limits = StackLimits(bucket="stack-bucket")
+    _, problems = read_job_settings(
+        'base_model = "s3://stack-bucket/runs/x/model/lora.safetensors"\n', limits, TABLE, models=Refusing()
+    )
+    assert codes(problems) == ["JOB_BASE_MODEL_NOT_ALLOWED"]
+
+
+@pytest.mark.parametrize(
+    "value", ["s3://models/sdxl.safetensors", "s3://stack-bucket/base-models/team/sdxl-v2.safetensors"]
+)
+def test_s3_base_model_allowed_places(value):
+    limits = StackLimits(bucket="stack-bucket", base_model_s3_uri="s3://models/sdxl.safetensors")
+    job, problems = read(f'base_model = "{value}"\n', limits)
+    assert problems == []
+    assert job.base_model == value and job.base_model_from_s3
 
 
 def test_stack_base_model_becomes_the_default():

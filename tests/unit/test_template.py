@@ -116,6 +116,72 @@ def test_outputs_the_cli_and_the_image_build_rely_on() -> None:
     assert build["Source"]["Location"] == {"Fn::Sub": "${Bucket}/build/container-source.zip"}
 
 
+def test_every_checkov_skip_names_a_check_and_gives_a_reason() -> None:
+    skips = [
+        (name, skip)
+        for name, resource in RESOURCES.items()
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
+    ]
+    assert skips
+    for name, skip in skips:
+        assert skip["id"].startswith("CKV_"), (name, skip)
+        assert len(skip.get("comment", "").split()) >= 8, f"{name}: skip {skip['id']} needs a written reason"
+
+
+def _alarmed_queues() -> set[str]:
+    watched = set()
+    for resource in RESOURCES.values():
+        if (
+            resource["Type"] == "AWS::CloudWatch::Alarm"
+            and resource["Properties"].get("Namespace") == "AWS/SQS"
+        ):
+            (dimension,) = resource["Properties"]["Dimensions"]
+            assert resource["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+            watched.add(dimension["Value"]["Fn::GetAtt"][0])
+    return watched
+
+
+def test_every_dead_letter_and_failure_queue_has_an_alarm() -> None:
+    queues = {name for name, r in RESOURCES.items() if r["Type"] == "AWS::SQS::Queue"}
+    for name, resource in RESOURCES.items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        on_failure = resource["Properties"].get("EventInvokeConfig", {}).get("DestinationConfig", {})
+        if on_failure:
+            assert on_failure["OnFailure"] == {"Type": "SQS"}
+            queues.add(f"{name}EventInvokeConfigOnFailureQueue")  # the queue SAM makes for it
+        for event in resource["Properties"].get("Events", {}).values():
+            if event["Type"] == "EventBridgeRule":
+                assert event["Properties"]["DeadLetterConfig"] == {
+                    "Arn": {"Fn::GetAtt": ["RuleDeadLetterQueue", "Arn"]}
+                }, name
+                # Asynchronous targets keep their failed calls too.
+                assert on_failure, f"{name} is invoked asynchronously but keeps no failed call"
+    assert queues == _alarmed_queues()
+
+
+def test_failed_and_timed_out_executions_raise_an_alarm() -> None:
+    alarm = props("FailedExecutionsAlarm")
+    metrics = {m["Id"]: m for m in alarm["Metrics"]}
+    assert metrics["ended_badly"]["Expression"] == "failed + timed_out"
+    for metric_id, name in (("failed", "ExecutionsFailed"), ("timed_out", "ExecutionsTimedOut")):
+        metric = metrics[metric_id]["MetricStat"]["Metric"]
+        assert metric["MetricName"] == name and metric["Dimensions"][0]["Value"] == {"Ref": "StateMachine"}
+    assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_notify_is_idempotent_and_ingest_can_be_capped() -> None:
+    notify = props("NotifyFunction")
+    assert notify["Environment"]["Variables"]["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
+    assert props("IdempotencyTable")["TimeToLiveSpecification"] == {
+        "AttributeName": "expiration",
+        "Enabled": True,
+    }
+    assert props("IngestFunction")["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["HasIngestCap", {"Ref": "IngestReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
+
+
 def test_validate_can_read_base_model_headers_where_training_reads_base_models() -> None:
     def readable(name: str) -> list[str]:
         return [

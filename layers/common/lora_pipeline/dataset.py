@@ -17,8 +17,9 @@ rules follow it exactly, turning each silent skip into a problem:
 Findings are one problem per file, so the JSON report is complete (the CLI shortens long runs of one code).
 Each image is read once: its header pass (`images`) names the common faults precisely, then Pillow decodes
 every pixel (`images.decode_problem`), as sd-scripts will when it caches latents. A thread pool overlaps
-the reads and the decodes (Pillow releases the GIL); `_DecodeSlots` keeps the decodes to one per CPU and
-their pixel buffers to a memory budget, so a folder of large PNGs cannot exhaust a Lambda.
+the reads and the decodes (Pillow releases the GIL); `_Decoding` keeps the decodes to one per CPU and
+their pixel buffers, and the files read ahead of them, to memory budgets, so a folder of large PNGs cannot
+exhaust a Lambda.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,9 @@ SETTINGS_FILES = frozenset({"config.toml", "pipeline.toml", "_READY"})
 COMMON_CAPTION_EXTENSIONS = (".caption", ".txt")
 # Decoded pixels the validator holds at once: 512 MiB leaves the validate Lambda (2 GB) room for the files in flight.
 DECODE_MEMORY_BYTES = 512 * 1024 * 1024
+# Whole image files read and not yet decoded: the S3 source reads with 64 threads (one per pooled
+# connection), and 64 large PNGs waiting for a decode slot must not add a gigabyte.
+FILE_MEMORY_BYTES = 256 * 1024 * 1024
 # Bucket upscaling below this factor is invisible; from here on an image is reported as too small.
 UPSCALE_WARNING_FACTOR = 1.1
 # sd-scripts keeps at most 225 tokens of a caption (train_util.py, `--max_token_length` choices); 64 KiB
@@ -469,16 +473,18 @@ def check_dataset(
     source: DatasetSource,
     rules: DatasetRules,
     files: list[FileEntry] | None = None,
-    max_workers: int = 16,
+    max_workers: int | None = None,
     *,
     decode: bool = True,
     decode_memory_bytes: int = DECODE_MEMORY_BYTES,
+    file_memory_bytes: int = FILE_MEMORY_BYTES,
 ) -> tuple[DatasetSummary, list[Problem]]:
     """Every layout, image and caption rule over the dataset; `files` saves a second listing.
 
-    `max_workers` threads read images; `decode = False` checks headers and tails only (ranged reads, a few
-    KiB per image) and cannot see corrupt pixel data. `decode_memory_bytes` bounds the decoded pixels held
-    at once (one image larger than that still decodes, alone)."""
+    `max_workers` threads read images (default: as many as the source serves at once, `parallel_reads`);
+    `decode = False` checks headers and tails only (ranged reads, a few KiB per image) and cannot see corrupt
+    pixel data. `decode_memory_bytes` bounds the decoded pixels held at once, `file_memory_bytes` the whole
+    image files read and waiting for their decode (one image larger than either still runs, alone)."""
     listing = source.list_files() if files is None else files
     problems: list[Problem] = []
     usable = []
@@ -502,9 +508,14 @@ def check_dataset(
         problems += folder_problems
     problems += _root_problems(layout, used_captions)
 
-    slots = _DecodeSlots(os.cpu_count() or 1, decode_memory_bytes) if decode else None
-    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        checked = list(pool.map(lambda image: _check_image(source, rules, image, slots), images))
+    workers = max(1, max_workers or source.parallel_reads)
+    decoding = (
+        _Decoding(_Slots(os.cpu_count() or 1, decode_memory_bytes), _Slots(workers, file_memory_bytes))
+        if decode
+        else None
+    )
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        checked = list(pool.map(lambda image: _check_image(source, rules, image, decoding), images))
     sized = [(result, result.header) for result in checked if result.header is not None]
     assignment = assign_buckets(
         [ImageSize(header.width, header.height, result.image.subset.repeats) for result, header in sized],
@@ -840,12 +851,13 @@ def _missing_caption_problem(image: _ImageEntry, rules: DatasetRules) -> Problem
 
 
 def _check_image(
-    source: DatasetSource, rules: DatasetRules, image: _ImageEntry, slots: _DecodeSlots | None
+    source: DatasetSource, rules: DatasetRules, image: _ImageEntry, decoding: _Decoding | None
 ) -> _ImageResult:
     caption, problems = _check_caption(source, rules, image)
     header = None
     try:
-        header, image_problems = _inspect(source, rules, image.entry, slots)
+        with decoding.files.held(image.entry.size) if decoding is not None else nullcontext():
+            header, image_problems = _inspect(source, rules, image.entry, decoding)
         problems += image_problems
     except ImageFormatError as error:
         problems.append(IMAGE_UNREADABLE.at(image.entry.path, f"{image.entry.path} cannot be read: {error}."))
@@ -861,13 +873,13 @@ def _check_image(
 
 
 def _inspect(
-    source: DatasetSource, rules: DatasetRules, entry: FileEntry, slots: _DecodeSlots | None
+    source: DatasetSource, rules: DatasetRules, entry: FileEntry, decoding: _Decoding | None
 ) -> tuple[ImageHeader | None, list[Problem]]:
     path = entry.path
     if entry.size == 0:
         return None, [IMAGE_EMPTY.at(path, f"{path} is empty (0 bytes).")]
     data = None
-    if slots is not None:
+    if decoding is not None:
         data = source.read_all(path)
         reader = BlockReader(bytes_reader(data), len(data))
     else:
@@ -943,8 +955,8 @@ def _inspect(
                 "train as whatever colour is stored under them (often black).",
             )
         )
-    if data is not None and slots is not None and not any(p.severity is Severity.ERROR for p in problems):
-        with slots.held(_decoded_bytes(header)):
+    if data is not None and decoding is not None and not any(p.severity is Severity.ERROR for p in problems):
+        with decoding.pixels.held(_decoded_bytes(header)):
             reason = decode_problem(data)
         if reason is not None:
             problems.append(
@@ -963,9 +975,9 @@ def _decoded_bytes(header: ImageHeader) -> int:
     return pixels * 7
 
 
-class _DecodeSlots:
-    """At most `workers` decodes at a time, holding at most `budget` bytes of pixels between them
-    (a single decode above the budget runs alone)."""
+class _Slots:
+    """At most `workers` holders at a time, holding at most `budget` bytes between them (a single holder
+    above the budget runs alone)."""
 
     def __init__(self, workers: int, budget: int) -> None:
         self._workers = max(1, workers)
@@ -992,6 +1004,15 @@ class _DecodeSlots:
                 self._running -= 1
                 self._held -= cost
                 self._changed.notify_all()
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """The full decode's memory: `pixels` admits one decode per CPU within the pixel budget, `files` the
+    whole image files read and waiting for their decode within the file budget."""
+
+    pixels: _Slots
+    files: _Slots
 
 
 def _size_problems(

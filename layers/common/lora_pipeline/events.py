@@ -2,7 +2,8 @@
 
 Consumers rely on these: every field change is a breaking change. Each model carries its schema version;
 `python -m lora_pipeline.events schemas/events` writes the JSON Schemas committed in the repo, and a test
-fails when a model and its committed schema differ.
+fails when a model and its committed schema differ. `python -m lora_pipeline.events --template template.yaml`
+writes them into the template's EventBridge Schema Registry resources; a test fails when those differ.
 """
 
 from __future__ import annotations
@@ -177,6 +178,85 @@ def write_schemas(directory: Path) -> list[Path]:
     return written
 
 
+def _draft4(node: Any) -> Any:
+    """The committed (pydantic, draft 2020-12) schema keywords in their draft-4 spelling."""
+    if isinstance(node, list):
+        return [_draft4(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {}
+    for key, value in node.items():
+        if key == "const":
+            converted["enum"] = [value]
+        elif key == "$ref":
+            converted[key] = value.replace("#/$defs/", "#/definitions/")
+        elif key not in ("$defs", "$id"):
+            converted[key] = _draft4(value)
+    return converted
+
+
+def registry_schema(detail_schema: dict[str, Any]) -> dict[str, Any]:
+    """A committed detail schema as the whole event, in the EventBridge Schema Registry's JSONSchemaDraft4
+    form (what template.yaml registers; code bindings are generated from it)."""
+    detail = _draft4(detail_schema)
+    detail_type, source = detail.pop("x-detail-type"), detail.pop("x-source")
+    return {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "title": detail_type.replace(" ", ""),
+        "description": f"{detail_type} from {source} (detail: {detail_schema['$id']})",
+        "type": "object",
+        "required": ["detail-type", "source", "detail"],
+        "properties": {
+            "version": {"type": "string"},
+            "id": {"type": "string"},
+            "account": {"type": "string"},
+            "region": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+            "resources": {"type": "array", "items": {"type": "string"}},
+            "detail-type": {"type": "string", "enum": [detail_type]},
+            "source": {"type": "string", "enum": [source]},
+            "detail": detail,
+        },
+        "definitions": _draft4(detail_schema.get("$defs", {})),
+    }
+
+
+REGISTRY_BEGIN = (
+    "  # >>> event schemas: written by `python -m lora_pipeline.events --template template.yaml`\n"
+)
+REGISTRY_END = "  # <<< event schemas\n"
+
+
+def registry_resources(directory: Path) -> str:
+    """The template's AWS::EventSchemas::Schema resources, from the committed schemas in `directory`."""
+    blocks = []
+    for model in EVENT_MODELS:
+        committed = json.loads((directory / schema_file_name(model)).read_text(encoding="utf-8"))
+        content = json.dumps(registry_schema(committed), sort_keys=True, separators=(",", ":"))
+        blocks.append(
+            f"  {model.__name__}Schema:\n"
+            "    Type: AWS::EventSchemas::Schema\n"
+            "    Properties:\n"
+            "      RegistryName: !GetAtt EventSchemaRegistry.RegistryName\n"
+            f"      SchemaName: {EVENT_SOURCE}@{model.__name__}\n"
+            "      Type: JSONSchemaDraft4\n"
+            f"      Description: {model.DETAIL_TYPE} events (schemas/events/{schema_file_name(model)})\n"
+            f"      Content: {json.dumps(content)}\n"
+        )
+    return REGISTRY_BEGIN + "\n".join(blocks) + REGISTRY_END
+
+
+def write_registry_resources(template: Path, directory: Path) -> None:
+    text = template.read_text(encoding="utf-8")
+    begin, end = text.index(REGISTRY_BEGIN), text.index(REGISTRY_END) + len(REGISTRY_END)
+    template.write_text(text[:begin] + registry_resources(directory) + text[end:], encoding="utf-8")
+
+
 if __name__ == "__main__":
-    for written_path in write_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "schemas/events")):
-        print(written_path)
+    if sys.argv[1:2] == ["--template"]:
+        write_registry_resources(
+            Path(sys.argv[2]), Path(sys.argv[3] if len(sys.argv) > 3 else "schemas/events")
+        )
+    else:
+        for written_path in write_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "schemas/events")):
+            print(written_path)

@@ -18,6 +18,7 @@ from lora_pipeline.base_model import check_hugging_face_id, check_s3_checkpoint
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.rules import MAX_UNKNOWN_KEYS_REPORTED, RuleSet
+from lora_pipeline.s3_layout import BASE_MODELS_PREFIX, parse_s3_uri
 from lora_pipeline.sample_prompts import KNOWN_SAMPLERS, OPTION_HELP, read_prompt_line, with_sdxl_size
 from lora_pipeline.storage import ObjectReader
 from lora_pipeline.text_formats import loads_toml
@@ -87,6 +88,13 @@ JOB_BAD_BASE_MODEL = define(
     Severity.ERROR,
     "base_model is neither an s3://... .safetensors URI nor a Hugging Face model id",
     'Use "s3://bucket/path/model.safetensors" or an id like "stabilityai/stable-diffusion-xl-base-1.0".',
+)
+JOB_BASE_MODEL_NOT_ALLOWED = define(
+    "JOB_BASE_MODEL_NOT_ALLOWED",
+    Severity.ERROR,
+    "an s3:// base_model must be the stack's BaseModelS3Uri or one .safetensors file under the bucket's "
+    f"{BASE_MODELS_PREFIX} prefix (a training job may read no other dataset's or run's files)",
+    f"Copy the model to s3://<bucket>/{BASE_MODELS_PREFIX}<name>.safetensors and use that URI, or remove base_model.",
 )
 JOB_BAD_OUTPUT_NAME = define(
     "JOB_BAD_OUTPUT_NAME",
@@ -166,6 +174,8 @@ class StackLimits:
     use_spot: bool = True
     checkpoint_interval_minutes: float = 30.0
     base_model_s3_uri: str | None = None
+    bucket: str | None = None
+    """The stack's bucket: an s3:// base_model must lie in it (None when validating without a stack)."""
 
 
 class JobSettings(BaseModel):
@@ -361,6 +371,24 @@ def base_model_form(ctx: JobContext) -> None:
 
 
 @JOB_RULES.rule(
+    "JS110",
+    "base-model-allowed",
+    "template.yaml SageMakerExecutionRole (reads the bucket's base-models/* and BaseModelS3Uri only)",
+)
+def base_model_allowed(ctx: JobContext) -> None:
+    """An s3:// base_model is the stack's BaseModelS3Uri or one object under the bucket's base-models/.
+
+    It runs before base-model-sdxl, so a refused URI is never read."""
+    base_model = ctx.written.base_model
+    if base_model is None or base_model != ctx.settings.base_model:
+        return  # the stack's default, or refused by base-model-form
+    refusal = _base_model_refusal(base_model, ctx.limits)
+    if refusal is not None:
+        ctx.report(JOB_BASE_MODEL_NOT_ALLOWED.at(ctx.file, f"base_model = {base_model!r} {refusal}."))
+        ctx.fall_back(base_model=ctx.limits.base_model_s3_uri or SDXL_BASE_MODEL)
+
+
+@JOB_RULES.rule(
     "JS106",
     "base-model-sdxl",
     "library/sdxl_model_util.py:load_models_from_sdxl_checkpoint; sdxl_train_util.py",
@@ -370,7 +398,7 @@ def base_model_sdxl(ctx: JobContext) -> None:
     the validate Lambda gives one)."""
     base_model = ctx.written.base_model
     if base_model is None or base_model != ctx.settings.base_model:
-        return  # the stack's default, or refused by base-model-form
+        return  # the stack's default, or refused by base-model-form or base-model-allowed
     if base_model.startswith("s3://"):
         problem = None if ctx.models is None else check_s3_checkpoint(base_model, ctx.models, ctx.file)
     else:
@@ -414,6 +442,20 @@ def samples_without_prompts(ctx: JobContext) -> None:
         ctx.report(
             JOB_SAMPLES_WITHOUT_PROMPTS.at(ctx.file, "sample_every_n_epochs is set without sample_prompts.")
         )
+
+
+def _base_model_refusal(uri: str, limits: StackLimits) -> str | None:
+    """Why an s3:// base_model may not be mounted as the job's `model` channel, or None when it may."""
+    if not uri.startswith("s3://") or uri == limits.base_model_s3_uri:
+        return None
+    bucket, key = parse_s3_uri(uri)
+    if limits.bucket is not None and bucket != limits.bucket:
+        return f"is outside this stack's bucket {limits.bucket}"
+    if not key.startswith(BASE_MODELS_PREFIX):
+        return f"is not under {BASE_MODELS_PREFIX}"
+    if any(segment in ("", ".", "..") for segment in key.split("/")) or any(c in key for c in "*?[\\"):
+        return "is not one plain object key (empty, '.' or '..' segments, wildcards or backslashes)"
+    return None
 
 
 def _valid_base_model(value: str) -> bool:

@@ -8,18 +8,18 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from lora_pipeline.instances import InstanceTable
-from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS, JobSettings
-from lora_pipeline.kohya_facts import safe_output_name
-from lora_pipeline.problems import Severity
-from lora_pipeline.report import ValidationReport
 from lora_pipeline.s3_layout import RunLayout, dataset_prefix, s3_uri
+
+if TYPE_CHECKING:  # the validation rules stay out of the functions that only keep the books (cold starts)
+    from lora_pipeline.instances import InstanceTable
+    from lora_pipeline.job_settings import JobSettings
+    from lora_pipeline.report import ValidationReport
 
 TRAINING_JOB_NAME_MAX = 63
 # Where SageMaker writes a training job's output: one stream per instance, `<job name>/algo-1-<epoch>`.
@@ -77,6 +77,11 @@ class ActiveRun:
     settling: bool
     settle_token: str | None
     settled_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    """When ingest last told the settle wait that objects keep coming."""
+
+    def heartbeat_due(self, now: datetime, every: timedelta) -> bool:
+        return self.heartbeat_at is None or now - self.heartbeat_at >= every
 
 
 @dataclass(frozen=True)
@@ -260,6 +265,8 @@ def _hyperparameters(
     checkpoint_every_n_steps: int | None,
 ) -> dict[str, str]:
     """The container's hyperparameters (all strings); optional ones only when they differ from its defaults."""
+    from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS
+
     values = {
         "trainer": job.trainer,
         "output_name": output_name,
@@ -277,7 +284,6 @@ def _hyperparameters(
 
 
 MAX_PROBLEMS_IN_EVENT = 50
-_SEVERITY_ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
 
 
 class ValidationOutcome(BaseModel):
@@ -293,9 +299,13 @@ class ValidationOutcome(BaseModel):
 
 
 def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> ValidationOutcome:
+    from lora_pipeline.kohya_facts import safe_output_name
+    from lora_pipeline.problems import Severity
+
     # Step Functions, EventBridge and SNS each cap a payload at 256 KB (a few hundred problems): the state
     # machine and the rejection email get the most important ones, validation.json keeps every one.
-    by_severity = sorted(report.problems, key=lambda p: _SEVERITY_ORDER[p.severity])
+    severity_order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+    by_severity = sorted(report.problems, key=lambda p: severity_order[p.severity])
     listed = by_severity[:MAX_PROBLEMS_IN_EVENT]
     output_name = report.job.output_name or safe_output_name(report.dataset)
     plan = report.plan

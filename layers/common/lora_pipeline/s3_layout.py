@@ -1,7 +1,8 @@
 """Every S3 key the pipeline reads or writes, built in one place (see docs: design.md, "S3 layout").
 
 Only `datasets/` triggers the pipeline; everything the pipeline writes lives under `runs/`, and the
-image build uses `build/`, so nothing written here can start a run.
+image build uses `build/`, so nothing written here can start a run. `base-models/` holds the `.safetensors`
+base models a dataset's `pipeline.toml` may name (the training role reads nothing else outside its run).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 DATASETS_PREFIX = "datasets/"
 RUNS_PREFIX = "runs/"
 BUILD_PREFIX = "build/"
+BASE_MODELS_PREFIX = "base-models/"
 READY_MARKER = "_READY"
 CONTAINER_SOURCE_KEY = f"{BUILD_PREFIX}container-source.zip"
 

@@ -23,6 +23,11 @@ class DatasetSource(Protocol):
         """Human-readable location of the dataset root (a folder path or an s3:// URI)."""
         ...
 
+    @property
+    def parallel_reads(self) -> int:
+        """How many reads may run at once to good effect (the validator's thread count)."""
+        ...
+
     def list_files(self) -> list[FileEntry]:
         """Every file below the dataset root, recursively, sorted by path."""
         ...
@@ -53,6 +58,10 @@ class LocalFolder:
     @property
     def location(self) -> str:
         return str(self.root)
+
+    @property
+    def parallel_reads(self) -> int:
+        return 16
 
     def list_files(self) -> list[FileEntry]:
         entries = [

@@ -1,14 +1,19 @@
-"""The Powertools wiring every handler shares: structured logs with the Lambda context, X-Ray tracing,
-CloudWatch metrics (flushed per call) and the event parsed into its pydantic model before the handler runs."""
+"""The Powertools wiring every handler shares: structured logs with the Lambda context, CloudWatch metrics
+(flushed per call) and the event parsed into its pydantic model before the handler runs.
+
+No Powertools Tracer: it needs the X-Ray SDK, whose import cost about 185 ms of every cold start (with two boto
+clients made at import). The functions keep Lambda's active tracing, which records each invocation and its
+cold start without it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.logging import Logger
+from aws_lambda_powertools.metrics import Metrics, MetricUnit
 from pydantic import BaseModel
 
 Handler = Callable[..., Any]
@@ -19,15 +24,15 @@ class Powertools:
 
     def __init__(self) -> None:
         self.logger = Logger()
-        self.tracer = Tracer()
         self.metrics = Metrics()
 
     def handler(self, model: type[BaseModel]) -> Callable[[Handler], Handler]:
         def decorate(function: Handler) -> Handler:
-            parsed = event_parser(model=model)(function)
-            wrapped: Handler = self.logger.inject_lambda_context(
-                self.tracer.capture_lambda_handler(self.metrics.log_metrics(parsed))
-            )
+            @wraps(function)
+            def parsed(event: dict[str, Any], context: Any) -> Any:
+                return function(model.model_validate(event), context)
+
+            wrapped: Handler = self.logger.inject_lambda_context(self.metrics.log_metrics(parsed))
             return wrapped
 
         return decorate

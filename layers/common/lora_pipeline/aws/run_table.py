@@ -15,7 +15,7 @@ Items (partition key `pk`, sort key `sk`):
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from lora_pipeline.aws.errors import ClientError, error_code
@@ -42,6 +42,7 @@ def _active_run(item: dict[str, Any]) -> ActiveRun | None:
         settling=item.get("phase", {}).get("S") == PHASE_SETTLING,
         settle_token=item.get("settle_token", {}).get("S"),
         settled_at=parse_time(item.get("settled_at", {}).get("S")),
+        heartbeat_at=parse_time(item.get("heartbeat_at", {}).get("S")),
     )
 
 
@@ -160,6 +161,26 @@ class RunTable:
                 return None
             raise
         return _active_run(item)
+
+    def claim_heartbeat(self, dataset: str, run_id: str, now: datetime, every: timedelta) -> bool:
+        """Whether this caller sends the settle wait's next heartbeat: at most one per `every` among
+        concurrent ingest calls (the others skip theirs)."""
+        try:
+            self._update(
+                dataset_key(dataset),
+                "SET heartbeat_at = :now",
+                {
+                    ":now": {"S": now.isoformat()},
+                    ":due": {"S": (now - every).isoformat()},
+                    ":run": {"S": run_id},
+                },
+                ConditionExpression="active_run = :run AND (attribute_not_exists(heartbeat_at) OR heartbeat_at <= :due)",
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
 
     def mark_changed_during_run(self, dataset: str, run_id: str) -> None:
         try:

@@ -23,6 +23,13 @@ class S3DatasetSource:
     def location(self) -> str:
         return s3_uri(self._bucket, self._prefix)
 
+    @property
+    def parallel_reads(self) -> int:
+        """One reader thread per pooled connection: more threads would wait for, or open and discard,
+        connections ("Connection pool is full"); fewer would leave round trips unoverlapped."""
+        pool: int = self._client.meta.config.max_pool_connections
+        return pool
+
     def list_files(self) -> list[FileEntry]:
         entries = []
         for page in self._client.get_paginator("list_objects_v2").paginate(

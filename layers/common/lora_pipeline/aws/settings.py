@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Self
+from datetime import timedelta
+from typing import TYPE_CHECKING, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lora_pipeline.job_settings import StackLimits
+if TYPE_CHECKING:
+    from lora_pipeline.job_settings import StackLimits
 
 
 class _Env(BaseModel):
@@ -22,6 +24,12 @@ class _Env(BaseModel):
 class IngestEnv(_Env):
     table_name: str = Field(alias="TABLE_NAME")
     state_machine_arn: str = Field(alias="STATE_MACHINE_ARN")
+    quiet_period_seconds: int = Field(alias="QUIET_PERIOD_SECONDS", ge=1)
+
+    @property
+    def heartbeat_every(self) -> timedelta:
+        """A tenth of the quiet period: the settle wait then always lasts at least 90% of it."""
+        return timedelta(seconds=self.quiet_period_seconds / 10)
 
 
 class ValidateEnv(_Env):
@@ -44,6 +52,9 @@ class ValidateEnv(_Env):
         return value or None
 
     def limits(self) -> StackLimits:
+        # The validate function's rules: loaded by it alone.
+        from lora_pipeline.job_settings import StackLimits
+
         return StackLimits(
             allowed_instance_types=self.allowed_instance_types,
             default_instance_type=self.default_instance_type,
@@ -61,6 +72,7 @@ class UnpackEnv(_Env):
 
 class NotifyEnv(_Env):
     topic_arn: str = Field(alias="TOPIC_ARN")
+    idempotency_table: str = Field(alias="IDEMPOTENCY_TABLE")
     # SigV4 presigned URLs live at most 7 days.
     link_expiry_seconds: int = Field(43200, alias="LINK_EXPIRY_SECONDS", ge=60, le=604800)
 

@@ -5,24 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from lora_pipeline import notifications, salvage
+from lora_pipeline import salvage
 from lora_pipeline.aws.errors import ClientError, error_code
-from lora_pipeline.aws.event_publisher import EventPublisher
-from lora_pipeline.aws.run_table import RUN_RUNNING, RunTable
-from lora_pipeline.aws.s3_model_io import S3ObjectStream, read_output_file, unpack_model, write_manifest
-from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
-from lora_pipeline.events import BY_DETAIL_TYPE, Stage, TrainingCancelled, TrainingFailed, TrainingSucceeded
-from lora_pipeline.instances import InstanceTable
-from lora_pipeline.job_settings import StackLimits
-from lora_pipeline.manifest import Manifest, RunFacts, build_manifest
-from lora_pipeline.model_archive import UnpackResult
-from lora_pipeline.report import ValidationReport
-from lora_pipeline.run_report import RunReportInputs, render_run_report
+from lora_pipeline.events import Stage, TrainingCancelled, TrainingFailed
 from lora_pipeline.runs import (
     IngestAction,
     JobFacts,
@@ -35,10 +26,22 @@ from lora_pipeline.runs import (
     validation_outcome,
 )
 from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, resume_request_key, s3_uri
-from lora_pipeline.safetensors_lora import Architecture, check_lora_stream
 from lora_pipeline.salvage import SalvagedLora
-from lora_pipeline.training_metrics import LOSS_LOG_NAME, LossPoint, parse_loss_log
-from lora_pipeline.validate import validate_dataset
+
+# Each handler imports this module; what only one step needs is imported in that step, so that a function's
+# cold start loads only its own part of the domain (the validation rules alone are most of it).
+if TYPE_CHECKING:
+    from lora_pipeline import notifications
+    from lora_pipeline.aws.event_publisher import EventPublisher
+    from lora_pipeline.aws.run_table import RunTable
+    from lora_pipeline.aws.s3_model_io import S3ObjectStream
+    from lora_pipeline.events import TrainingSucceeded
+    from lora_pipeline.instances import InstanceTable
+    from lora_pipeline.job_settings import StackLimits
+    from lora_pipeline.manifest import Manifest
+    from lora_pipeline.model_archive import UnpackResult
+    from lora_pipeline.report import ValidationReport
+    from lora_pipeline.training_metrics import LossPoint
 
 # A settle token that no longer waits: the quiet period ended (or _READY came) just before this upload.
 _CLOSED_TOKEN_ERRORS = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
@@ -64,10 +67,14 @@ def ingest_upload(
     key: str,
     object_time: datetime,
     now: datetime,
+    heartbeat_every: timedelta = timedelta(0),
 ) -> IngestAction | None:
     """Record one `Object Created` under datasets/: start a run, prolong or end its settling, or note it.
 
-    Returns what was done (None for a key outside any dataset folder).
+    A settling run's wait is heartbeaten at most once per `heartbeat_every` (a 1,000-image upload is 1,000
+    calls here, not 1,000 Step Functions calls), so the quiet period ends between its length minus
+    `heartbeat_every` and its length after the last object. Returns what was done (None for a key outside
+    any dataset folder).
     """
     obj = parse_dataset_key(key)
     if obj is None:
@@ -95,7 +102,9 @@ def ingest_upload(
             try:
                 if action is IngestAction.READY:
                     sfn.send_task_success(taskToken=active.settle_token, output=json.dumps({"ready": True}))
-                else:
+                elif active.heartbeat_due(now, heartbeat_every) and table.claim_heartbeat(
+                    obj.dataset, active.run_id, now, heartbeat_every
+                ):
                     sfn.send_task_heartbeat(taskToken=active.settle_token)
             except ClientError as exc:
                 if error_code(exc) not in _CLOSED_TOKEN_ERRORS:
@@ -162,8 +171,14 @@ def _start_run(
 
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
+    from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
+    from lora_pipeline.validate import validate_dataset
+
     report = validate_dataset(
-        S3DatasetSource(s3, run.bucket, run.dataset), run.dataset, limits, models=S3ObjectReader(s3)
+        S3DatasetSource(s3, run.bucket, run.dataset),
+        run.dataset,
+        replace(limits, bucket=run.bucket),
+        models=S3ObjectReader(s3),
     )
     layout = RunLayout(run.dataset, run.run_id)
     files = {layout.validation_key: (report.model_dump_json(indent=2), "application/json")}
@@ -261,6 +276,11 @@ def salvage_run(s3: Any, run: SalvageInput) -> SalvagedLora | None:
     state or an epoch LoRA are tagged for the lifecycle rule that expires them (`lora-pipeline resume` uses
     them meanwhile); others are deleted. Returns None when no epoch finished or its LoRA is refused.
     """
+    from lora_pipeline.aws.s3_model_io import S3ObjectStream, write_manifest
+    from lora_pipeline.manifest import RunFacts, build_manifest
+    from lora_pipeline.model_archive import UnpackResult
+    from lora_pipeline.safetensors_lora import Architecture, check_lora_stream
+
     layout = RunLayout(run.dataset, run.run_id)
     names = _checkpoint_names(s3, run.bucket, layout.checkpoints_prefix)
     newest = salvage.newest_epoch_lora(names, run.output_name)
@@ -329,6 +349,12 @@ def salvage_run(s3: Any, run: SalvageInput) -> SalvagedLora | None:
 
 def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable) -> UnpackOutcome:
     """Turn the job's model.tar.gz into the LoRA and its manifest; the spot checkpoints are no longer needed."""
+    from lora_pipeline.aws.run_table import RUN_RUNNING
+    from lora_pipeline.aws.s3_model_io import read_output_file, unpack_model
+    from lora_pipeline.manifest import RunFacts
+    from lora_pipeline.safetensors_lora import Architecture
+    from lora_pipeline.training_metrics import LOSS_LOG_NAME, parse_loss_log
+
     facts = job_facts(run.training_job, prices)
     layout = RunLayout(run.dataset, run.run_id)
     archive_uri = run.training_job.get("ModelArtifacts", {}).get("S3ModelArtifacts")
@@ -385,6 +411,8 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
 
 
 def _validation_report(s3: Any, bucket: str, key: str) -> ValidationReport | None:
+    from lora_pipeline.report import ValidationReport
+
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as error:
@@ -406,6 +434,8 @@ def write_run_report(
     loss: list[LossPoint],
 ) -> str:
     """Write `report.html` of the run (see run_report); returns its key."""
+    from lora_pipeline.run_report import RunReportInputs, render_run_report
+
     layout = RunLayout(run.dataset, run.run_id)
     validation = _validation_report(s3, run.bucket, layout.validation_key)
     page = render_run_report(
@@ -439,6 +469,9 @@ CREDENTIALS_NOTE = (
 
 def _run_results(s3: Any, event: TrainingSucceeded, expiry_seconds: int) -> notifications.RunResults:
     """The trigger words from the run's manifest and a presigned link to its report."""
+    from lora_pipeline import notifications
+    from lora_pipeline.manifest import Manifest
+
     bucket, key = parse_s3_uri(event.manifest_uri)
     try:
         manifest = Manifest.model_validate_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -461,6 +494,9 @@ def notify(
     s3: Any, sns: Any, topic_arn: str, detail_type: str, detail: dict[str, Any], expiry_seconds: int
 ) -> str:
     """Render one pipeline event as an email and publish it to the topic; returns the subject."""
+    from lora_pipeline import notifications
+    from lora_pipeline.events import BY_DETAIL_TYPE, TrainingSucceeded
+
     event = BY_DETAIL_TYPE[detail_type].model_validate(detail)
     link = results = None
     if isinstance(event, TrainingSucceeded):
