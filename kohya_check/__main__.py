@@ -87,12 +87,6 @@ def state_saved(opt_ml: Path, epoch: int) -> Callable[[], bool]:
     return saved
 
 
-def rendered_samples(opt_ml: Path) -> list[Path]:
-    """The sample images the job published with the LoRA (the entrypoint copies them from sd-scripts' `sample/`
-    folder to `model/samples/`)."""
-    return sorted((opt_ml / "model" / "samples").glob("*.png"))
-
-
 def resumed_step(lines: Sequence[str]) -> int:
     """The step the entrypoint resumed at, as it logs it ('resuming from ... (epoch E, S of T steps done)')."""
     for line in lines:
@@ -125,11 +119,18 @@ def pack_model_archive(model_dir: Path, archive: Path) -> Path:
 
 
 def unpack(archive: Path, out: Path, output_name: str) -> UnpackResult:
-    """The unpack step's own code: the LoRA and manifest.json into `out`."""
+    """The unpack step's own code: the LoRA, the kept epoch LoRAs, the samples and manifest.json into `out`."""
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    for folder in (out, out / "epochs", out / "samples"):
+        folder.mkdir(parents=True)
     with archive.open("rb") as stream:
-        result = unpack_model_archive(stream, LocalFolderSink(out), output_name=output_name)
+        result = unpack_model_archive(
+            stream,
+            LocalFolderSink(out),
+            output_name=output_name,
+            epoch_sink=LocalFolderSink(out / "epochs"),
+            sample_sink=LocalFolderSink(out / "samples"),
+        )
     manifest = build_manifest(
         result,
         model_uri=str(out / result.name),
@@ -217,8 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         archive = pack_model_archive(opt_ml / "model", work / "model.tar.gz")
         result = unpack(archive, args.out.absolute(), TRIGGER)
         modules = check_lora(result)
-        samples = rendered_samples(opt_ml)
-        require(len(samples) > 0, "sd-scripts rendered no sample image")
+        samples = sorted((args.out.absolute() / "samples").glob("*.png"))
+        require(len(samples) > 0, "no sample image sd-scripts rendered reached the unpacked results")
+        epochs = sorted((args.out.absolute() / "epochs").glob("*.safetensors"))
+        require(
+            len(epochs) == plan.epochs - 1,
+            f"{len(epochs)} epoch LoRAs were published with the final one; {plan.epochs - 1} were trained",
+        )
         lora = args.out.absolute() / result.name
         check_diffusers_load(Path(sys.executable), base_model, lora, environment)
         check_diffusers_load(kohya_python, base_model, lora, environment)

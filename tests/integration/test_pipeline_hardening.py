@@ -119,12 +119,12 @@ def test_a_hundred_datasets_at_a_cap_of_two_each_train_once(tmp_path: Path) -> N
     )
     names = [f"set{i:03d}" for i in range(100)]
     started = time.monotonic()
-    with pipeline(probe, MaxConcurrentTrainingJobs="2") as stack:
+    with pipeline(probe, MaxConcurrentTrainingJobs="2", ReadyGraceSeconds="0") as stack:
         folders = [dataset(tmp_path, name, images=1) for name in names]
         with ThreadPoolExecutor(max_workers=4) as uploaders:  # four users uploading at once
             list(uploaders.map(lambda folder: upload(stack, folder), folders))
         uploaded = time.monotonic() - started
-        stack.wait_until_idle(timeout=240)
+        stack.wait_until_idle(timeout=600)
         elapsed = time.monotonic() - started
 
         executions = stack.executions()
