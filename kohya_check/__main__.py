@@ -231,8 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckFailed, subprocess.CalledProcessError) as failure:
         log(f"FAILED: {failure}")
         return 1
-    peak = max(run.peak_rss_bytes for run in runs)
-    log(f"peak resident memory of the training processes: {peak / 2**30:.1f} GiB")
+    peak = max(run.peak_memory_bytes for run in runs)
+    log(f"peak memory of the training processes (PSS): {peak / 2**30:.1f} GiB")
     print(
         f"kohya-check: {modules} modules, {steps} steps, resumed at step "
         f"{', '.join(map(str, resumed_at))}, {len(samples)} samples, {time.monotonic() - started:.0f} s"

@@ -116,11 +116,12 @@ def prepare_engine_inputs(python: Path, environment: dict[str, str], model_cache
 
 @dataclass
 class JobRun:
-    """One run of `container/train`: exit code, console lines and the peak resident memory of its processes."""
+    """One run of `container/train`: exit code, console lines and the peak memory of its processes (the sum of
+    their proportional set sizes, so pages shared between forks count once)."""
 
     exit_code: int
     lines: list[str] = field(default_factory=list)
-    peak_rss_bytes: int = 0
+    peak_memory_bytes: int = 0
 
 
 def run_entrypoint(
@@ -148,10 +149,11 @@ def run_entrypoint(
         while not finished.wait(0.5):
             try:
                 root = psutil.Process(process.pid)
-                total = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                # PSS: the DataLoader workers are forks of the trainer, and RSS would count the model once each.
+                total = sum(p.memory_full_info().pss for p in [root, *root.children(recursive=True)])
             except psutil.Error:
                 continue
-            run.peak_rss_bytes = max(run.peak_rss_bytes, total)
+            run.peak_memory_bytes = max(run.peak_memory_bytes, total)
 
     reader = threading.Thread(target=relay, daemon=True)
     reader.start()
