@@ -145,10 +145,11 @@ kohya-tests: venv kohya-venv
 # The Lambda layer's code and tests on the Lambda runtime's Python (3.12).
 PY312_VENV := .venv-py312
 PYTHON312 ?= $(shell PYENV_VERSION=3.11.7:3.12.1 pyenv which python3.12 2>/dev/null || command -v python3.12)
-$(PY312_VENV)/.installed: layers/common/requirements.txt requirements-dev.txt constraints.txt
+$(PY312_VENV)/.installed: layers/common/requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON312) -m venv $(PY312_VENV)
 	$(PY312_VENV)/bin/pip install --quiet -r layers/common/requirements.txt pytest moto[all,server] \
 		aws-sam-translator cfn-lint pillow numpy safetensors psutil toml tomli-w rich -c constraints.txt
+	$(PY312_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 
 py312-tests: $(PY312_VENV)/.installed
