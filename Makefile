@@ -157,10 +157,13 @@ py312-tests: $(PY312_VENV)/.installed
 		--ignore=tests/unit/test_safetensors_lora_interop.py --ignore=tests/unit/test_container_workspace.py
 
 # Every pin resolves from the public registry alone: pip's config files, environment and find-links ignored.
-fresh-install-check: venv
-	$(BIN)/python -m pip install --isolated --dry-run --ignore-installed --quiet \
-		-r requirements-dev.txt -c constraints.txt
-	$(KOHYA_VENV)/bin/python -m pip install --isolated --dry-run --ignore-installed --quiet -r $(IMAGE_REQUIREMENTS)
+FRESH_PIP := -m pip install --isolated --dry-run --ignore-installed --quiet
+fresh-install-check: venv kohya-venv $(SAM_VENV)/.installed $(PY312_VENV)/.installed
+	$(BIN)/python $(FRESH_PIP) -r requirements-dev.txt -c constraints.txt
+	$(BIN)/python $(FRESH_PIP) -r requirements-checkov.txt
+	$(SAM_VENV)/bin/python $(FRESH_PIP) -r requirements-sam.txt
+	$(PY312_VENV)/bin/python $(FRESH_PIP) -r layers/common/requirements.txt
+	$(KOHYA_VENV)/bin/python $(FRESH_PIP) -r $(IMAGE_REQUIREMENTS)
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) $(KOHYA_VENV) $(PY312_VENV) build .pytest_cache .mypy_cache \

@@ -18,6 +18,7 @@ REQUIREMENT_FILES = [
     REPO / "requirements-dev.txt",
     REPO / "constraints.txt",
     REPO / "requirements-sam.txt",
+    REPO / "requirements-checkov.txt",
     REPO / "layers" / "common" / "requirements.txt",
     IMAGE_REQUIREMENTS,
 ]
