@@ -106,7 +106,7 @@ class S3MultipartSink:
     """Writes `<prefix><name>` with s3transfer's managed upload: a multipart upload of `part_bytes` parts, or
     a single PUT when the file fits in one part.
 
-    Memory per open file is at most three parts: the one being sent, the next one read while it is sent
+    Memory per open file is about three parts: the one being sent, the next one read while it is sent
     (`max_in_memory_upload_chunks` and `max_submission_concurrency` at 1, as s3transfer's `TransferConfig`
     documents their sum), and the written bytes waiting for s3transfer to read them.
     """
