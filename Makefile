@@ -160,6 +160,7 @@ py312-tests: $(PY312_VENV)/.installed
 FRESH_PIP := -m pip install --isolated --dry-run --ignore-installed --quiet
 fresh-install-check: venv kohya-venv $(SAM_VENV)/.installed $(PY312_VENV)/.installed
 	$(BIN)/python $(FRESH_PIP) -r requirements-dev.txt -c constraints.txt
+	$(BIN)/python $(FRESH_PIP) '.[local]' -c constraints.txt
 	$(BIN)/python $(FRESH_PIP) -r requirements-checkov.txt
 	$(SAM_VENV)/bin/python $(FRESH_PIP) -r requirements-sam.txt
 	$(PY312_VENV)/bin/python $(FRESH_PIP) -r layers/common/requirements.txt
