@@ -9,7 +9,6 @@ import importlib.metadata
 import re
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -47,26 +46,15 @@ def normalized(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def wheel_metadata(tmp_path_factory: pytest.TempPathFactory) -> email.message.Message:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            out,
-            REPO,
-        ],
-        check=True,
+    """The METADATA the wheel carries, from the build backend's PEP 517 hook (`pip wheel` would also leave
+    build/ in the checkout)."""
+    out = tmp_path_factory.mktemp("metadata")
+    hook = (
+        f"from setuptools import build_meta; print(build_meta.prepare_metadata_for_build_wheel({str(out)!r}))"
     )
-    (wheel,) = out.glob("sdxl_lora_pipeline-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
-        return email.message_from_bytes(archive.read(name))
+    built = subprocess.run([sys.executable, "-c", hook], cwd=REPO, check=True, capture_output=True, text=True)
+    dist_info = built.stdout.strip().splitlines()[-1]
+    return email.message_from_bytes((out / dist_info / "METADATA").read_bytes())
 
 
 def test_the_wheel_ships_the_local_extra_pinned_as_the_development_environment(
