@@ -412,9 +412,8 @@ class _ExtendedHeaderGuard(io.RawIOBase):
         block = read_exact(self._source, _TAR_BLOCK)
         size = _extended_header_size(block)
         if block == bytes(_TAR_BLOCK):
-            self._ended = (
-                True  # tarfile ends the archive at its first zero block and reads no header after it
-            )
+            # tarfile ends the archive at its first zero block and reads no header after it.
+            self._ended = True
         elif size is None or size < 0:
             self._next_header = None  # a member, or garbage: tarfile decides
         else:
