@@ -152,14 +152,17 @@ $(PY312_VENV)/.installed: layers/common/requirements.txt requirements-dev.txt co
 	$(PY312_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 
+# test_packaging checks the development environment's installs (the `local` extra), not the runtime's.
 py312-tests: $(PY312_VENV)/.installed
 	PYTHONPATH=layers/common:cli:embedded:container:. $(PY312_VENV)/bin/pytest -q -p no:cacheprovider tests/unit \
-		--ignore=tests/unit/test_safetensors_lora_interop.py --ignore=tests/unit/test_container_workspace.py
+		--ignore=tests/unit/test_safetensors_lora_interop.py --ignore=tests/unit/test_container_workspace.py \
+		--ignore=tests/unit/test_packaging.py
 
 # Every pin resolves from the public registry alone: pip's config files, environment and find-links ignored.
 FRESH_PIP := -m pip install --isolated --dry-run --ignore-installed --quiet
 fresh-install-check: venv kohya-venv $(SAM_VENV)/.installed $(PY312_VENV)/.installed
 	$(BIN)/python $(FRESH_PIP) -r requirements-dev.txt -c constraints.txt
+	$(BIN)/python $(FRESH_PIP) '.[local]' -c constraints.txt
 	$(BIN)/python $(FRESH_PIP) -r requirements-checkov.txt
 	$(SAM_VENV)/bin/python $(FRESH_PIP) -r requirements-sam.txt
 	$(PY312_VENV)/bin/python $(FRESH_PIP) -r layers/common/requirements.txt

@@ -9,8 +9,8 @@ trained weights), `--zero-fraction` of them zero.
 Each measurement runs in its own process. Peak RSS is the process's VmHWM (unlike ru_maxrss it does not
 inherit the parent's size across fork+exec): the unpack reads its own, tar's is sampled every 20 ms. A
 second unpack under tracemalloc gives the peak of Python allocations. Source and sink are local files
-here, and a third run sends the LoRA through the S3 multipart sink to a client that discards the
-parts (the Lambda's sink without the network).
+here, and a third run sends the LoRA through the S3 multipart sink (s3transfer) to a boto3 client that
+reads and discards each request body (the Lambda's sink without the network).
 """
 
 from __future__ import annotations
@@ -117,19 +117,46 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
         return seconds, sampled, stdout.read()
 
 
-class DiscardingS3:
-    """Takes the multipart calls of `S3MultipartSink` and drops the data: the sink's own memory, no network."""
+class _Payload:
+    """The raw body botocore reads a canned response from."""
 
-    def create_multipart_upload(self, **_: object) -> dict[str, str]:
-        return {"UploadId": "benchmark"}
+    def __init__(self, data: bytes) -> None:
+        self._data = data
 
-    def upload_part(self, **request: object) -> dict[str, str]:
-        return {"ETag": f'"{request["PartNumber"]}"'}
+    def stream(self, **_: object) -> list[bytes]:
+        return [self._data]
 
-    def complete_multipart_upload(self, **_: object) -> None:
-        pass
 
-    put_object = abort_multipart_upload = complete_multipart_upload
+def discarding_s3_client() -> object:
+    """A real boto3 S3 client whose requests never leave the process: each body is read as a send would
+    read it and dropped, and S3's reply is canned. The sink's own memory (s3transfer, botocore), no network."""
+    import boto3
+    from botocore.awsrequest import AWSResponse
+
+    replies = {
+        "CreateMultipartUpload": b"<InitiateMultipartUploadResult><UploadId>benchmark</UploadId>"
+        b"</InitiateMultipartUploadResult>",
+        "CompleteMultipartUpload": b'<CompleteMultipartUploadResult><ETag>"done"</ETag>'
+        b"</CompleteMultipartUploadResult>",
+    }
+
+    def answer(request: object, operation_name: str, **_: object) -> AWSResponse:
+        body = getattr(request, "body", None)
+        if hasattr(body, "read"):
+            while body.read(64 * 1024):
+                pass
+        url = getattr(request, "url", "")
+        return AWSResponse(url, 200, {"ETag": '"part"'}, _Payload(replies.get(operation_name, b"")))
+
+    client = boto3.client(
+        "s3", region_name="us-east-1", aws_access_key_id="benchmark", aws_secret_access_key="benchmark"
+    )
+    for operation in ("CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "PutObject"):
+        client.meta.events.register(
+            f"before-send.s3.{operation}",
+            lambda request, operation=operation, **_: answer(request, operation),
+        )
+    return client
 
 
 MODES = {
@@ -149,7 +176,7 @@ def worker(archive: Path, output: Path, mode: str) -> None:
 
     sink: ModelSink = LocalFolderSink(output)
     if mode == "multipart":
-        sink = S3MultipartSink(DiscardingS3(), "bucket", "runs/benchmark/model/")
+        sink = S3MultipartSink(discarding_s3_client(), "bucket", "runs/benchmark/model/")
     rss_before = peak_rss()
     if mode == "traced":
         tracemalloc.start()

@@ -25,13 +25,12 @@ from embedded_aws.container_executor import ContainerExecutor
 from lora_pipeline.manifest import Manifest
 from lora_pipeline_cli import runs
 from lora_pipeline_cli.examples import write_broken_dataset, write_example_dataset
+from lora_pipeline_cli.local import TEMPLATE
 from lora_pipeline_cli.progress import bytes_bar
 from lora_pipeline_cli.stack import Stack
 from lora_pipeline_cli.timeline import Timeline
 from lora_pipeline_cli.upload import plan_upload, upload_dataset
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO_ROOT / "template.yaml"
 EXAMPLES: dict[str, Callable[[Path], Path]] = {
     "bluebot": write_example_dataset,
     "broken": write_broken_dataset,

@@ -1,13 +1,17 @@
 """`lora-pipeline local`: the embedded stack served on loopback, so other commands can use it with --local.
 
-The embedded AWS is a development dependency (moto): it is imported only when `local` runs. The stack (real template, handlers in this process, training jobs run by the local container executor)
-lives in the `local` process; `--local` commands talk to it through moto's server on 127.0.0.1.
+The stack (real template, handlers in this process, training jobs run by the local container executor) lives
+in the `local` process; `--local` commands talk to it through moto's server on 127.0.0.1. It runs from a
+checkout of the repository with the `local` extra installed (`pip install -e '.[local]'`: the embedded AWS,
+the handlers' packages, the smoke trainer's); those packages are imported only when `local` runs.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -19,6 +23,11 @@ if TYPE_CHECKING:
     from embedded_aws import SnsMessage
     from lora_pipeline_cli.timeline import Timeline
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+TEMPLATE = CHECKOUT / "template.yaml"
+DISTRIBUTION = "sdxl-lora-pipeline"
+EXTRA = "local"
+INSTALL_COMMAND = f"pip install -e '.[{EXTRA}]'"
 DEFAULT_PORT = 5055
 REGION = "us-east-1"
 STACK_NAME = "sdxl-lora-pipeline"
@@ -30,6 +39,34 @@ LOCAL_CREDENTIALS = {
     "aws_secret_access_key": "local",
     "aws_session_token": "local",
 }
+
+
+def extra_requirements() -> list[str]:
+    """The distributions of the `local` extra, from the installed project's metadata (pyproject.toml)."""
+    requires = importlib.metadata.requires(DISTRIBUTION) or []
+    local = [r for r in requires if re.search(rf"""extra\s*==\s*["']{EXTRA}["']""", r)]
+    return [re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0] for requirement in local]
+
+
+def missing_setup() -> str | None:
+    """Why `serve` cannot run in this installation (no checkout, or the `local` extra missing), or None."""
+    if not TEMPLATE.is_file():
+        return (
+            f"`lora-pipeline local` runs the stack of a repository checkout, and {TEMPLATE} does not exist. "
+            f"Clone the repository and run `{INSTALL_COMMAND}` in it."
+        )
+    missing = []
+    for name in extra_requirements():
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        return (
+            f"`lora-pipeline local` needs the packages of the `{EXTRA}` extra; not installed: "
+            f"{', '.join(missing)}. Run `{INSTALL_COMMAND}` in the repository checkout."
+        )
+    return None
 
 
 def running_endpoint() -> tuple[str, str]:
@@ -65,7 +102,6 @@ def serve(
 
     from embedded_aws import EmbeddedStack
     from embedded_aws.container_executor import ContainerExecutor
-    from lora_pipeline_cli.demo import TEMPLATE
     from lora_pipeline_cli.timeline import Timeline
 
     stop = threading.Event()

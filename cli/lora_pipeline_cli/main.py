@@ -290,6 +290,8 @@ def _example(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
+    if (problem := local.missing_setup()) is not None:
+        raise UsageError(problem)
     if args.base_model is not None and not args.base_model.is_file():
         raise UsageError(f"{args.base_model} is not a file: pass an SDXL base model .safetensors.")
     if args.sd_scripts is not None and not (args.sd_scripts / "sdxl_train_network.py").is_file():

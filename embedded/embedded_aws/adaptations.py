@@ -1,6 +1,7 @@
 """Every change the embedded AWS makes to moto, one function each, pinned to moto 5.2.5.
 
-Each adaptation checks that what it replaces still exists, so a moto upgrade fails here, loudly, by name.
+Each adaptation checks that what it replaces still exists with the parameters it was adapted to, so a moto
+upgrade fails here, loudly, by name.
 They are installed once per process (`install()`) and act only while an EmbeddedStack is up
 (`runtime.current_or_none()`); otherwise moto behaves as shipped.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import copy
 import datetime
 import importlib.metadata
+import inspect
 import json
 import re
 import threading
@@ -30,10 +32,31 @@ class AdaptationOutdated(RuntimeError):
     """moto changed under an adaptation: re-read moto's source at the named place and adapt again."""
 
 
-def _require(owner: Any, attribute: str, adaptation: str) -> Any:
+def _require(owner: Any, attribute: str, parameters: str, adaptation: str) -> Any:
+    """moto's `owner.attribute` (a function, or a property's getter), once it is known to still take
+    `parameters`: its signature without annotations, as `inspect.signature` prints it ("(self, event=None)").
+    An adaptation calls and replaces it with those parameters, so any other list means moto changed it."""
     if not hasattr(owner, attribute):
         raise AdaptationOutdated(f"{adaptation}: moto no longer has {owner.__name__}.{attribute}")
+    found = _parameters(owner, attribute)
+    if found != parameters:
+        raise AdaptationOutdated(
+            f"{adaptation}: moto's {owner.__name__}.{attribute} now takes {found}, the adaptation expects "
+            f"{parameters}"
+        )
     return getattr(owner, attribute)
+
+
+def _parameters(owner: Any, attribute: str) -> str:
+    declared = inspect.getattr_static(owner, attribute)
+    function = declared.fget if isinstance(declared, property) else getattr(owner, attribute)
+    signature = inspect.signature(function)
+    return str(
+        signature.replace(
+            parameters=[p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()],
+            return_annotation=inspect.Signature.empty,
+        )
+    )
 
 
 def _require_absent(owner: Any, attribute: str, adaptation: str) -> None:
@@ -53,7 +76,9 @@ def run_lambda_handlers_in_process() -> None:
     """Lambda: moto runs handlers in Docker; run them in this process instead (no Docker engine here)."""
     from moto.awslambda.models import LambdaFunction
 
-    shipped = _require(LambdaFunction, "_invoke_lambda", "run_lambda_handlers_in_process")
+    shipped = _require(
+        LambdaFunction, "_invoke_lambda", "(self, event=None)", "run_lambda_handlers_in_process"
+    )
 
     def invoke_in_process(self: Any, event: Any = None) -> tuple[str, bool, str]:
         stack = runtime.current_or_none()
@@ -71,7 +96,12 @@ def deliver_events_to_lambda_sns_and_step_functions() -> None:
     notifications on the default bus (moto's S3 offers them to the rules of every bus)."""
     from moto.events.models import Rule
 
-    shipped = _require(Rule, "send_to_targets", "deliver_events_to_lambda_sns_and_step_functions")
+    shipped = _require(
+        Rule,
+        "send_to_targets",
+        "(self, original_event, transform_input=True)",
+        "deliver_events_to_lambda_sns_and_step_functions",
+    )
 
     def send_to_targets(self: Any, original_event: dict[str, Any], transform_input: bool = True) -> None:
         stack = runtime.current_or_none()
@@ -98,8 +128,8 @@ def record_put_events() -> None:
     """EventBridge: record every PutEvents entry (for contract tests and the demo's timeline)."""
     from moto.events.models import EventsBackend
 
-    shipped = _require(EventsBackend, "put_events", "record_put_events")
-    _require(EventsBackend, "_normalize_event_bus_arn", "record_put_events")
+    shipped = _require(EventsBackend, "put_events", "(self, events)", "record_put_events")
+    _require(EventsBackend, "_normalize_event_bus_arn", "(self, event_bus_arn)", "record_put_events")
 
     def put_events(self: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entries = shipped(self, events)
@@ -125,7 +155,12 @@ def cloudformation_bucket_notifications_and_versioning() -> None:
     apply both (EventBridge notifications start the whole pipeline)."""
     from moto.s3.models import FakeBucket, s3_backends
 
-    shipped = _require(FakeBucket, "create_from_cloudformation_json", "cloudformation_bucket_notifications")
+    shipped = _require(
+        FakeBucket,
+        "create_from_cloudformation_json",
+        "(resource_name, cloudformation_json, account_id, region_name, **kwargs)",
+        "cloudformation_bucket_notifications",
+    )
 
     def create_bucket(
         cls: Any,
@@ -155,7 +190,12 @@ def cloudformation_state_machines_are_executable() -> None:
     from moto.stepfunctions.models import StateMachine
     from moto.stepfunctions.responses import get_backend
 
-    _require(StateMachine, "create_from_cloudformation_json", "cloudformation_state_machines_are_executable")
+    _require(
+        StateMachine,
+        "create_from_cloudformation_json",
+        "(resource_name, cloudformation_json, account_id, region_name, **kwargs)",
+        "cloudformation_state_machines_are_executable",
+    )
 
     def create_state_machine(
         cls: Any,
@@ -191,7 +231,15 @@ def sagemaker_training_jobs_run() -> None:
 
     from .training import TrainingJobRejected
 
-    shipped = _require(SageMakerModelBackend, "create_training_job", "sagemaker_training_jobs_run")
+    shipped = _require(
+        SageMakerModelBackend,
+        "create_training_job",
+        "(self, training_job_name, hyper_parameters, algorithm_specification, role_arn, input_data_config, "
+        "output_data_config, resource_config, vpc_config, stopping_condition, tags, enable_network_isolation, "
+        "enable_inter_container_traffic_encryption, enable_managed_spot_training, checkpoint_config, "
+        "debug_hook_config, debug_rule_configurations, tensor_board_output_config, experiment_config)",
+        "sagemaker_training_jobs_run",
+    )
 
     def validation_error(message: str) -> JsonRESTError:
         return JsonRESTError("ValidationException", message)
@@ -252,7 +300,9 @@ def step_functions_sagemaker_integration() -> None:
 
     from .sagemaker import StateTaskServiceSageMaker
 
-    shipped = _require(state_task_factory, "state_task_service_for", "step_functions_sagemaker_integration")
+    shipped = _require(
+        state_task_factory, "state_task_service_for", "(service_name)", "step_functions_sagemaker_integration"
+    )
 
     def state_task_service_for(service_name: str) -> Any:
         if service_name == "sagemaker":
@@ -267,9 +317,9 @@ def step_functions_status_change_events() -> None:
     starts and ends, as AWS does (the pipeline's cancel path listens for ABORTED)."""
     from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication, Execution
 
-    shipped_start = _require(Execution, "start", "step_functions_status_change_events")
+    shipped_start = _require(Execution, "start", "(self)", "step_functions_status_change_events")
     shipped_terminated = _require(
-        BaseExecutionWorkerCommunication, "terminated", "step_functions_status_change_events"
+        BaseExecutionWorkerCommunication, "terminated", "(self)", "step_functions_status_change_events"
     )
 
     def start(self: Any) -> None:
@@ -331,7 +381,9 @@ def step_functions_parse_each_definition_once() -> None:
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
     from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
 
-    shipped = _require(AmazonStateLanguageParser, "parse", "step_functions_parse_each_definition_once")
+    shipped = _require(
+        AmazonStateLanguageParser, "parse", "(definition)", "step_functions_parse_each_definition_once"
+    )
     trees: dict[str, Any] = {}
 
     def parse(definition: str) -> tuple[Any, Any]:
@@ -350,7 +402,7 @@ def step_functions_new_executions_are_running() -> None:
     RUNNING from the moment StartExecution returns."""
     from moto.stepfunctions.parser.backend.execution import Execution
 
-    _require(Execution, "status", "step_functions_new_executions_are_running")
+    _require(Execution, "status", "(self)", "step_functions_new_executions_are_running")
 
     def status(execution: Any) -> str:
         current = execution.exec_status
@@ -366,8 +418,15 @@ def step_functions_stop_aborts_task_token_waits() -> None:
     from moto.stepfunctions.parser.asl.eval.environment import Environment
     from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
 
-    shipped_stop = _require(Environment, "set_stop", "step_functions_stop_aborts_task_token_waits")
-    shipped_error = _require(Environment, "set_error", "step_functions_stop_aborts_task_token_waits")
+    shipped_stop = _require(
+        Environment,
+        "set_stop",
+        "(self, stop_date, cause, error)",
+        "step_functions_stop_aborts_task_token_waits",
+    )
+    shipped_error = _require(
+        Environment, "set_error", "(self, error)", "step_functions_stop_aborts_task_token_waits"
+    )
 
     def set_stop(self: Any, stop_date: Any, cause: str | None, error: str | None) -> None:
         shipped_stop(self, stop_date, cause, error)  # also called for each frame of the execution
@@ -392,7 +451,7 @@ def step_functions_history_in_reverse_order() -> None:
     from moto.stepfunctions.responses import StepFunctionResponse
 
     shipped = _require(
-        StepFunctionResponse, "get_execution_history", "step_functions_history_in_reverse_order"
+        StepFunctionResponse, "get_execution_history", "(self)", "step_functions_history_in_reverse_order"
     )
 
     def get_execution_history(self: Any) -> Any:
@@ -410,7 +469,7 @@ def logs_filter_by_stream_name_prefix() -> None:
     from moto.logs.exceptions import InvalidParameterException
     from moto.logs.responses import LogsResponse
 
-    shipped = _require(LogsResponse, "filter_log_events", "logs_filter_by_stream_name_prefix")
+    shipped = _require(LogsResponse, "filter_log_events", "(self)", "logs_filter_by_stream_name_prefix")
 
     def filter_log_events(self: Any) -> Any:
         prefix = self._get_param("logStreamNamePrefix")
@@ -444,7 +503,12 @@ def record_sns_publishes() -> None:
     each email as it is sent)."""
     from moto.sns.models import Topic
 
-    shipped = _require(Topic, "publish", "record_sns_publishes")
+    shipped = _require(
+        Topic,
+        "publish",
+        "(self, message, subject=None, message_attributes=None, group_id=None, deduplication_id=None, message_structure=None)",
+        "record_sns_publishes",
+    )
 
     def publish(self: Any, message: str, subject: str | None = None, *args: Any, **kwargs: Any) -> str:
         message_id: str = shipped(self, message, subject, *args, **kwargs)
@@ -464,7 +528,7 @@ def dynamodb_atomic_requests() -> None:
     slot acquisitions race in the pipeline)."""
     from moto.dynamodb.responses import DynamoHandler
 
-    shipped = _require(DynamoHandler, "call_action", "dynamodb_atomic_requests")
+    shipped = _require(DynamoHandler, "call_action", "(self)", "dynamodb_atomic_requests")
     DynamoHandler.call_action = _serialised(shipped, threading.RLock())
 
 

@@ -41,7 +41,41 @@ def test_an_adaptation_names_the_moto_attribute_that_disappeared() -> None:
         pass
 
     with pytest.raises(adaptations.AdaptationOutdated, match=r"run_lambda.*Moved\._invoke_lambda"):
-        adaptations._require(Moved, "_invoke_lambda", "run_lambda_handlers_in_process")
+        adaptations._require(Moved, "_invoke_lambda", "(self, event=None)", "run_lambda_handlers_in_process")
+
+
+def test_an_adaptation_names_the_moto_function_whose_parameters_changed() -> None:
+    class Changed:
+        def _invoke_lambda(self, event: str | None = None, *, timeout: int = 3) -> None: ...
+
+        @classmethod
+        def create_from_cloudformation_json(cls, resource_name: str, properties: dict[str, str]) -> None: ...
+
+        @property
+        def status(self) -> str:
+            return "RUNNING"
+
+    with pytest.raises(
+        adaptations.AdaptationOutdated,
+        match=r"run_lambda_handlers_in_process: moto's Changed\._invoke_lambda now takes "
+        r"\(self, event=None, \*, timeout=3\), the adaptation expects \(self, event=None\)",
+    ):
+        adaptations._require(
+            Changed, "_invoke_lambda", "(self, event=None)", "run_lambda_handlers_in_process"
+        )
+    with pytest.raises(adaptations.AdaptationOutdated, match=r"now takes \(resource_name, properties\)"):
+        adaptations._require(
+            Changed,
+            "create_from_cloudformation_json",
+            "(resource_name, cloudformation_json, account_id, region_name, **kwargs)",
+            "cloudformation_bucket_notifications",
+        )
+    # Annotations may change; the parameters an adaptation calls with may not.
+    assert adaptations._require(Changed, "status", "(self)", "step_functions_new_executions_are_running")
+    with pytest.raises(adaptations.AdaptationOutdated, match=r"Changed\.status now takes \(self\)"):
+        adaptations._require(
+            Changed, "status", "(execution, now)", "step_functions_new_executions_are_running"
+        )
 
 
 def test_an_adaptation_for_something_moto_now_does_itself_asks_to_be_dropped() -> None:

@@ -6,7 +6,7 @@ import tarfile
 import boto3
 import numpy as np
 import pytest
-from botocore.exceptions import ResponseStreamingError
+from botocore.exceptions import ClientError, ResponseStreamingError
 from moto import mock_aws
 
 from lora_pipeline.aws.s3_model_io import MIN_PART_BYTES, S3MultipartSink, unpack_model
@@ -170,6 +170,27 @@ def test_an_archive_replaced_during_the_download_is_not_spliced(s3):
     with pytest.raises(ModelArchiveError, match="replaced while it was read"):
         run_unpack(s3, client=client)
     assert model_keys(s3) == []
+
+
+class FailingPartsClient:
+    """The S3 client, except that every UploadPart is refused as S3 refuses an expired session's."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def upload_part(self, **request):
+        raise ClientError({"Error": {"Code": "ExpiredToken", "Message": "expired"}}, "UploadPart")
+
+
+def test_a_failed_part_upload_stops_the_unpack_and_leaves_nothing(s3):
+    put_archive(s3, [Member("bluebot.safetensors", BIG_LORA)])
+    with pytest.raises(ClientError, match="ExpiredToken"):
+        run_unpack(s3, client=FailingPartsClient(s3))
+    assert model_keys(s3) == []
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
 
 
 def test_part_size_outside_s3_and_lambda_limits_is_refused(s3):

@@ -6,6 +6,7 @@ counts, chains of tar extended headers, and object keys that are not plain relat
 
 from __future__ import annotations
 
+import gzip
 import struct
 import tarfile
 import time
@@ -187,6 +188,71 @@ def test_members_with_large_pax_headers_are_not_kept_in_memory(tmp_path: Path) -
     )
     assert result[0].name == "bluebot.safetensors"
     assert peak < 24 * 1024 * 1024  # 60 members' 900 KB headers would be 54 MB
+
+
+def _pax_sized(name: str, data: bytes) -> bytes:
+    """A member whose ustar size field says 0 and whose pax `size` record says `len(data)` (tar, uncompressed)."""
+    info = tarfile.TarInfo(name)
+    info.pax_headers = {"size": str(len(data))}
+    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return header + data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+
+def test_the_header_check_follows_the_member_extent_tarfile_reads_from_a_pax_size_record(
+    tmp_path: Path,
+) -> None:
+    lora = sdxl_lora_bytes(module_limit=10)
+    chain = tar_bytes([*(_pax(1000) for _ in range(5)), Member("x.png", b"")], compress=False)
+    end = bytes(2 * tarfile.BLOCKSIZE)
+    accepted = unpack_model_archive(
+        _Reader(_pax_sized("bluebot.safetensors", lora) + end),
+        LocalFolderSink(tmp_path),
+        output_name="bluebot",
+    )
+    assert (accepted.size, (tmp_path / "bluebot.safetensors").read_bytes()) == (len(lora), lora)
+    # The chain right after the member is found only by skipping the pax-given size, not the ustar one.
+    with pytest.raises(ModelArchiveError, match="more than 4 extended tar headers in a row"):
+        unpack_model_archive(
+            _Reader(_pax_sized("bluebot.safetensors", lora) + chain), LocalFolderSink(tmp_path)
+        )
+
+
+def test_four_extended_headers_before_one_member_are_accepted(tmp_path: Path) -> None:
+    lora = sdxl_lora_bytes(module_limit=10)
+    archive = tar_bytes([*(_pax(1000) for _ in range(4)), Member("bluebot.safetensors", lora)])
+    result = unpack_model_archive(_Reader(archive), LocalFolderSink(tmp_path), output_name="bluebot")
+    assert result.size == len(lora)
+
+
+def _gnu_sparse_header_chain(extension_blocks: int) -> bytes:
+    """A GNU sparse ('S') member followed by `extension_blocks` sparse-map blocks and the end of the archive."""
+    info = tarfile.TarInfo("bluebot.safetensors")
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[482] = 1  # isextended: a sparse-map block follows
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    entry = b"%011o\0%011o\0" % (1, 1)  # offset, length: a real map entry, which tarfile keeps
+    extension = entry * 21 + b"\1" + bytes(7)  # isextended: one more block follows
+    last = entry * 21 + bytes(8)
+    return bytes(header) + extension * (extension_blocks - 1) + last + bytes(2 * tarfile.BLOCKSIZE)
+
+
+def test_a_gnu_sparse_map_of_millions_of_blocks_is_refused_with_bounded_memory(tmp_path: Path) -> None:
+    # tarfile reads a GNU sparse map whole before it returns the member, 21 entries a block: 256 Ki blocks
+    # (128 MiB of map) would hold 5.5 M tuples.
+    archive = gzip.compress(_gnu_sparse_header_chain(256 * 1024))
+    assert len(archive) < 10 * 1024 * 1024
+
+    def unpack() -> None:
+        with pytest.raises(
+            ModelArchiveError, match="tar headers of more than 1048576 bytes before one member"
+        ):
+            unpack_model_archive(_Reader(archive), LocalFolderSink(tmp_path))
+
+    assert peak_bytes(unpack) < 24 * 1024 * 1024
+    with pytest.raises(ModelArchiveError, match="is a device, FIFO or sparse file"):
+        unpack_model_archive(_Reader(gzip.compress(_gnu_sparse_header_chain(3))), LocalFolderSink(tmp_path))
 
 
 # --- object keys ---------------------------------------------------------------------------------------

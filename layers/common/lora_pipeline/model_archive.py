@@ -46,8 +46,7 @@ GIB = 1024**3
 CHUNK_BYTES = 1024 * 1024
 _EXTENDED_HEADER_LIMIT = 1024 * 1024
 # A member needs at most a pax header, a GNU long name and a GNU long link name (plus a global pax header).
-_EXTENDED_HEADER_CHAIN = 5
-_CHAIN_ATTRIBUTE = "_lora_pipeline_header_chain"
+_MAX_EXTENDED_HEADERS = 4
 _NESTED_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SAMPLES_FOLDER = "samples"
 EPOCHS_FOLDER = "epochs"
@@ -235,7 +234,7 @@ def read_member(
     return None
 
 
-def _open_tar(stream: ByteReader, chunk_bytes: int, what: str) -> tarfile.TarFile:
+def _open_tar(stream: ByteReader, chunk_bytes: int, what: str) -> _StreamedTar:
     magic = read_exact(stream, 4)
     if not magic:
         raise ModelArchiveError(f"{what} is empty", "The training job wrote nothing; see its logs")
@@ -248,7 +247,27 @@ def _open_tar(stream: ByteReader, chunk_bytes: int, what: str) -> tarfile.TarFil
     plain: io.RawIOBase = _PrefixedStream(magic, stream)
     if magic.startswith(b"\x1f\x8b"):
         plain = _GunzipStream(plain, chunk_bytes)
-    return tarfile.open(fileobj=plain, mode="r|", bufsize=chunk_bytes, tarinfo=_BoundedTarInfo)
+    return _StreamedTar(plain, chunk_bytes)
+
+
+class _StreamedTar:
+    """A tar read once, front to back, through `_ExtendedHeaderGuard`, keeping no member it has returned."""
+
+    def __init__(self, plain: io.RawIOBase, chunk_bytes: int) -> None:
+        self._guard = _ExtendedHeaderGuard(plain)
+        # Nothing to close: the stream belongs to the caller and a read-mode TarFile writes nothing.
+        self._archive = tarfile.open(fileobj=self._guard, mode="r|", bufsize=chunk_bytes)  # noqa: SIM115
+
+    def __iter__(self) -> Iterator[tarfile.TarInfo]:
+        for member in self._archive:
+            self._guard.member_read(member)
+            yield member
+            # A streamed TarFile still lists every member it has read in its `members` attribute (not in
+            # typeshed, set by TarFile.__init__ since Python 2): drop them.
+            self._archive.members.clear()  # type: ignore[attr-defined]
+
+    def extractfile(self, member: tarfile.TarInfo) -> ByteReader | None:
+        return self._archive.extractfile(member)
 
 
 class _PrefixedStream(io.RawIOBase):
@@ -305,49 +324,117 @@ class _GunzipStream(io.RawIOBase):
                 return len(data)
 
 
-_EXTENDED_TYPES = frozenset(
-    (
-        tarfile.XHDTYPE,
-        tarfile.XGLTYPE,
-        tarfile.SOLARIS_XHDTYPE,
-        tarfile.GNUTYPE_LONGNAME,
-        tarfile.GNUTYPE_LONGLINK,
-    )
-)
+# ustar typeflags (POSIX pax, GNU tar) of the headers that describe the member after them.
+_EXTENDED_TYPES = frozenset(b"xgXLK")
+_TAR_BLOCK = 512
 
 
-class _BoundedTarInfo(tarfile.TarInfo):
-    """Bounds the extended headers (pax, GNU long names) tarfile reads into memory before a member.
+def _tar_number(field: bytes) -> int | None:
+    """A ustar numeric field: NUL/space-terminated octal, or GNU base-256 (first byte 0x80, or 0xff when
+    negative); None when it is neither."""
+    if field[:1] in (b"\x80", b"\xff"):
+        value = int.from_bytes(field[1:], "big")
+        return value - 256 ** (len(field) - 1) if field[0] == 0xFF else value
+    try:
+        return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return None
 
-    tarfile reads each one whole and then reads the next header recursively, holding them all: a chain of
-    1,000 pax headers of 1 MiB costs 1 GB. So each is capped at `_EXTENDED_HEADER_LIMIT` bytes (checked in
-    the public `frombuf`, before its data is read) and a chain at `_EXTENDED_HEADER_CHAIN` headers (counted
-    in the public `fromtarfile`, which tarfile calls once per header of the chain).
+
+def _extended_header_size(block: bytes) -> int | None:
+    """The data size of `block` when it is a well-formed extended header (pax, GNU long name), else None."""
+    if len(block) != _TAR_BLOCK or block[156] not in _EXTENDED_TYPES:
+        return None
+    field = block[148:156]
+    # The checksum counts its own field as spaces; old tars summed signed bytes, so both sums are valid.
+    unsigned = sum(block) - sum(field) + 8 * ord(" ")
+    signed = unsigned - 256 * sum(byte >= 128 for byte in block[:148] + block[156:])
+    if _tar_number(field) not in (unsigned, signed):
+        return None
+    return _tar_number(block[124:136])
+
+
+class _ExtendedHeaderGuard(io.RawIOBase):
+    """The tar stream on its way to tarfile, with every extended header (pax, GNU long name) checked before
+    tarfile reads it: at most `_EXTENDED_HEADER_LIMIT` bytes each, `_MAX_EXTENDED_HEADERS` before one member.
+
+    tarfile reads each extended header whole and the next header recursively, holding them all (a chain of
+    1,000 pax headers of 1 MiB costs 1 GB). The guard reads the header blocks itself (the ustar layout is
+    POSIX's): it hands tarfile nothing past a header it has not checked. Where a member's data ends is
+    tarfile's to say (pax `size`, sparse maps), so after a member header the guard waits for `member_read`
+    with the member tarfile made of it; meanwhile tarfile may read at most `_EXTENDED_HEADER_LIMIT` bytes
+    more (a GNU sparse map, refused as a member kind right after).
     """
 
-    @classmethod
-    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _BoundedTarInfo:
-        info = super().frombuf(buf, encoding, errors)
-        if info.type in _EXTENDED_TYPES and info.size > _EXTENDED_HEADER_LIMIT:
-            raise ModelArchiveError(
-                f"an extended tar header claims {info.size} bytes (at most {_EXTENDED_HEADER_LIMIT} expected)",
-                "The archive is corrupt or hostile; do not use it",
-            )
-        return info
+    def __init__(self, source: io.RawIOBase) -> None:
+        self._source = source
+        self._position = 0
+        self._next_header: int | None = 0
+        """Where the next header to check starts; None while tarfile reads a member header."""
+        self._unchecked = 0
+        """Bytes handed to tarfile since the member header it has not returned yet."""
+        self._extended_headers = 0
+        self._ended = False
 
-    @classmethod
-    def fromtarfile(cls, tarfile: tarfile.TarFile) -> _BoundedTarInfo:
-        depth: int = getattr(tarfile, _CHAIN_ATTRIBUTE, 0)
-        if depth >= _EXTENDED_HEADER_CHAIN:
-            raise ModelArchiveError(
-                f"more than {_EXTENDED_HEADER_CHAIN - 1} extended tar headers in a row before one member",
-                "The archive is corrupt or hostile; do not use it",
+    def readable(self) -> bool:
+        return True
+
+    def member_read(self, member: tarfile.TarInfo) -> None:
+        """tarfile returned `member`: its next header follows the member's data (none for a directory)."""
+        extent = -(-member.size // _TAR_BLOCK) * _TAR_BLOCK if member.isfile() else 0
+        self._next_header = max(member.offset_data + extent, self._position)
+        self._unchecked = 0
+        self._extended_headers = 0
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Fills `buffer` as the source would (so gzip's end is reached as early as without the guard), but
+        stops after a member header: the member's extent is tarfile's to say."""
+        filled = 0
+        while filled < len(buffer) and (self._next_header is not None or not filled):
+            data = self._next_bytes(len(buffer) - filled)
+            if not data:
+                break
+            buffer[filled : filled + len(data)] = data
+            filled += len(data)
+            self._position += len(data)
+        return filled
+
+    def _next_bytes(self, wanted: int) -> bytes:
+        if self._next_header is None:
+            data = self._source.read(min(wanted, _EXTENDED_HEADER_LIMIT + 1 - self._unchecked)) or b""
+            self._unchecked += len(data)
+            if self._unchecked > _EXTENDED_HEADER_LIMIT:
+                raise _hostile(f"tar headers of more than {_EXTENDED_HEADER_LIMIT} bytes before one member")
+            return data
+        if self._ended or self._position < self._next_header:
+            limit = wanted if self._ended else min(wanted, self._next_header - self._position)
+            return self._source.read(limit) or b""
+        block = read_exact(self._source, _TAR_BLOCK)
+        size = _extended_header_size(block)
+        if block == bytes(_TAR_BLOCK):
+            # tarfile ends the archive at its first zero block and reads no header after it.
+            self._ended = True
+        elif size is None or size < 0:
+            self._next_header = None  # a member, or garbage: tarfile decides
+        else:
+            self._check_extended_header(size)
+            self._next_header += _TAR_BLOCK + -(-size // _TAR_BLOCK) * _TAR_BLOCK
+        return block
+
+    def _check_extended_header(self, size: int) -> None:
+        if size > _EXTENDED_HEADER_LIMIT:
+            raise _hostile(
+                f"an extended tar header claims {size} bytes (at most {_EXTENDED_HEADER_LIMIT} expected)"
             )
-        setattr(tarfile, _CHAIN_ATTRIBUTE, depth + 1)
-        try:
-            return super().fromtarfile(tarfile)
-        finally:
-            setattr(tarfile, _CHAIN_ATTRIBUTE, depth)
+        self._extended_headers += 1
+        if self._extended_headers > _MAX_EXTENDED_HEADERS:
+            raise _hostile(
+                f"more than {_MAX_EXTENDED_HEADERS} extended tar headers in a row before one member"
+            )
+
+
+def _hostile(problem: str) -> ModelArchiveError:
+    return ModelArchiveError(problem, "The archive is corrupt or hostile; do not use it")
 
 
 class _HashingReader:
@@ -426,7 +513,7 @@ class _Unpacker:
                 self.current,
             ) from error
 
-    def _members(self, archive: tarfile.TarFile, prefix: str) -> Iterator[tarfile.TarInfo]:
+    def _members(self, archive: _StreamedTar, prefix: str) -> Iterator[tarfile.TarInfo]:
         for member in archive:
             path = prefix + member.name
             self.current = path
@@ -453,9 +540,6 @@ class _Unpacker:
                     path,
                 )
             yield member
-            # A streamed TarFile still lists every member it has read (pax headers included) in its
-            # `members` attribute (not in typeshed, set by TarFile.__init__ since Python 2): drop them.
-            archive.members.clear()  # type: ignore[attr-defined]
 
     def _epoch_of(self, name: PurePosixPath) -> int | None:
         if self.output_name is None or self.epoch_sink is None or name.parent.name != EPOCHS_FOLDER:

@@ -1,12 +1,14 @@
-"""S3 ends of the unpack step: the archive as a stream, the LoRA as a multipart upload, the manifest.
+"""S3 ends of the unpack step: the archive as a stream, the LoRA as an s3transfer upload, the manifest.
 
-Memory in the Lambda is one multipart part (plus its copy while it is sent) and a few 1 MiB chunks, so
-a 2 GB archive unpacks in a 1 GB function with the default 16 MiB parts.
+Memory in the Lambda is a few multipart parts per file being written (`S3MultipartSink`) and a few 1 MiB
+chunks, so a 2 GB archive unpacks in a 1 GB function with the default 16 MiB parts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections import deque
 from typing import Any
 
 from botocore.exceptions import (  # type: ignore[import-untyped]
@@ -14,6 +16,8 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     ReadTimeoutError,
     ResponseStreamingError,
 )
+from s3transfer.manager import TransferConfig, TransferManager  # type: ignore[import-untyped]
+from s3transfer.subscribers import BaseSubscriber  # type: ignore[import-untyped]
 
 from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.manifest import Manifest, RunFacts, build_manifest
@@ -99,7 +103,13 @@ class S3ObjectStream:
 
 
 class S3MultipartSink:
-    """Writes `<prefix><name>` by multipart upload (a single PUT when the file fits in one part)."""
+    """Writes `<prefix><name>` with s3transfer's managed upload: a multipart upload of `part_bytes` parts, or
+    a single PUT when the file fits in one part.
+
+    Memory per open file is about three parts: the one being sent, the next one read while it is sent
+    (`max_in_memory_upload_chunks` and `max_submission_concurrency` at 1, as s3transfer's `TransferConfig`
+    documents their sum), and the written bytes waiting for s3transfer to read them.
+    """
 
     def __init__(self, client: Any, bucket: str, prefix: str, part_bytes: int = DEFAULT_PART_BYTES) -> None:
         if not MIN_PART_BYTES <= part_bytes <= MAX_PART_BYTES:
@@ -107,71 +117,121 @@ class S3MultipartSink:
         self._client = client
         self._bucket = bucket
         self._prefix = prefix
-        self._part_bytes = part_bytes
-
-    def open(self, name: str) -> S3MultipartWriter:
-        return S3MultipartWriter(
-            self._client, self._bucket, self._prefix + check_file_name(name), self._part_bytes
+        self._config = TransferConfig(
+            multipart_threshold=part_bytes,
+            multipart_chunksize=part_bytes,
+            max_request_concurrency=2,
+            max_submission_concurrency=1,
+            max_in_memory_upload_chunks=1,
         )
 
+    def open(self, name: str) -> S3UploadWriter:
+        key = self._prefix + check_file_name(name)
+        return S3UploadWriter(TransferManager(self._client, self._config), self._bucket, key)
 
-class S3MultipartWriter:
-    def __init__(self, client: Any, bucket: str, key: str, part_bytes: int) -> None:
-        self._client = client
-        self._bucket = bucket
+
+class _UploadAborted(Exception):
+    """Raised to s3transfer from the stream it reads when the file is discarded: the upload fails."""
+
+
+class _WrittenBytes:
+    """The bytes written to an `S3UploadWriter`, as the non-seekable stream s3transfer reads.
+
+    `write` waits while `max_bytes` are unread; `read(n)` waits for n bytes (s3transfer takes a short read
+    as the end of the stream) or for `finish`.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._chunks: deque[bytes] = deque()
+        self._unread = 0
+        self._finished = False
+        self._stopped = False
+        self._changed = threading.Condition()
+
+    def write(self, data: bytes) -> bool:
+        """False when the reader stopped (the upload failed or was aborted): nothing more will be read."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._unread < self._max_bytes or self._stopped)
+            if self._stopped:
+                return False
+            self._chunks.append(data)
+            self._unread += len(data)
+            self._changed.notify_all()
+            return True
+
+    def finish(self) -> None:
+        with self._changed:
+            self._finished = True
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._chunks.clear()
+            self._changed.notify_all()
+
+    def read(self, size: int = -1, /) -> bytes:
+        with self._changed:
+            self._changed.wait_for(lambda: self._stopped or self._finished or 0 <= size <= self._unread)
+            if self._stopped:
+                raise _UploadAborted
+            wanted = self._unread if size < 0 else min(size, self._unread)
+            taken: list[bytes] = []
+            while wanted:
+                chunk = self._chunks.popleft()
+                if len(chunk) > wanted:
+                    self._chunks.appendleft(chunk[wanted:])
+                    chunk = chunk[:wanted]
+                taken.append(chunk)
+                wanted -= len(chunk)
+                self._unread -= len(chunk)
+            self._changed.notify_all()
+        return b"".join(taken)
+
+
+class _StopWhenDone(BaseSubscriber):  # type: ignore[misc]
+    def __init__(self, written: _WrittenBytes) -> None:
+        self._written = written
+
+    def on_done(self, future: Any, **_: Any) -> None:
+        self._written.stop()  # a failed upload reads no more: do not let the writer wait for it
+
+
+class S3UploadWriter:
+    """One file of an `S3MultipartSink`, uploaded by s3transfer while it is written."""
+
+    def __init__(self, manager: Any, bucket: str, key: str) -> None:
         self.key = key
-        self._part_bytes = part_bytes
-        self._buffer = bytearray()
-        self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
+        self._manager = manager
+        part_bytes = manager.config.multipart_chunksize
+        self._written = _WrittenBytes(part_bytes)
+        self._upload = manager.upload(
+            self._written,
+            bucket,
+            key,
+            extra_args={"ContentType": "application/octet-stream"},
+            subscribers=[_StopWhenDone(self._written)],
+        )
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self._part_bytes:
-            with memoryview(self._buffer) as view:
-                part = bytes(view[: self._part_bytes])  # one copy (slicing the bytearray would add another)
-            del self._buffer[: self._part_bytes]
-            self._upload_part(part)
-
-    def _upload_part(self, data: bytes) -> None:
-        if self._upload_id is None:
-            created = self._client.create_multipart_upload(
-                Bucket=self._bucket, Key=self.key, ContentType="application/octet-stream"
-            )
-            self._upload_id = created["UploadId"]
-        number = len(self._parts) + 1
-        response = self._client.upload_part(
-            Bucket=self._bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data
-        )
-        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        if not self._written.write(data):
+            self.close()  # raises the upload's error
 
     def close(self) -> None:
-        if self._upload_id is None:
-            self._client.put_object(
-                Bucket=self._bucket,
-                Key=self.key,
-                Body=bytes(self._buffer),
-                ContentType="application/octet-stream",
-            )
-        else:
-            if self._buffer:
-                self._upload_part(bytes(self._buffer))
-            self._client.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self.key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
-            )
-        self._buffer = bytearray()
+        self._written.finish()
+        try:
+            self._upload.result()
+        finally:
+            self._manager.shutdown()
 
     def abort(self) -> None:
-        self._buffer = bytearray()
-        if self._upload_id is None:
-            return
-        # Best effort while another error propagates; the bucket's lifecycle rule expires any leftover.
-        with contextlib.suppress(ClientError):
-            self._client.abort_multipart_upload(Bucket=self._bucket, Key=self.key, UploadId=self._upload_id)
-        self._upload_id = None
+        self._written.stop()
+        # Best effort while another error propagates (the upload's own one included): s3transfer aborts the
+        # multipart upload it began, and the bucket's lifecycle rule expires any leftover.
+        with contextlib.suppress(Exception):
+            self._upload.result()
+        self._manager.shutdown()
 
 
 def write_manifest(client: Any, bucket: str, key: str, manifest: Manifest) -> None:
