@@ -480,8 +480,9 @@ class _Unpacker:
     current: str | None = None
     unopened: list[str] = field(default_factory=list)
     """Archives nested deeper than `max_nesting`."""
-    extras: list[tuple[ModelWriter, EpochLora | None]] = field(default_factory=list)
-    """Open writers of the epoch LoRAs and samples, closed only once the archive was read whole."""
+    epoch_writers: list[tuple[ModelWriter, EpochLora]] = field(default_factory=list)
+    """Open writers of the epoch LoRAs, closed only once the archive was read whole (samples are held
+    in `samples` and written then)."""
     samples: dict[str, bytes] = field(default_factory=dict)
     samples_skipped: int = 0
 
@@ -558,7 +559,7 @@ class _Unpacker:
             return
         while tee.read(self.chunk_bytes):
             pass
-        self.extras.append(
+        self.epoch_writers.append(
             (writer, EpochLora(name=name, epoch=epoch, size=tee.size, sha256=tee.sha256.hexdigest()))
         )
 
@@ -567,11 +568,9 @@ class _Unpacker:
         if self.sample_sink is None or held + size > self.limits.max_sample_bytes:
             self.samples_skipped += 1
             return
-        data = reader.read()
-        writer = self.sample_sink.open(name)
-        self.extras.append((writer, None))
-        writer.write(data)
-        self.samples[name] = data
+        self.samples[name] = (
+            reader.read()
+        )  # written at `finish`: an upload held open per sample costs threads
 
     def _take_candidate(self, member: tarfile.TarInfo, path: str, reader: ByteReader) -> None:
         preferred = PurePosixPath(member.name).name == f"{self.output_name}.safetensors"
@@ -643,11 +642,20 @@ class _Unpacker:
         assert chosen.result is not None and chosen.writer is not None
         chosen.writer.close()
         chosen.writer = None
-        for writer, _ in self.extras:
+        for writer, _ in self.epoch_writers:
             writer.close()
+        if self.sample_sink is not None:
+            for name, data in self.samples.items():
+                writer = self.sample_sink.open(name)
+                try:
+                    writer.write(data)
+                except BaseException:
+                    writer.abort()
+                    raise
+                writer.close()
         return chosen.result.model_copy(
             update={
-                "epochs": sorted((e for _, e in self.extras if e is not None), key=lambda e: e.epoch),
+                "epochs": sorted((e for _, e in self.epoch_writers), key=lambda e: e.epoch),
                 "samples": dict(sorted(self.samples.items())),
                 "samples_skipped": self.samples_skipped,
             }
@@ -658,9 +666,9 @@ class _Unpacker:
             if candidate.writer is not None:
                 candidate.writer.abort()
                 candidate.writer = None
-        for writer, _ in self.extras:
+        for writer, _ in self.epoch_writers:
             writer.abort()
-        self.extras = []
+        self.epoch_writers = []
 
 
 def _check_member_kind(member: tarfile.TarInfo, path: str) -> None:
