@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from lora_pipeline.aws import run_table
 from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.manifest import Manifest
@@ -27,7 +29,11 @@ from lora_pipeline.salvage import ResumeRequest, has_complete_state
 from lora_pipeline.training_metrics import TrainingProgress, parse_metric_line
 from lora_pipeline_cli.stack import Stack, StackError
 
-RUNNING, SUCCEEDED, REJECTED = "RUNNING", "SUCCEEDED", "REJECTED"
+RUNNING, SUCCEEDED, REJECTED = (
+    run_table.RunStatus.RUNNING,
+    run_table.RunStatus.SUCCEEDED,
+    run_table.RunStatus.REJECTED,
+)
 REJECTION_ERRORS_SHOWN = 5
 _JOB_ENDED = {"Completed", "Failed", "Stopped"}
 LOG_POLL_SECONDS = 5.0
@@ -103,14 +109,23 @@ def _execution_arn(stack: Stack, execution_name: str) -> str:
 
 
 def _current_stage(stack: Stack, run: RunRecord) -> str | None:
+    """The newest state still in progress (a Parallel runs two: Train waits while its other branch announces
+    the job and ends), else the newest state entered."""
     events = stack.client("stepfunctions").get_execution_history(
         executionArn=_execution_arn(stack, run.execution_name), reverseOrder=True, maxResults=50
     )["events"]
+    exits: Counter[str] = Counter()
+    newest = None
     for event in events:
-        details = event.get("stateEnteredEventDetails")
-        if details:
-            return str(details["name"])
-    return None
+        if exited := event.get("stateExitedEventDetails"):
+            exits[exited["name"]] += 1
+        elif entered := event.get("stateEnteredEventDetails"):
+            name = str(entered["name"])
+            newest = newest or name
+            if exits[name] == 0:
+                return name
+            exits[name] -= 1
+    return newest
 
 
 def latest_training_job(stack: Stack, run: RunRecord) -> dict[str, Any] | None:

@@ -312,6 +312,25 @@ def step_functions_sagemaker_integration() -> None:
     state_task_factory.state_task_service_for = state_task_service_for
 
 
+def step_functions_sdk_error_names_of_sagemaker() -> None:
+    """Step Functions: moto names aws-sdk:sagemaker errors `sagemaker.sagemakerException`; AWS names them with
+    the SDK's service name, `SageMaker.SageMakerException`, which is what the ASL's Retry and Catch match."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
+        StateTaskServiceAwsSdk,
+    )
+
+    shipped = _require(
+        StateTaskServiceAwsSdk, "_normalise_service_error_name", "step_functions_sdk_error_names_of_sagemaker"
+    )
+
+    def normalise_service_error_name(service_name: str) -> str:
+        if runtime.current_or_none() is not None and service_name.lower() == "sagemaker":
+            return "SageMaker"
+        return shipped(service_name)  # type: ignore[no-any-return]
+
+    StateTaskServiceAwsSdk._normalise_service_error_name = staticmethod(normalise_service_error_name)  # type: ignore[method-assign]
+
+
 def step_functions_status_change_events() -> None:
     """Step Functions: emit "Step Functions Execution Status Change" on the default bus when an execution
     starts and ends, as AWS does (the pipeline's cancel path listens for ABORTED)."""
@@ -549,6 +568,7 @@ ADAPTATIONS: Final[tuple[Callable[[], None], ...]] = (
     cloudformation_state_machines_are_executable,
     sagemaker_training_jobs_run,
     step_functions_sagemaker_integration,
+    step_functions_sdk_error_names_of_sagemaker,
     step_functions_status_change_events,
     step_functions_parse_each_definition_once,
     step_functions_new_executions_are_running,

@@ -250,3 +250,28 @@ def test_an_execution_not_yet_started_reads_as_running() -> None:
     assert execution.status == "RUNNING"
     execution.exec_status = ExecutionStatus.SUCCEEDED
     assert execution.status == "SUCCEEDED"
+
+
+def test_aws_sdk_sagemaker_errors_carry_the_sdk_service_name_while_a_stack_is_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from botocore.exceptions import ClientError
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
+        StateTaskServiceAwsSdk,
+    )
+
+    from embedded_aws import runtime
+
+    adaptations.install()
+    not_found = ClientError(
+        {"Error": {"Code": "ValidationException", "Message": "not found"}}, "DescribeTrainingJob"
+    )
+
+    def error_name(service: str) -> str:
+        normalised = StateTaskServiceAwsSdk._normalise_service_error_name(service)
+        return StateTaskServiceAwsSdk._normalise_exception_name(normalised, not_found)
+
+    assert error_name("sagemaker") == "sagemaker.sagemakerException"  # moto as shipped
+    monkeypatch.setattr(runtime, "_current", object())
+    assert error_name("sagemaker") == "SageMaker.SageMakerException"
+    assert error_name("dynamodb") == "DynamoDb.DynamoDbException"

@@ -13,7 +13,7 @@ import pytest
 from moto import mock_aws
 
 from lora_pipeline.aws.event_publisher import EventPublisher
-from lora_pipeline.aws.run_table import SLOTS_KEY, RunTable
+from lora_pipeline.aws.run_table import SLOTS_KEY, RunStatus, RunTable
 from lora_pipeline.aws.s3_source import S3DatasetSource
 from lora_pipeline.aws.steps import ingest_upload
 from lora_pipeline.events import TrainingCancelled
@@ -86,8 +86,8 @@ def test_one_run_holds_a_dataset_until_it_finishes(table: RunTable) -> None:
     assert not table.try_start("d", "r2", ready=False, now=NOW, last_finished=None)
     active = table.record_upload("d", ready=True, now=NOW)
     assert active is not None and active.run_id == "r1" and active.settling
-    table.finish("d", "r1", "SUCCEEDED", NOW, follow_up=True)
-    table.finish("d", "r1", "SUCCEEDED", NOW, follow_up=True)  # idempotent
+    table.finish("d", "r1", RunStatus.SUCCEEDED, NOW, follow_up=True)
+    table.finish("d", "r1", RunStatus.SUCCEEDED, NOW, follow_up=True)  # idempotent
     state, finished = table.dataset_state("d")
     assert state.active is None and state.last_finished_at == NOW
     assert table.record_upload("d", ready=False, now=NOW) is None

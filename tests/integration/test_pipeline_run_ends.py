@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 
 from embedded_aws.stack import EmbeddedStack
-from embedded_aws.training import ArchiveExecutor, HeldExecutor
+from embedded_aws.training import ArchiveExecutor, FlakyExecutor, HeldExecutor
 from lora_pipeline.aws import s3_model_io, steps
 from lora_pipeline.s3_layout import RunLayout
 from tests.integration.pipeline_support import (
@@ -92,10 +95,8 @@ def test_a_stop_while_the_upload_settles_ends_at_once_with_one_cancel_email(tmp_
 
 class _BrokenOutcome:
     def model_dump(self, mode: str) -> dict[str, Any]:
-        return {
-            "valid": True,
-            "error_count": 0,
-        }  # no `job`: the next state's path fails with States.Runtime (no Catch)
+        # No `problems` nor counts: EmitRejected's paths fail with States.Runtime (Emit states have no Catch).
+        return {"valid": False, "error_count": 1}
 
 
 def test_a_failure_outside_the_failure_path_sends_one_training_failed(
@@ -228,3 +229,48 @@ def redeliver_execution_end(stack: EmbeddedStack, execution_arn: str) -> None:
         Payload=json.dumps(event).encode(),
     )
     assert "FunctionError" not in response, response["Payload"].read()
+
+
+def test_training_started_is_sent_only_for_a_training_job_that_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ASL's retry intervals at 1/100 of their length (Train retries CreateTrainingJob for minutes).
+    monkeypatch.setattr(
+        retrier_decl, "time", SimpleNamespace(sleep=lambda seconds: time.sleep(seconds / 100))
+    )
+    throttled = FlakyExecutor(ArchiveExecutor(lora_archive()), throttled_creates=1000)
+    with pipeline(throttled) as stack:
+        upload(stack, dataset(tmp_path))
+        stack.wait_until_idle(timeout=120)
+
+        (execution,) = stack.executions()
+        assert throttled.throttled == 7  # the first call and Train's 6 retries
+        assert stack.training_jobs() == []
+        # The announcing branch looked for the job (not found, retried) until Train's failure ended it.
+        not_found = [
+            e["taskFailedEventDetails"]["error"]
+            for e in execution.history
+            if e["type"] == "TaskFailed" and e["taskFailedEventDetails"]["resource"] == "describeTrainingJob"
+        ]
+        assert not_found and set(not_found) == {"SageMaker.SageMakerException"}
+        assert "EmitStarted" not in execution.states_entered()
+        assert pipeline_events(stack, "Training Started") == []
+        assert not [s for s in subjects(stack) if s.startswith("Training started")]
+        (failed,) = pipeline_events(stack, "Training Failed")
+        assert failed["stage"] == "training" and "ThrottlingException" in failed["cause"]
+        assert last_events(stack) == [("Training Failed", execution.input["run_id"])]
+        assert_dataset_and_slots_free(stack)
+
+
+def test_training_started_is_sent_once_after_the_job_is_created(tmp_path: Path) -> None:
+    with pipeline(ArchiveExecutor(lora_archive())) as stack:
+        upload(stack, dataset(tmp_path))
+        stack.wait_until_idle(timeout=120)
+
+        (execution,) = stack.executions()
+        assert execution.status == "SUCCEEDED"
+        (job,) = stack.training_jobs()
+        (started,) = pipeline_events(stack, "Training Started")
+        assert started["training_job_name"] == job["TrainingJobName"]
+        assert datetime.fromisoformat(started["time"]) >= job["CreationTime"]
+        assert subjects(stack).count("Training started: bluebot") == 1

@@ -1,20 +1,55 @@
-"""Static checks of the state machine definition against the template and the domain package."""
+"""Static checks of the state machine definition against the template and the domain package.
+
+The ASL stays hand-written (readable, and what the console shows); each fact it shares with Python has its home
+in Python, and a test here pins the ASL's copy to it."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from embedded_aws.sam import load_template
 from lora_pipeline import events
+from lora_pipeline.aws import run_table
 from lora_pipeline.training_metrics import METRIC_DEFINITIONS
 
 REPO = Path(__file__).resolve().parents[2]
 ASL_TEXT = (REPO / "statemachine" / "pipeline.asl.json").read_text()
-ASL: dict[str, Any] = json.loads(ASL_TEXT)
-STATES: dict[str, dict[str, Any]] = ASL["States"]
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # "x" and "x.$" name the same field of a Step Functions payload template (a value and a path).
+    fields = [key.removesuffix(".$") for key, _ in pairs]
+    duplicates = sorted({field for field in fields if fields.count(field) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate keys {duplicates} in the object with keys {[key for key, _ in pairs]}")
+    return dict(pairs)
+
+
+def _strict(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+
+
+ASL: dict[str, Any] = _strict(ASL_TEXT)
+
+
+def _machines(machine: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The machine and every Parallel branch in it, nested ones too (each has its own StartAt and States)."""
+    yield machine
+    for state in machine["States"].values():
+        for branch in state.get("Branches", []):
+            yield from _machines(branch)
+
+
+# Every state by name, those in Parallel branches too (Step Functions requires names unique in the machine).
+STATES: dict[str, dict[str, Any]] = {
+    name: state for machine in _machines(ASL) for name, state in machine["States"].items()
+}
 TEMPLATE = load_template(REPO / "template.yaml")
 
 
@@ -26,6 +61,41 @@ def _walk(node: Any) -> Any:
     elif isinstance(node, list):
         for value in node:
             yield from _walk(value)
+
+
+def _transitions(state: dict[str, Any]) -> list[str]:
+    """Where a state can go next: Next, Choice rules and Default, Catch targets."""
+    targets = [state["Next"]] if "Next" in state else []
+    targets += [choice["Next"] for choice in state.get("Choices", [])]
+    targets += [state["Default"]] if "Default" in state else []
+    targets += [catcher["Next"] for catcher in state.get("Catch", [])]
+    return targets
+
+
+def test_the_definition_has_no_duplicate_keys() -> None:
+    _strict(ASL_TEXT)
+    with pytest.raises(ValueError, match=r"duplicate keys \['logs_url'\]"):
+        _strict('{"Parameters": {"logs_url": null, "logs_url.$": "$.links.logs_url"}}')
+    with pytest.raises(ValueError, match=r"duplicate keys \['stage'\]"):
+        _strict('{"stage": "training", "stage": "unpack"}')
+    assert len(STATES) == sum(len(m["States"]) for m in _machines(ASL))
+
+
+def test_every_state_is_reachable_from_start_at_and_every_target_is_defined() -> None:
+    for machine in _machines(ASL):
+        states = machine["States"]
+        seen, todo = set(), [machine["StartAt"]]
+        while todo:
+            name = todo.pop()
+            assert name in states, f"{name} is a transition target but not a state of its machine"
+            if name not in seen:
+                seen.add(name)
+                todo += _transitions(states[name])
+        assert seen == set(states), f"unreachable: {sorted(set(states) - seen)}"
+        ends = {name for name, state in states.items() if not _transitions(state)}
+        assert all(states[name]["Type"] in ("Succeed", "Fail") or states[name].get("End") for name in ends), (
+            ends
+        )
 
 
 def test_metric_definitions_are_the_containers() -> None:
@@ -44,7 +114,7 @@ def test_every_transition_leads_to_a_state_and_every_state_is_reachable() -> Non
     targets = {node["Next"] for node in _walk(STATES) if isinstance(node.get("Next"), str)}
     targets |= {node["Default"] for node in _walk(STATES) if isinstance(node.get("Default"), str)}
     assert targets <= set(STATES)
-    assert set(STATES) - targets == {ASL["StartAt"]}
+    assert set(STATES) - targets == {machine["StartAt"] for machine in _machines(ASL)}
 
 
 def test_every_emitted_detail_has_exactly_its_models_fields() -> None:
@@ -108,3 +178,100 @@ def test_files_that_came_after_the_settle_send_the_run_back_to_settling() -> Non
     ]
     assert STATES[resettle]["Next"] == "WaitForUploadToSettle"
     assert "REMOVE changed_during_run" in STATES[resettle]["Parameters"]["UpdateExpression"]
+
+
+def test_the_run_tables_updates_are_the_python_owners() -> None:
+    release, free, record = STATES["ReleaseSlot"], STATES["FreeDataset"], STATES["RecordOutcome"]
+    assert release["Parameters"]["Key"] == run_table.SLOTS_KEY
+    assert release["Parameters"]["UpdateExpression"] == run_table.RELEASE_SLOT_UPDATE
+    assert release["Parameters"]["ConditionExpression"] == run_table.RELEASE_SLOT_CONDITION
+    assert free["Parameters"]["UpdateExpression"] == run_table.free_dataset_update(follow_up=True)
+    assert free["Parameters"]["ConditionExpression"] == run_table.FREE_DATASET_CONDITION
+    assert record["Parameters"]["UpdateExpression"] == run_table.RECORD_OUTCOME_UPDATE
+    run = {"$.dataset": "bluebot", "$.run_id": "r1"}
+    owners = [run_table.SLOTS_KEY, run_table.dataset_key("bluebot"), run_table.run_key("bluebot", "r1")]
+    keys = [state["Parameters"]["Key"] for state in STATES.values() if "Key" in state.get("Parameters", {})]
+    for key in keys:
+        rendered = {}
+        for attribute, value in key.items():
+            if "S" in value:
+                rendered[attribute] = value
+            else:
+                template, path = re.fullmatch(r"States\.Format\('(.*)', (\$\.\w+)\)", value["S.$"]).groups()
+                rendered[attribute] = {"S": template.replace("{}", run[path])}
+        assert rendered in owners, key
+    assert len(keys) == 9  # every DynamoDB state
+
+
+def test_the_run_statuses_the_state_machine_records_are_run_statuses() -> None:
+    recorded = {
+        state["Result"]["status"]
+        for state in STATES.values()
+        if state["Type"] == "Pass" and state.get("ResultPath") == "$.outcome"
+    }
+    assert recorded == {
+        run_table.RunStatus.SUCCEEDED,
+        run_table.RunStatus.REJECTED,
+        run_table.RunStatus.FAILED,
+    }
+    (failed,) = STATES["HowDidItEnd"]["Choices"]
+    assert failed["StringEquals"] == run_table.RunStatus.FAILED
+    assert STATES["RecordOutcome"]["Parameters"]["ExpressionAttributeValues"][":status"] == {
+        "S.$": "$.outcome.status"
+    }
+
+
+def test_one_retry_policy_per_kind_of_error() -> None:
+    # Step Functions has no shared retriers: each state repeats its policy. Retriers for the same errors must be
+    # the same policy, so a change made to one copy and not the others fails here.
+    policies: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for name, state in STATES.items():
+        for retrier in state.get("Retry", []):
+            policies.setdefault(tuple(retrier["ErrorEquals"]), []).append({"state": name, **retrier})
+    for errors, copies in policies.items():
+        distinct = {json.dumps({k: v for k, v in c.items() if k != "state"}, sort_keys=True) for c in copies}
+        assert len(distinct) == 1, (errors, [c["state"] for c in copies])
+    dynamodb = policies[tuple(e for e in STATES["FreeDataset"]["Retry"][0]["ErrorEquals"])]
+    assert len(dynamodb) == sum(
+        1 for s in STATES.values() if s.get("Resource", "").startswith("arn:aws:states:::aws-sdk:dynamodb:")
+    )
+
+
+def test_every_detail_type_and_schema_version_are_the_models() -> None:
+    for state in STATES.values():
+        for entry in state.get("Parameters", {}).get("Entries", []):
+            model = events.BY_DETAIL_TYPE[entry["DetailType"]]
+            assert entry["Detail"]["schema_version"] == model.SCHEMA_VERSION
+            assert entry["Detail"]["time.$"] == "$$.State.EnteredTime"
+            assert entry["EventBusName"] == "${EventBusName}"
+
+
+def _worst_case_wait(retrier: dict[str, Any]) -> float:
+    """The longest a retrier waits in all (Step Functions' defaults; full jitter only shortens the waits)."""
+    interval, rate = retrier.get("IntervalSeconds", 1), retrier.get("BackoffRate", 2.0)
+    cap = retrier.get("MaxDelaySeconds", float("inf"))
+    return float(sum(min(interval * rate**k, cap) for k in range(retrier.get("MaxAttempts", 3))))
+
+
+def test_training_started_waits_for_the_job_to_exist_and_is_cancelled_when_it_never_will() -> None:
+    parallel = STATES["TrainAndAnnounce"]
+    train_branch, announce_branch = parallel["Branches"]
+    assert train_branch["StartAt"] == "Train" and "EmitStarted" in announce_branch["States"]
+    # Train is the run's result; the announcing branch's output is dropped.
+    assert parallel["OutputPath"] == "$[0]"
+    # Started only after DescribeTrainingJob found the job, and only on the first attempt.
+    assert STATES["FindTrainingJob"]["Next"] == "EmitStarted"
+    assert STATES["FindTrainingJob"]["Resource"].endswith("sagemaker:describeTrainingJob")
+    assert [c["Next"] for c in STATES["IsFirstAttempt"]["Choices"]] == ["FindTrainingJob"]
+    # Train failing before the job exists fails its branch, which ends the Parallel and the announcement.
+    assert STATES["DescribeFailedJob"]["Catch"][0]["Next"] == "DidTheJobExist"
+    assert STATES["DidTheJobExist"]["Default"] == "TrainingJobNeverCreated"
+    assert STATES["TrainingJobNeverCreated"]["Type"] == "Fail"
+    assert [c["Next"] for c in parallel["Catch"]] == ["NoTrainingJob"]
+    # The finder keeps looking for longer than Train keeps retrying CreateTrainingJob, in a few history events:
+    # each attempt is TaskScheduled, TaskStarted and TaskFailed.
+    (create_retry,) = STATES["Train"]["Retry"]
+    (find_retry,) = STATES["FindTrainingJob"]["Retry"]
+    assert "JitterStrategy" not in find_retry
+    assert _worst_case_wait(find_retry) > 2 * _worst_case_wait(create_retry)
+    assert 3 * (find_retry["MaxAttempts"] + 1) < 100

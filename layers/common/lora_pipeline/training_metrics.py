@@ -4,9 +4,10 @@ The training entrypoint prints one line per progress update, for example
 
     lora-metrics step=120/1600 epoch=2 loss=0.0831 lr=1.000e-04 sec_per_step=1.520 eta_seconds=2250
 
-SageMaker reads the numbers with `METRIC_DEFINITIONS` (copied into template.yaml), the local executor and
-the CLI read them with `parse_metric_line`. Fields that are not known (sd-scripts does not report the
-learning rate on its console, for example) are left out of the line rather than printed as a placeholder.
+SageMaker reads the numbers with `METRIC_DEFINITIONS` (the state machine's Train state holds a copy, and a
+test keeps it equal), the local executor and the CLI read them with `parse_metric_line`. Fields that are not
+known (sd-scripts does not report the learning rate on its console, for example) are left out of the line
+rather than printed as a placeholder.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ Items (partition key `pk`, sort key `sk`):
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from lora_pipeline.aws.errors import ClientError, error_code
@@ -23,7 +24,35 @@ from lora_pipeline.runs import ActiveRun, DatasetState, parse_time
 
 SLOTS_KEY = {"pk": {"S": "SLOTS"}, "sk": {"S": "SLOTS"}}
 PHASE_SETTLING = "settling"
-RUN_RUNNING = "RUNNING"
+
+
+class RunStatus(StrEnum):
+    """A run item's `status`: RUNNING from the start until the state machine (or the end-of-run function)
+    records how the run ended."""
+
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    REJECTED = "REJECTED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+# The updates the state machine makes too (its ReleaseSlot, FreeDataset and RecordOutcome states hold the same
+# expressions; tests/unit/test_statemachine_definition.py keeps them equal). `:me` is the run id as a string set.
+RELEASE_SLOT_UPDATE = "DELETE holders :me"
+RELEASE_SLOT_CONDITION = "contains(holders, :run)"
+FREE_DATASET_CONDITION = "active_run = :run"
+RECORD_OUTCOME_UPDATE = "SET #status = :status, finished_at = :now"
+
+
+def free_dataset_update(follow_up: bool) -> str:
+    """Let go of the dataset. With `follow_up`, a change during the run leaves `follow_up` set (the state
+    machine's FreeDataset); without, no follow-up run is due."""
+    return (
+        "SET last_finished_at = :now, follow_up = "
+        + ("if_not_exists(changed_during_run, :no)" if follow_up else ":no")
+        + " REMOVE active_run, active_since, phase, settle_token, settled_at, #ready, changed_during_run"
+    )
 
 
 def dataset_key(dataset: str) -> dict[str, Any]:
@@ -120,7 +149,7 @@ class RunTable:
                 "run_id": {"S": run_id},
                 "dataset": {"S": dataset},
                 "execution_name": {"S": execution_name},
-                "status": {"S": RUN_RUNNING},
+                "status": {"S": RunStatus.RUNNING},
                 "created_at": {"S": now.isoformat()},
             },
         )
@@ -204,24 +233,22 @@ class RunTable:
         )
 
     def run_status(self, dataset: str, run_id: str) -> str | None:
-        """The run item's status (`RUN_RUNNING` until the run ends); None when there is no such run."""
+        """The run item's status (`RunStatus.RUNNING` until the run ends); None when there is no such run."""
         item = self._client.get_item(
             TableName=self._table, Key=run_key(dataset, run_id), ConsistentRead=True
         ).get("Item", {})
         status: str | None = item.get("status", {}).get("S")
         return status
 
-    def finish(self, dataset: str, run_id: str, status: str, now: datetime, follow_up: bool) -> None:
-        """Free the dataset for the next upload and record how the run ended (idempotent). With
-        `follow_up`, a change during the run leaves `follow_up` set (as the state machine's FreeDataset does)."""
+    def finish(self, dataset: str, run_id: str, status: RunStatus, now: datetime, follow_up: bool) -> None:
+        """Free the dataset for the next upload and record how the run ended (idempotent); `follow_up` as in
+        `free_dataset_update`."""
         try:
             self._update(
                 dataset_key(dataset),
-                "SET last_finished_at = :now, follow_up = "
-                + ("if_not_exists(changed_during_run, :no) " if follow_up else ":no ")
-                + "REMOVE active_run, active_since, phase, settle_token, settled_at, #ready, changed_during_run",
+                free_dataset_update(follow_up),
                 {":run": {"S": run_id}, ":now": {"S": now.isoformat()}, ":no": {"BOOL": False}},
-                ConditionExpression="active_run = :run",
+                ConditionExpression=FREE_DATASET_CONDITION,
                 ExpressionAttributeNames={"#ready": "ready"},
             )
         except ClientError as exc:
@@ -229,7 +256,7 @@ class RunTable:
                 raise
         self._update(
             run_key(dataset, run_id),
-            "SET #status = :status, finished_at = :now",
+            RECORD_OUTCOME_UPDATE,
             {":status": {"S": status}, ":now": {"S": now.isoformat()}},
             ExpressionAttributeNames={"#status": "status"},
         )
@@ -261,9 +288,9 @@ class RunTable:
         try:
             self._update(
                 SLOTS_KEY,
-                "DELETE holders :runs",
-                {":runs": {"SS": [run_id]}, ":run": {"S": run_id}},
-                ConditionExpression="contains(holders, :run)",
+                RELEASE_SLOT_UPDATE,
+                {":me": {"SS": [run_id]}, ":run": {"S": run_id}},
+                ConditionExpression=RELEASE_SLOT_CONDITION,
             )
             released = True
         except ClientError as exc:

@@ -349,7 +349,7 @@ def salvage_run(s3: Any, run: SalvageInput) -> SalvagedLora | None:
 
 def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable) -> UnpackOutcome:
     """Turn the job's model.tar.gz into the LoRA and its manifest; the spot checkpoints are no longer needed."""
-    from lora_pipeline.aws.run_table import RUN_RUNNING
+    from lora_pipeline.aws.run_table import RunStatus
     from lora_pipeline.aws.s3_model_io import read_output_file, unpack_model
     from lora_pipeline.manifest import RunFacts
     from lora_pipeline.safetensors_lora import Architecture
@@ -391,7 +391,7 @@ def unpack_run(s3: Any, table: RunTable, run: UnpackInput, prices: InstanceTable
         facts,
         parse_loss_log(loss_log.decode("utf-8", "replace") if loss_log else ""),
     )
-    if table.run_status(run.dataset, run.run_id) != RUN_RUNNING:
+    if table.run_status(run.dataset, run.run_id) != RunStatus.RUNNING:
         # Stopped while this ran: the end-of-run function may have cleaned up before these writes.
         _delete_published(s3, run.bucket, layout)
         raise RunEndedError(f"run {run.run_id} ended while its model was unpacked; the model was removed")
@@ -608,6 +608,8 @@ def run_ended(
 
     Returns the training job it saw (or None) and the follow-up run's id (or None).
     """
+    from lora_pipeline.aws.run_table import RunStatus
+
     run = RunInput.model_validate_json(end.input)
     job = None
     if end.status != "SUCCEEDED":
@@ -634,7 +636,11 @@ def run_ended(
         )
         table.release_slot(run.run_id)
         table.finish(
-            run.dataset, run.run_id, "CANCELLED" if cancelled else "FAILED", now, follow_up=not cancelled
+            run.dataset,
+            run.run_id,
+            RunStatus.CANCELLED if cancelled else RunStatus.FAILED,
+            now,
+            follow_up=not cancelled,
         )
         if not emitted:
             common = {"dataset": run.dataset, "run_id": run.run_id, "bucket": run.bucket, "time": now}
