@@ -320,7 +320,10 @@ def step_functions_sdk_error_names_of_sagemaker() -> None:
     )
 
     shipped = _require(
-        StateTaskServiceAwsSdk, "_normalise_service_error_name", "step_functions_sdk_error_names_of_sagemaker"
+        StateTaskServiceAwsSdk,
+        "_normalise_service_error_name",
+        "(service_name)",
+        "step_functions_sdk_error_names_of_sagemaker",
     )
 
     def normalise_service_error_name(service_name: str) -> str:
