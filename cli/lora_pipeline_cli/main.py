@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,9 +13,11 @@ import boto3
 import botocore.exceptions
 
 from lora_pipeline.aws.run_table import RunTable
-from lora_pipeline.dataset import ACCEPTED_IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, parse_subset_folder
+from lora_pipeline.dataset import UNSUPPORTED_IMAGE_EXTENSIONS
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import StackLimits
+from lora_pipeline.kohya_contract import IMAGE_EXTENSIONS, parse_subset_folder
+from lora_pipeline.names import DATASET_NAME
 from lora_pipeline.report import ValidationReport
 from lora_pipeline.s3_layout import DATASETS_PREFIX, dataset_prefix, parse_s3_uri
 from lora_pipeline.safetensors_lora import Architecture
@@ -31,8 +32,6 @@ from lora_pipeline_cli.upload import plan_upload, remove_keys, stale_keys, uploa
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 DISTRIBUTION = "sdxl-lora-pipeline"
-# Dataset folder names the S3 keys, the run table and the job names carry without escaping.
-DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class UsageError(Exception):
@@ -68,7 +67,7 @@ def _is_subset_folder(folder: Path) -> bool:
     """A `<repeats>_<tokens>` folder holding images and no subset of its own: a subset, not a dataset."""
     if parse_subset_folder(folder.name) is None:
         return False
-    image_suffixes = {*ACCEPTED_IMAGE_EXTENSIONS, *UNSUPPORTED_IMAGE_EXTENSIONS}
+    image_suffixes = {*IMAGE_EXTENSIONS, *UNSUPPORTED_IMAGE_EXTENSIONS}
     children = list(folder.iterdir())
     holds_subsets = any(c.is_dir() and parse_subset_folder(c.name) is not None for c in children)
     return not holds_subsets and any(c.suffix.lower() in image_suffixes for c in children if c.is_file())

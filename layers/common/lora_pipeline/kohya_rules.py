@@ -16,13 +16,19 @@ Each rule cites the sd-scripts v0.10.1 file and function it mirrors (see `lora_p
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lora_pipeline.evaluated_args import CONFIG_KEY, ArgsKind, check_entry, parse_entry, receiver_for
 from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, KeyPolicy, argument_specs
+from lora_pipeline.kohya_contract import (
+    CONTAINER_OWNED_KEYS,
+    REFUSED_KEYS,
+    dotted_caption_extension,
+    is_caption_extension,
+    parse_resolution,
+)
 from lora_pipeline.kohya_facts import (
     ALLOWED_NETWORK_MODULES,
     BLOG_OUTPUT_NAME,
@@ -53,16 +59,14 @@ from lora_pipeline.kohya_facts import (
     LR_SCHEDULERS,
     NETWORK_MODULES_REFUSED,
     OUTSIDE_LOGGERS,
-    SAFE_NAME,
     TORCH_LR_SCHEDULERS,
     TORCH_OPTIMIZERS,
     UNKNOWN_KEY_HINTS,
     is_empty,
     is_number,
-    parse_resolution,
-    safe_output_name,
     toml_text,
 )
+from lora_pipeline.names import is_output_name, safe_output_name
 from lora_pipeline.problems import Problem, ProblemCode
 from lora_pipeline.rules import MAX_UNKNOWN_KEYS_REPORTED, RuleSet
 from lora_pipeline.trained_parameters import PartRate, part_rates
@@ -124,7 +128,9 @@ COMBINATIONS: RuleSet[ConfigContext] = RuleSet("KC", "combinations of settings")
 # --- NORMALISE ------------------------------------------------------------------------------------------------
 
 
-@NORMALISE.rule("KN101", "gui-only-keys", "design.md: keys the Kohya GUI writes and sd-scripts ignores")
+@NORMALISE.rule(
+    "KN101", "gui-only-keys", "library/train_util.py:read_config_from_file (Kohya GUI keys no argument reads)"
+)
 def gui_only_keys(ctx: ConfigContext) -> None:
     """Drop Kohya GUI keys sd-scripts never reads."""
     for key in sorted(GUI_ONLY_KEYS & ctx.config.keys()):
@@ -139,7 +145,7 @@ def gui_only_keys(ctx: ConfigContext) -> None:
     "KN102", "attention", "library/train_util.py:replace_unet_modules (xformers / sdpa / mem_eff_attn)"
 )
 def attention(ctx: ConfigContext) -> None:
-    """The image has no xformers and always runs SDPA attention (design.md)."""
+    """The image has no xformers and always runs SDPA attention (container/Dockerfile; kohya_command passes --sdpa)."""
     config = ctx.config
     if "xformers" in config:
         value = config.pop("xformers")
@@ -292,15 +298,10 @@ def unknown_key(ctx: ConfigContext) -> None:
         )
 
 
-def _keys_with(ctx: ConfigContext, policies: tuple[KeyPolicy, ...]) -> list[str]:
-    specs = argument_specs()
-    return [key for key in ctx.config if key in specs and specs[key].policy in policies]
-
-
 @KEYS.rule("KK102", "pipeline-owned", "the training container's command line (read after --config_file)")
 def pipeline_owned(ctx: ConfigContext) -> None:
     """Keys the training container sets on the command line: a value here could only mislead."""
-    for key in _keys_with(ctx, (KeyPolicy.OWNED,)):
+    for key in [key for key in ctx.config if key in CONTAINER_OWNED_KEYS]:
         value = ctx.config.pop(key)
         if is_empty(value):
             ctx.report(CONFIG_EMPTY_KEY_DROPPED, f"{ctx.where(key, value)}: set by the pipeline; dropped.")
@@ -316,7 +317,7 @@ def pipeline_owned(ctx: ConfigContext) -> None:
 @KEYS.rule("KK103", "refused-key", "library/train_util.py:add_training_arguments (secrets, uploads, sources)")
 def refused_key(ctx: ConfigContext) -> None:
     """Secrets, Hugging Face uploads and arguments the pipeline cannot honour (empty values are harmless)."""
-    for key in _keys_with(ctx, (KeyPolicy.SECRET, KeyPolicy.UPLOAD, KeyPolicy.UNSUPPORTED)):
+    for key in [key for key in ctx.config if key in REFUSED_KEYS]:
         value = ctx.config.pop(key)
         spec = argument_specs()[key]
         if is_empty(value):
@@ -383,7 +384,11 @@ def step_or_ratio(ctx: ConfigContext) -> None:
 @VALUES.rule("KV103", "resolution", "library/train_util.py:prepare_dataset_args")
 def resolution(ctx: ConfigContext) -> None:
     """resolution is "W,H" or "S"."""
-    if "resolution" in ctx.config and parse_resolution(ctx.config["resolution"]) is None:
+    if "resolution" not in ctx.config:
+        return
+    try:
+        parse_resolution(ctx.config["resolution"])
+    except ValueError:
         ctx.bad_value(
             "resolution",
             'resolution must be "W,H" or "S" with positive whole numbers',
@@ -425,8 +430,14 @@ def caption_extension_dot(ctx: ConfigContext) -> None:
     extension = ctx.config.get("caption_extension")
     if extension is None:
         return
-    if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", extension):
-        dotted = f".{extension}"
+    dotted = dotted_caption_extension(extension)
+    if not is_caption_extension(dotted):
+        ctx.bad_value(
+            "caption_extension",
+            "sd-scripts appends caption_extension to the image's base name, so it must be a file extension",
+            f'Write caption_extension = ".{extension.lstrip(".") or "caption"}".',
+        )
+    elif dotted != extension:
         ctx.report(
             CONFIG_GUI_KEY_NORMALISED,
             f"{ctx.where('caption_extension', extension)}: sd-scripts adds the missing dot and reads "
@@ -434,12 +445,6 @@ def caption_extension_dot(ctx: ConfigContext) -> None:
             f'Write caption_extension = "{dotted}".',
         )
         ctx.config["caption_extension"] = dotted
-    elif not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
-        ctx.bad_value(
-            "caption_extension",
-            "sd-scripts appends caption_extension to the image's base name, so it must be a file extension",
-            f'Write caption_extension = ".{extension.lstrip(".") or "caption"}".',
-        )
 
 
 @VALUES.rule("KV107", "safetensors-only", "train_network.py:NetworkTrainer.train (save_model_as)")
@@ -588,7 +593,7 @@ def _output_name(ctx: ConfigContext, configured: str | None) -> str:
             "Set output_name to a name for this LoRA, in pipeline.toml or config.toml.",
         )
         return fallback
-    if not SAFE_NAME.fullmatch(name):
+    if not is_output_name(name):
         ctx.report(
             CONFIG_BAD_VALUE,
             f"{ctx.where('output_name', configured)}: output_name becomes a file name and an S3 key; use "
@@ -936,8 +941,11 @@ def bucket_resolution(ctx: ConfigContext) -> None:
             "Use bucket_reso_steps = 64.",
         )
         return
-    size = parse_resolution(config["resolution"])
-    if not config["enable_bucket"] or size is None:
+    if not config["enable_bucket"]:
+        return
+    try:
+        size = parse_resolution(config["resolution"])
+    except ValueError:
         return
     low = config["min_bucket_reso"] - config["min_bucket_reso"] % steps
     high = config["max_bucket_reso"] + (-config["max_bucket_reso"]) % steps

@@ -5,7 +5,6 @@ Pure functions; the DynamoDB side lives in `lora_pipeline.aws.run_table`.
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from lora_pipeline.names import name_slug
 from lora_pipeline.s3_layout import RunLayout, dataset_prefix, s3_uri
 
 if TYPE_CHECKING:  # the validation rules stay out of the functions that only keep the books (cold starts)
@@ -28,19 +28,11 @@ EXECUTION_NAME_MAX = 80
 # The state machine appends "-<attempt>" (one digit: capacity retries are capped below ten).
 ATTEMPT_SUFFIX_LEN = 2
 
-_NOT_NAME_CHARS = re.compile(r"[^a-zA-Z0-9]+")
-
 
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable and unique: `20261126-112430-3f9a` (UTC time of the first upload event, 16 random bits)."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     return f"{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def name_slug(dataset: str, max_len: int) -> str:
-    """The dataset name reduced to [a-zA-Z0-9-], no leading/trailing/double hyphen, at most `max_len`."""
-    slug = _NOT_NAME_CHARS.sub("-", dataset).strip("-")[:max_len].strip("-")
-    return slug or "dataset"
 
 
 def execution_name(dataset: str, run_id: str) -> str:
@@ -299,7 +291,7 @@ class ValidationOutcome(BaseModel):
 
 
 def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> ValidationOutcome:
-    from lora_pipeline.kohya_facts import safe_output_name
+    from lora_pipeline.names import safe_output_name
     from lora_pipeline.problems import Severity
 
     # Step Functions, EventBridge and SNS each cap a payload at 256 KB (a few hundred problems): the state
