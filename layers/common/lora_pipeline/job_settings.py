@@ -174,6 +174,11 @@ class StackLimits:
     bucket: str | None = None
     """The stack's bucket: an s3:// base_model must lie in it (None when validating without a stack)."""
 
+    @property
+    def default_base_model(self) -> str:
+        """The base model of a job whose pipeline.toml names none (or an unusable one)."""
+        return self.base_model_s3_uri or SDXL_BASE_MODEL
+
 
 class JobSettings(BaseModel):
     """The resolved job settings of one run (defaults filled in)."""
@@ -218,8 +223,10 @@ class JobContext:
     def report(self, problem: Problem) -> None:
         self.problems.append(problem)
 
-    def fall_back(self, **values: Any) -> None:
-        self.settings = self.settings.model_copy(update=values)
+    def reject(self, problem: Problem, **fallback: Any) -> None:
+        """Report a value the job cannot use and put `fallback` in its place."""
+        self.report(problem)
+        self.settings = self.settings.model_copy(update=fallback)
 
 
 JOB_RULES: RuleSet[JobContext] = RuleSet("JS", "pipeline.toml")
@@ -264,7 +271,7 @@ def _resolve(written: PipelineToml, limits: StackLimits) -> JobSettings:
         max_runtime_hours=float(written.max_runtime_hours or limits.max_runtime_hours),
         spot=written.spot if written.spot is not None else limits.use_spot,
         trainer=trainer,
-        base_model=written.base_model or limits.base_model_s3_uri or SDXL_BASE_MODEL,
+        base_model=written.base_model or limits.default_base_model,
         output_name=written.output_name,
         sample_prompts=list(prompts),
         sample_every_n_epochs=(written.sample_every_n_epochs or 1) if prompts else None,
@@ -363,8 +370,10 @@ def base_model_form(ctx: JobContext) -> None:
     """base_model is an s3://...safetensors URI or a Hugging Face id."""
     base_model = ctx.written.base_model
     if base_model is not None and not _valid_base_model(base_model):
-        ctx.report(JOB_BAD_BASE_MODEL.at(ctx.file, f"base_model = {base_model!r} is not usable."))
-        ctx.fall_back(base_model=ctx.limits.base_model_s3_uri or SDXL_BASE_MODEL)
+        ctx.reject(
+            JOB_BAD_BASE_MODEL.at(ctx.file, f"base_model = {base_model!r} is not usable."),
+            base_model=ctx.limits.default_base_model,
+        )
 
 
 @JOB_RULES.rule(
@@ -381,8 +390,10 @@ def base_model_allowed(ctx: JobContext) -> None:
         return  # the stack's default, or refused by base-model-form
     refusal = _base_model_refusal(base_model, ctx.limits)
     if refusal is not None:
-        ctx.report(JOB_BASE_MODEL_NOT_ALLOWED.at(ctx.file, f"base_model = {base_model!r} {refusal}."))
-        ctx.fall_back(base_model=ctx.limits.base_model_s3_uri or SDXL_BASE_MODEL)
+        ctx.reject(
+            JOB_BASE_MODEL_NOT_ALLOWED.at(ctx.file, f"base_model = {base_model!r} {refusal}."),
+            base_model=ctx.limits.default_base_model,
+        )
 
 
 @JOB_RULES.rule(
@@ -409,8 +420,10 @@ def output_name(ctx: JobContext) -> None:
     """output_name is a plain file name without extension."""
     name = ctx.written.output_name
     if name is not None and not is_output_name(name):
-        ctx.report(JOB_BAD_OUTPUT_NAME.at(ctx.file, f"output_name = {name!r} is not a plain file name."))
-        ctx.fall_back(output_name=None)
+        ctx.reject(
+            JOB_BAD_OUTPUT_NAME.at(ctx.file, f"output_name = {name!r} is not a plain file name."),
+            output_name=None,
+        )
 
 
 @JOB_RULES.rule(
