@@ -18,9 +18,9 @@ from pathlib import Path
 import psutil
 
 from lora_pipeline.plan import Plan
-from lora_pipeline.runs import validation_outcome
+from lora_pipeline.runs import validate_step_output
 from lora_pipeline.storage import LocalFolder
-from lora_pipeline.validate import validate_dataset
+from lora_pipeline.validate import build_validation_report
 from lora_pipeline_cli.examples import SUBSET, TRIGGER, write_example_dataset
 from lora_trainer.sagemaker_env import OptMl
 
@@ -59,12 +59,12 @@ def lay_out_opt_ml(dataset: Path, opt_ml: Path, base_model: Path) -> Plan:
     The hyperparameters are `training_job_spec`'s, except `base_model`: the local random-weight model instead of
     the hub id. Raises CheckFailed when the validator rejects the dataset.
     """
-    report = validate_dataset(LocalFolder(dataset), DATASET)
+    report = build_validation_report(LocalFolder(dataset), DATASET)
     problems = "; ".join(f"{p.code}: {p.message}" for p in report.problems)
     require(report.trainable, f"the validator rejected the dataset: {problems}")
     require(report.plan is not None and report.kohya_toml is not None, "the validator made no plan")
     assert report.plan is not None and report.kohya_toml is not None
-    job = validation_outcome(report, "kohya-check-bucket", RUN_ID).job
+    job = validate_step_output(report, "kohya-check-bucket", RUN_ID).job
     shutil.rmtree(opt_ml, ignore_errors=True)
     layout = OptMl(opt_ml)
     layout.write_job_config(

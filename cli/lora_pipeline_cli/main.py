@@ -22,7 +22,7 @@ from lora_pipeline.report import ValidationReport
 from lora_pipeline.s3_layout import DATASETS_PREFIX, dataset_prefix, parse_s3_uri
 from lora_pipeline.safetensors_lora import Architecture
 from lora_pipeline.storage import LocalFolder
-from lora_pipeline.validate import validate_dataset
+from lora_pipeline.validate import build_validation_report
 from lora_pipeline_cli import local, progress, runs, zip_input
 from lora_pipeline_cli.examples import write_broken_dataset, write_example_dataset
 from lora_pipeline_cli.inspect_lora import InspectUsageError, inspect_path
@@ -87,7 +87,7 @@ def _validate_folder(
             f"{folder} is a subset folder (<repeats>_<class tokens>), not a dataset: pass its parent, "
             f"`lora-pipeline {args.command} {parent}`."
         )
-    return validate_dataset(source, dataset, limits, load_instance_table(args.prices))
+    return build_validation_report(source, dataset, limits, load_instance_table(args.prices))
 
 
 def _print_report(report: ValidationReport, args: argparse.Namespace) -> None:
@@ -112,7 +112,7 @@ def _validate(args: argparse.Namespace) -> int:
             )
         s3 = stack.client("s3") if stack else boto3.Session(region_name=args.region).client("s3")
         source = S3DatasetSource(s3, bucket, dataset)
-        report = validate_dataset(
+        report = build_validation_report(
             source, dataset, limits, load_instance_table(args.prices), S3ObjectReader(s3)
         )
     else:

@@ -278,8 +278,9 @@ def _hyperparameters(
 MAX_PROBLEMS_IN_EVENT = 50
 
 
-class ValidationOutcome(BaseModel):
-    """What the validate function returns to the state machine (its Choice reads these fields)."""
+class ValidateStepOutput(BaseModel):
+    """What the validate step (`aws.steps.validate_run`) returns to the state machine, its Choice reads these
+    fields: the `ValidationReport` shortened to fit a Step Functions payload, and the training job's spec."""
 
     valid: bool
     error_count: int
@@ -290,7 +291,7 @@ class ValidationOutcome(BaseModel):
     job: TrainingJobSpec
 
 
-def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> ValidationOutcome:
+def validate_step_output(report: ValidationReport, bucket: str, run_id: str) -> ValidateStepOutput:
     from lora_pipeline.names import safe_output_name
     from lora_pipeline.problems import Severity
 
@@ -301,7 +302,7 @@ def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> Va
     listed = by_severity[:MAX_PROBLEMS_IN_EVENT]
     output_name = report.job.output_name or safe_output_name(report.dataset)
     plan = report.plan
-    return ValidationOutcome(
+    return ValidateStepOutput(
         valid=report.trainable and report.kohya_toml is not None,
         error_count=report.error_count,
         warning_count=report.warning_count,
