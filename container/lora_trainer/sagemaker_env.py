@@ -58,8 +58,8 @@ class OptMl:
         resource_config: Mapping[str, Any] | None = None,
     ) -> None:
         """What SageMaker writes before it starts the image (for the embedded AWS, `make kohya-check` and tests):
-        `hyperparameters` (every value a string), `resource_config` (default: the single host), every channel
-        in File mode in inputdataconfig.json with its empty folder, and the empty output folders."""
+        `hyperparameters` (every value a string), `resource_config` (default: the single host), and every
+        channel in File mode in inputdataconfig.json, with its empty folder."""
         self.hyperparameters_file.parent.mkdir(parents=True, exist_ok=True)
         self.hyperparameters_file.write_text(json.dumps(dict(hyperparameters)))
         resources = resource_config or {"current_host": SINGLE_HOST, "hosts": [SINGLE_HOST]}
@@ -68,7 +68,12 @@ class OptMl:
         self.input_data_config_file.write_text(
             json.dumps({name: {"TrainingInputMode": "File"} for name in names})
         )
-        for folder in (*map(self.channel, names), self.model_dir, self.output_data_dir, self.checkpoints_dir):
+        for name in names:
+            self.channel(name).mkdir(parents=True, exist_ok=True)
+
+    def make_output_dirs(self) -> None:
+        """The empty folders SageMaker gives the job for its results: model/, output/data/ and checkpoints/."""
+        for folder in (self.model_dir, self.output_data_dir, self.checkpoints_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
     def channel(self, name: str) -> Path:

@@ -155,6 +155,7 @@ class ContainerExecutor:
         for channel in channels:
             source = channel["DataSource"]["S3DataSource"]
             _download_prefix(s3, source["S3Uri"], layout.channel(channel["ChannelName"]))
+        layout.make_output_dirs()
         checkpoint_uri = request.get("CheckpointConfig", {}).get("S3Uri")
         if checkpoint_uri:
             _download_prefix(s3, checkpoint_uri.rstrip("/") + "/", layout.checkpoints_dir)

@@ -4,8 +4,10 @@ a dataset as the validator does, and no other module keeps its own copy of a rul
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
+import botocore.session
 import pytest
 from PIL import Image
 
@@ -15,7 +17,8 @@ from lora_pipeline.kohya_contract import (
     SDXL_BASE_MODEL,
     caption_extension,
 )
-from lora_pipeline.names import OUTPUT_NAME_MAX, is_output_name, safe_output_name
+from lora_pipeline.names import OUTPUT_NAME_MAX, is_output_name, name_slug, safe_output_name
+from lora_pipeline.runs import execution_name, training_job_name
 from lora_trainer.smoke_dataset import find_training_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +78,16 @@ def test_one_output_name_rule(name: str, valid: bool) -> None:
 @pytest.mark.parametrize("name", ["My Dogs (2024)", "__x--", "!!!", "d" * 300, "a" * 99 + "-b"])
 def test_the_sanitised_output_name_passes_the_rule(name: str) -> None:
     assert is_output_name(safe_output_name(name))
+
+
+@pytest.mark.parametrize("dataset", ["bluebot", "My Dogs (2024)", "__x--", "..", "ü" * 80, "a" * 200])
+def test_job_and_execution_names_fit_what_the_services_accept(dataset: str) -> None:
+    shapes = botocore.session.get_session().get_service_model("sagemaker").shape_for("TrainingJobName")
+    job = training_job_name(dataset, "20261126-112430-3f9a", 9)
+    assert re.fullmatch(shapes.metadata["pattern"], job) and len(job) <= shapes.metadata["max"]
+    execution = execution_name(dataset, "20261126-112430-3f9a")
+    assert re.fullmatch(r"[A-Za-z0-9-]{1,80}", execution)
+    assert name_slug(dataset, 63) == name_slug(dataset, 63).strip("-") != ""
 
 
 def _string_constants(tree: ast.AST) -> list[str]:

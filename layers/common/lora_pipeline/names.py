@@ -11,19 +11,20 @@ import re
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 OUTPUT_NAME_MAX = 100
-# `output_name`, in pipeline.toml or config.toml. sd-scripts (train_network.py NetworkTrainer.train,
-# train_util.get_epoch_ckpt_name / get_step_ckpt_state_name) joins it into `<output_dir>/<output_name>.safetensors`,
-# `<output_name>-<NNNNNN>.safetensors` and `<output_name>-step<NNNNNNNN>-state` without any check; the pipeline
-# also makes it an S3 key and a command-line value (`--output_name <name>`). So: no path separator, no space,
-# no leading '.' (hidden) or '-' (argparse would read an option), and short enough that the longest of those
-# names stays far below the 255 bytes a file name may have.
+# `output_name`, in pipeline.toml or config.toml. sd-scripts (library/train_util.py get_last_ckpt_name,
+# get_epoch_ckpt_name, get_step_ckpt_name, EPOCH_STATE_NAME, STEP_STATE_NAME) joins it into
+# `<output_name>.safetensors`, `<output_name>-<NNNNNN>.safetensors` and `<output_name>-step<NNNNNNNN>-state` under
+# output_dir without any check; the pipeline also makes it an S3 key and a command-line value (`--output_name
+# <name>`). So: no path separator, no space, no leading '.' (hidden) or '-' (argparse would read an option), and
+# short enough that the longest of those names stays far below the 255 bytes a file name may have.
 OUTPUT_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{OUTPUT_NAME_MAX - 1}}}")
 _NOT_OUTPUT_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
 # A Hugging Face model id `<owner>/<name>` (huggingface_hub's `validate_repo_id`, narrowed to one owner).
 HUGGING_FACE_MODEL_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
-# Step Functions execution names and SageMaker training job names (`^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`):
+# Step Functions execution names (1 to 80 characters; no whitespace, brackets, wildcards or punctuation) and
+# SageMaker training job names (botocore's sagemaker model, TrainingJobName: `[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`):
 # built from the dataset name with every run of other characters as one hyphen.
 _NOT_JOB_NAME_CHARS = re.compile(r"[^a-zA-Z0-9]+")
 
