@@ -7,7 +7,7 @@ each) is served to the real S3 client the functions use (`lora_pipeline.aws.clie
 connection pool settings) by a botocore `before-send` hook instead of the network: botocore still builds, signs
 and parses every request. Each request waits `--latency-ms`; one that finds all of the client's pooled
 connections busy waits two more round trips (the TCP and TLS set-up of the connection urllib3 opens and then
-discards, "Connection pool is full"). Runs `validate_dataset` as the validate step does and prints the time,
+discards, "Connection pool is full"). Runs `build_validation_report` as the validate step does and prints the time,
 requests by kind and per image. Exit status 1 above `--limit` seconds per 1,000 images.
 """
 
@@ -35,7 +35,7 @@ from validate_images import generate
 
 from lora_pipeline.aws.clients import client
 from lora_pipeline.aws.s3_source import S3DatasetSource
-from lora_pipeline.validate import validate_dataset
+from lora_pipeline.validate import build_validation_report
 
 BUCKET = "bench-bucket"
 DATASET = "bluebot"
@@ -127,14 +127,16 @@ def main() -> int:
         fake = LatentS3(root, args.latency_ms / 1000, s3.meta.config.max_pool_connections)
         s3.meta.events.register("before-send.s3", fake)
         wall, cpu = time.perf_counter(), time.process_time()
-        report = validate_dataset(S3DatasetSource(s3, BUCKET, DATASET), DATASET)
+        report = build_validation_report(S3DatasetSource(s3, BUCKET, DATASET), DATASET)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         shutil.rmtree(root, ignore_errors=True)
     images = report.summary.total_images
     per_thousand = wall * 1000 / images
     print(f"{images} images at {args.latency_ms:g} ms per request, pool of {fake.pool_size} connections")
-    print(f"validate_dataset: {wall:.2f} s wall ({per_thousand:.2f} s per 1,000 images), {cpu:.2f} s CPU")
+    print(
+        f"build_validation_report: {wall:.2f} s wall ({per_thousand:.2f} s per 1,000 images), {cpu:.2f} s CPU"
+    )
     for kind, count in sorted(fake.requests.items()):
         print(f"  {kind:<18} {count:6d}")
     total = sum(fake.requests.values())

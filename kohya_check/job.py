@@ -5,7 +5,6 @@ pipeline's job spec describes, and `container/train` run on it. Used by `make ko
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,10 +18,11 @@ from pathlib import Path
 import psutil
 
 from lora_pipeline.plan import Plan
-from lora_pipeline.runs import validation_outcome
+from lora_pipeline.runs import validate_step_output
 from lora_pipeline.storage import LocalFolder
-from lora_pipeline.validate import validate_dataset
+from lora_pipeline.validate import build_validation_report
 from lora_pipeline_cli.examples import SUBSET, TRIGGER, write_example_dataset
+from lora_trainer.sagemaker_env import OptMl
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = TRIGGER
@@ -59,23 +59,21 @@ def lay_out_opt_ml(dataset: Path, opt_ml: Path, base_model: Path) -> Plan:
     The hyperparameters are `training_job_spec`'s, except `base_model`: the local random-weight model instead of
     the hub id. Raises CheckFailed when the validator rejects the dataset.
     """
-    report = validate_dataset(LocalFolder(dataset), DATASET)
+    report = build_validation_report(LocalFolder(dataset), DATASET)
     problems = "; ".join(f"{p.code}: {p.message}" for p in report.problems)
     require(report.trainable, f"the validator rejected the dataset: {problems}")
     require(report.plan is not None and report.kohya_toml is not None, "the validator made no plan")
     assert report.plan is not None and report.kohya_toml is not None
-    job = validation_outcome(report, "kohya-check-bucket", RUN_ID).job
+    job = validate_step_output(report, "kohya-check-bucket", RUN_ID).job
     shutil.rmtree(opt_ml, ignore_errors=True)
-    config = opt_ml / "input" / "config"
-    config.mkdir(parents=True)
-    hyperparameters = {**job.hyperparameters, "base_model": str(base_model)}
-    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
-    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
-    channels = {channel["ChannelName"]: {"TrainingInputMode": "File"} for channel in job.input_data_config}
-    (config / "inputdataconfig.json").write_text(json.dumps(channels))
-    shutil.copytree(dataset, opt_ml / "input" / "data" / "train")
-    run_config = opt_ml / "input" / "data" / "config"
-    run_config.mkdir(parents=True)
+    layout = OptMl(opt_ml)
+    layout.write_job_config(
+        {**job.hyperparameters, "base_model": str(base_model)},
+        [channel["ChannelName"] for channel in job.input_data_config],
+    )
+    shutil.copytree(dataset, layout.channel("train"), dirs_exist_ok=True)
+    run_config = layout.channel("config")
+    run_config.mkdir(parents=True, exist_ok=True)
     (run_config / "kohya.toml").write_text(report.kohya_toml)
     if report.prompts_txt:
         (run_config / "prompts.txt").write_text(report.prompts_txt)

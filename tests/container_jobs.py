@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from lora_trainer.sagemaker_env import OptMl
 from tests.corpus import make_good_dataset
 from tests.lora_files import sdxl_lora_bytes
 
@@ -35,8 +35,7 @@ def make_opt_ml(
     subsets: dict[str, int] | None = None,
 ) -> Path:
     """`root` laid out as SageMaker lays out /opt/ml for a smoke job on a small good dataset."""
-    config = root / "input" / "config"
-    config.mkdir(parents=True)
+    layout = OptMl(root)
     hyperparameters = {
         "trainer": "smoke",
         "output_name": "bluebot",
@@ -44,12 +43,9 @@ def make_opt_ml(
         "run_id": "run-1",
         "max_steps": str(max_steps),
     }
-    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
-    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
-    dataset = root / "input" / "data" / "train"
-    make_good_dataset(dataset, subsets=subsets, size=(64, 64))
-    channel = root / "input" / "data" / "config"
-    channel.mkdir(parents=True)
+    layout.write_job_config(hyperparameters, ["train", "config"])
+    make_good_dataset(layout.channel("train"), subsets=subsets, size=(64, 64))
+    channel = layout.channel("config")
     (channel / "kohya.toml").write_text(kohya_toml)
     if prompts is not None:
         (channel / "prompts.txt").write_text(prompts)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,14 +13,16 @@ import boto3
 import botocore.exceptions
 
 from lora_pipeline.aws.run_table import RunTable
-from lora_pipeline.dataset import ACCEPTED_IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, parse_subset_folder
+from lora_pipeline.dataset import UNSUPPORTED_IMAGE_EXTENSIONS
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import StackLimits
+from lora_pipeline.kohya_contract import IMAGE_EXTENSIONS, parse_subset_folder
+from lora_pipeline.names import DATASET_NAME
 from lora_pipeline.report import ValidationReport
 from lora_pipeline.s3_layout import DATASETS_PREFIX, dataset_prefix, parse_s3_uri
 from lora_pipeline.safetensors_lora import Architecture
 from lora_pipeline.storage import LocalFolder
-from lora_pipeline.validate import validate_dataset
+from lora_pipeline.validate import build_validation_report
 from lora_pipeline_cli import local, progress, runs, zip_input
 from lora_pipeline_cli.examples import write_broken_dataset, write_example_dataset
 from lora_pipeline_cli.inspect_lora import InspectUsageError, inspect_path
@@ -31,8 +32,6 @@ from lora_pipeline_cli.upload import plan_upload, remove_keys, stale_keys, uploa
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 DISTRIBUTION = "sdxl-lora-pipeline"
-# Dataset folder names the S3 keys, the run table and the job names carry without escaping.
-DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class UsageError(Exception):
@@ -68,7 +67,7 @@ def _is_subset_folder(folder: Path) -> bool:
     """A `<repeats>_<tokens>` folder holding images and no subset of its own: a subset, not a dataset."""
     if parse_subset_folder(folder.name) is None:
         return False
-    image_suffixes = {*ACCEPTED_IMAGE_EXTENSIONS, *UNSUPPORTED_IMAGE_EXTENSIONS}
+    image_suffixes = {*IMAGE_EXTENSIONS, *UNSUPPORTED_IMAGE_EXTENSIONS}
     children = list(folder.iterdir())
     holds_subsets = any(c.is_dir() and parse_subset_folder(c.name) is not None for c in children)
     return not holds_subsets and any(c.suffix.lower() in image_suffixes for c in children if c.is_file())
@@ -88,7 +87,7 @@ def _validate_folder(
             f"{folder} is a subset folder (<repeats>_<class tokens>), not a dataset: pass its parent, "
             f"`lora-pipeline {args.command} {parent}`."
         )
-    return validate_dataset(source, dataset, limits, load_instance_table(args.prices))
+    return build_validation_report(source, dataset, limits, load_instance_table(args.prices))
 
 
 def _print_report(report: ValidationReport, args: argparse.Namespace) -> None:
@@ -113,7 +112,7 @@ def _validate(args: argparse.Namespace) -> int:
             )
         s3 = stack.client("s3") if stack else boto3.Session(region_name=args.region).client("s3")
         source = S3DatasetSource(s3, bucket, dataset)
-        report = validate_dataset(
+        report = build_validation_report(
             source, dataset, limits, load_instance_table(args.prices), S3ObjectReader(s3)
         )
     else:

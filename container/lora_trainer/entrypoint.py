@@ -128,7 +128,7 @@ def plan_launch(opt_ml: OptMl, inputs: JobInputs, environ: Mapping[str, str]) ->
             "--sample_prompts": prompts,
             "--metadata_trigger_phrase": hyperparameters.trigger_phrase,
         }
-        command = [sys.executable, "-m", "lora_trainer.smoke_trainer", "--config_file", str(config_file)]
+        command = [sys.executable, "-m", "lora_trainer.smoke_cli", "--config_file", str(config_file)]
         command += ["--train_data_dir", str(dataset), "--output_dir", str(opt_ml.checkpoints_dir)]
         command += ["--output_name", hyperparameters.output_name]
         command += [str(token) for option, value in optional.items() if value for token in (option, value)]

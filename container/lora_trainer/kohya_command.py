@@ -1,9 +1,9 @@
 """The `accelerate launch sdxl_train_network.py ...` command for one SageMaker job.
 
 The validated kohya.toml carries the training settings; this module owns everything about *where* things are
-(data, outputs, model, tokenizers, resume) and how the job survives a spot interruption. Owned keys are removed
-from the config copy and given on the command line, which sd-scripts reads after the config file, so a path left
-in a config can never win.
+(data, outputs, model, tokenizers, resume) and how the job survives a spot interruption. The keys the pipeline
+decides (`kohya_contract.PIPELINE_DECIDED_KEYS`) are removed from the config copy and given on the command line,
+which sd-scripts reads after the config file, so a path left in a config can never win.
 """
 
 from __future__ import annotations
@@ -16,37 +16,12 @@ from typing import Any
 
 import tomli_w
 
+from lora_pipeline.kohya_contract import PIPELINE_DECIDED_KEYS, SDXL_BASE_MODEL, flatten_config
 from lora_pipeline.text_formats import loads_toml
 from lora_trainer.workspace import ResumePoint
 
-DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 TRAIN_SCRIPT = "sdxl_train_network.py"
 
-# Keys the entrypoint decides. The attention switches go too: the image has no xformers and always uses SDPA.
-OWNED_KEYS = frozenset(
-    {
-        "train_data_dir",
-        "output_dir",
-        "output_name",
-        "logging_dir",
-        "sample_prompts",
-        "resume",
-        "resume_from_huggingface",
-        "save_state_to_huggingface",
-        "huggingface_repo_id",
-        "huggingface_token",
-        "pretrained_model_name_or_path",
-        "tokenizer_cache_dir",
-        "config_file",
-        "output_config",
-        "xformers",
-        "mem_eff_attn",
-        "sdpa",
-        "initial_step",
-        "initial_epoch",
-        "skip_until_initial_step",
-    }
-)
 _PERIODIC_SAVE_KEYS = ("save_every_n_epochs", "save_every_n_steps")
 _PERIODIC_SAMPLE_KEYS = ("sample_every_n_epochs", "sample_every_n_steps")
 
@@ -69,29 +44,18 @@ class KohyaRun:
     trigger_phrase: str | None = None
 
 
-def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Top-level tables flattened one level, as sd-scripts reads `--config_file`."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(value)
-        else:
-            flat[key] = value
-    return flat
-
-
 def read_kohya_config(path: Path) -> dict[str, Any]:
     with path.open("rb") as stream:
         return flatten_config(loads_toml(stream.read().decode("utf-8")))
 
 
 def training_config(config: Mapping[str, Any], checkpoint_every_n_steps: int | None = None) -> dict[str, Any]:
-    """The config sd-scripts gets: the user's settings without the owned keys, plus spot-safe saving.
+    """The config sd-scripts gets: the user's settings without the keys the pipeline decides, plus spot-safe saving.
 
     `checkpoint_every_n_steps` (from the plan: epochs longer than the stack's checkpoint interval) adds step
     saves, or shortens the config's own when they are further apart.
     """
-    settings = {key: value for key, value in config.items() if key not in OWNED_KEYS}
+    settings = {key: value for key, value in config.items() if key not in PIPELINE_DECIDED_KEYS}
     if not any(settings.get(key) for key in _PERIODIC_SAVE_KEYS):
         # A state is only written when a periodic save fires; without one a spot restart starts over.
         settings["save_every_n_epochs"] = 1
@@ -122,7 +86,7 @@ def base_model_for(config: Mapping[str, Any], model_file: Path | None, hyperpara
     """The model channel's file wins, then the job's base_model, then the config's, then SDXL 1.0 base."""
     if model_file is not None:
         return str(model_file)
-    return hyperparameter or str(config.get("pretrained_model_name_or_path") or DEFAULT_BASE_MODEL)
+    return hyperparameter or str(config.get("pretrained_model_name_or_path") or SDXL_BASE_MODEL)
 
 
 def build_kohya_command(config_file: Path, config: Mapping[str, Any], run: KohyaRun) -> list[str]:

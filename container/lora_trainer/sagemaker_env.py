@@ -2,7 +2,8 @@
 
 Everything lives below one root, `/opt/ml` on SageMaker; the environment variable `OPT_ML` moves it (tests,
 the local executor). Inputs: `input/config/hyperparameters.json` (every value a string),
-`input/config/resourceconfig.json`, channels under `input/data/<channel>/`. Outputs: `model/` (tarred into
+`input/config/resourceconfig.json`, `input/config/inputdataconfig.json`, channels under
+`input/data/<channel>/`. Outputs: `model/` (tarred into
 model.tar.gz), `checkpoints/` (synced to S3 and restored on a spot restart), `output/failure` and
 `output/data/` (tarred into output.tar.gz).
 """
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS
 from lora_pipeline.text_formats import loads_json
+
+# The one host of a single-instance job, as SageMaker names it in resourceconfig.json.
+SINGLE_HOST = "algo-1"
 
 TrainerName = Literal["kohya", "smoke"]
 TRAINERS: tuple[TrainerName, ...] = ("kohya", "smoke")
@@ -42,6 +46,35 @@ class OptMl:
     @property
     def resource_config_file(self) -> Path:
         return self.root / "input" / "config" / "resourceconfig.json"
+
+    @property
+    def input_data_config_file(self) -> Path:
+        return self.root / "input" / "config" / "inputdataconfig.json"
+
+    def write_job_config(
+        self,
+        hyperparameters: Mapping[str, str],
+        channels: Iterable[str],
+        resource_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """What SageMaker writes before it starts the image (for the embedded AWS, `make kohya-check` and tests):
+        `hyperparameters` (every value a string), `resource_config` (default: the single host), and every
+        channel in File mode in inputdataconfig.json, with its empty folder."""
+        self.hyperparameters_file.parent.mkdir(parents=True, exist_ok=True)
+        self.hyperparameters_file.write_text(json.dumps(dict(hyperparameters)))
+        resources = resource_config or {"current_host": SINGLE_HOST, "hosts": [SINGLE_HOST]}
+        self.resource_config_file.write_text(json.dumps(dict(resources)))
+        names = list(channels)
+        self.input_data_config_file.write_text(
+            json.dumps({name: {"TrainingInputMode": "File"} for name in names})
+        )
+        for name in names:
+            self.channel(name).mkdir(parents=True, exist_ok=True)
+
+    def make_output_dirs(self) -> None:
+        """The empty folders SageMaker gives the job for its results: model/, output/data/ and checkpoints/."""
+        for folder in (self.model_dir, self.output_data_dir, self.checkpoints_dir):
+            folder.mkdir(parents=True, exist_ok=True)
 
     def channel(self, name: str) -> Path:
         return self.root / "input" / "data" / name
@@ -176,9 +209,9 @@ def read_hyperparameters(path: Path) -> Hyperparameters:
 def read_resource_config(path: Path) -> ResourceConfig:
     """SageMaker always writes this file; a local tree without it is one host."""
     if not path.exists():
-        return ResourceConfig(current_host="algo-1", hosts=("algo-1",))
+        return ResourceConfig(current_host=SINGLE_HOST, hosts=(SINGLE_HOST,))
     data = _read_json_object(path)
-    hosts = data.get("hosts") or [data.get("current_host", "algo-1")]
+    hosts = data.get("hosts") or [data.get("current_host", SINGLE_HOST)]
     return ResourceConfig(current_host=str(data.get("current_host", hosts[0])), hosts=tuple(map(str, hosts)))
 
 

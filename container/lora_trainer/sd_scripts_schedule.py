@@ -171,21 +171,25 @@ def events(run: EngineRun, output_name: str) -> Iterator[Event]:
     yield FinalModel(f"{output_name}.safetensors", epochs, global_step)
 
 
+def _step_to_remove(step: int, last_n: int, every: int) -> int:
+    """The step save that falls out of the last `last_n` (train_util.get_remove_step_no; the state's copy in
+    save_and_remove_state_stepwise removes it only when above 0, the model's when at least 0)."""
+    old = step - last_n - 1
+    return old - old % every
+
+
 def _step_save(run: EngineRun, names: dict[str, str], step: int, epoch: int, current_step: int) -> Save:
     every = run.save_every_n_steps or 1
     removed_states: tuple[str, ...] = ()
     last_n = run.save_last_n_steps_state or run.save_last_n_steps
-    if last_n is not None:
-        old = step - last_n - 1
-        old -= old % every
-        if old > 0:
-            removed_states = (names["step_state"].format(old),)
+    if last_n is not None and (old := _step_to_remove(step, last_n, every)) > 0:
+        removed_states = (names["step_state"].format(old),)
     removed_models: tuple[str, ...] = ()
-    if run.save_last_n_steps is not None:
-        old = step - run.save_last_n_steps - 1
-        old -= old % every
-        if old >= 0:
-            removed_models = (names["step_model"].format(old),)
+    if (
+        run.save_last_n_steps is not None
+        and (old := _step_to_remove(step, run.save_last_n_steps, every)) >= 0
+    ):
+        removed_models = (names["step_model"].format(old),)
     return Save(
         "step",
         names["step_model"].format(step),

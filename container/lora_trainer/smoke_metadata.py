@@ -10,8 +10,9 @@ import time
 from collections import Counter
 from typing import Any
 
+from lora_pipeline.kohya_contract import caption_extension
 from lora_pipeline.safetensors_lora import SMOKE_MODEL_NAME
-from lora_trainer.smoke_trainer import TrainingImage
+from lora_trainer.smoke_dataset import TrainingImage
 
 SMOKE_COMMENT = "smoke trainer: tiny random SDXL-shaped model; proves the pipeline, not usable for images"
 
@@ -66,7 +67,7 @@ def metadata_for(
         "ss_mixed_precision": "no",
         "ss_optimizer": "torch.optim.adamw.AdamW",
         "ss_resolution": "(64, 64)",
-        "ss_caption_extension": str(config.get("caption_extension", ".caption")),
+        "ss_caption_extension": caption_extension(config),
         "ss_seed": str(config.get("seed", 42)),
         "ss_v2": "False",
         "ss_base_model_version": "sdxl_base_v1-0",

@@ -9,7 +9,6 @@ and take FailureReason from `output/failure`. StopTrainingJob and MaxRuntimeInSe
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -24,6 +23,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from lora_trainer.sagemaker_env import SINGLE_HOST, OptMl
 
 from .training import TrainingProgress, TrainingResult, model_artifact_uri, split_s3_uri
 
@@ -135,38 +136,29 @@ class ContainerExecutor:
 
     def _prepare(self, request: dict[str, Any], s3: Any, progress: TrainingProgress, opt_ml: Path) -> None:
         progress.secondary_status("Downloading", "Downloading input data")
-        config = opt_ml / "input" / "config"
-        config.mkdir(parents=True)
+        layout = OptMl(opt_ml)
         hyperparameters = {name: str(value) for name, value in request.get("HyperParameters", {}).items()}
         if self._trainer is not None:
             hyperparameters["trainer"] = self._trainer
-        (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
-        instance_type = request["ResourceConfig"]["InstanceType"]
-        (config / "resourceconfig.json").write_text(
-            json.dumps(
-                {
-                    "current_host": "algo-1",
-                    "hosts": ["algo-1"],
-                    "current_instance_type": instance_type,
-                    "current_group_name": "homogeneousCluster",
-                    "network_interface_name": "eth0",
-                }
-            )
-        )
         channels = request.get("InputDataConfig", [])
-        (config / "inputdataconfig.json").write_text(
-            json.dumps({channel["ChannelName"]: {"TrainingInputMode": "File"} for channel in channels})
+        layout.write_job_config(
+            hyperparameters,
+            [channel["ChannelName"] for channel in channels],
+            {
+                "current_host": SINGLE_HOST,
+                "hosts": [SINGLE_HOST],
+                "current_instance_type": request["ResourceConfig"]["InstanceType"],
+                "current_group_name": "homogeneousCluster",
+                "network_interface_name": "eth0",
+            },
         )
         for channel in channels:
             source = channel["DataSource"]["S3DataSource"]
-            destination = opt_ml / "input" / "data" / channel["ChannelName"]
-            destination.mkdir(parents=True, exist_ok=True)
-            _download_prefix(s3, source["S3Uri"], destination)
-        for folder in ("model", "output/data", "checkpoints"):
-            (opt_ml / folder).mkdir(parents=True, exist_ok=True)
+            _download_prefix(s3, source["S3Uri"], layout.channel(channel["ChannelName"]))
+        layout.make_output_dirs()
         checkpoint_uri = request.get("CheckpointConfig", {}).get("S3Uri")
         if checkpoint_uri:
-            _download_prefix(s3, checkpoint_uri.rstrip("/") + "/", opt_ml / "checkpoints")
+            _download_prefix(s3, checkpoint_uri.rstrip("/") + "/", layout.checkpoints_dir)
 
     def _run(
         self, request: dict[str, Any], s3: Any, progress: TrainingProgress, opt_ml: Path

@@ -27,7 +27,7 @@ import pytest
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.report import ValidationReport
 from lora_pipeline.storage import LocalFolder
-from lora_pipeline.validate import validate_dataset
+from lora_pipeline.validate import build_validation_report
 from lora_trainer.kohya_command import TRAIN_SCRIPT, KohyaRun, build_kohya_command, write_training_config
 from tests.differential.cases import CASES, Case
 
@@ -128,7 +128,9 @@ def probe_run(work_root: Path) -> ProbeRun:
         (dataset / "config.toml").write_text(case.config, encoding="utf-8")
         if case.pipeline:
             (dataset / "pipeline.toml").write_text(case.pipeline, encoding="utf-8")
-        report = validate_dataset(LocalFolder(dataset), case.id, limits=case.limits, instances=instances)
+        report = build_validation_report(
+            LocalFolder(dataset), case.id, limits=case.limits, instances=instances
+        )
         reports[case.id] = report
         spec = instances.get(report.job.instance_type)
         num_processes = max(1, spec.gpus) if spec else 1

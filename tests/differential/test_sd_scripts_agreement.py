@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from lora_pipeline.kohya_args import ArgKind, argument_specs
+from lora_pipeline.kohya_contract import PIPELINE_DECIDED_KEYS
 from lora_pipeline.problems import Severity
-from lora_trainer.kohya_command import OWNED_KEYS
 from tests.differential.cases import CASES
 from tests.differential.conftest import CaseRun, ProbeRun
 
@@ -153,7 +153,7 @@ def test_config_read_with_intended_types(run: CaseRun) -> None:
     for key, value in run.report.effective_config.items():
         assert key in specs and key in parsed, f"{key} is not an argument of sdxl_train_network.py"
         described = parsed[key]
-        if key not in OWNED_KEYS and described["value"] != value:
+        if key not in PIPELINE_DECIDED_KEYS and described["value"] != value:
             wrong[key] = f"written {value!r}, sd-scripts reads {described['value']!r}"
         elif not _intended(specs[key].kind, key, described):
             wrong[key] = f"{described['type']} {described['value']!r}, but the argument is {specs[key].kind}"

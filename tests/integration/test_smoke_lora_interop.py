@@ -37,7 +37,7 @@ def smoke_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [
             sys.executable,
             "-m",
-            "lora_trainer.smoke_trainer",
+            "lora_trainer.smoke_cli",
             *(str(x) for pair in arguments.items() for x in pair),
         ],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},

@@ -19,7 +19,7 @@ from lora_pipeline.buckets import (
     steps_per_epoch,
 )
 from lora_pipeline.storage import LocalFolder
-from lora_pipeline.validate import validate_dataset
+from lora_pipeline.validate import build_validation_report
 from tests.corpus import make_image, write_caption
 
 SDXL = BucketSettings(enable_bucket=True, max_bucket_reso=2048)
@@ -97,7 +97,7 @@ def test_validation_plan_counts_batches_per_bucket(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(
         "train_batch_size = 4\nmax_train_epochs = 2\ngradient_accumulation_steps = 2\n"
     )
-    report = validate_dataset(LocalFolder(tmp_path), "dog")
+    report = build_validation_report(LocalFolder(tmp_path), "dog")
     assert report.plan is not None
     assert (report.plan.buckets, report.plan.batches_per_epoch) == (3, 3)
     assert report.plan.steps_per_epoch == 2  # ceil(3 batches / 2 accumulated)

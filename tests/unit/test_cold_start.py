@@ -14,7 +14,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "layers" / "common"
 # The rules and file formats only the validate and unpack steps use, loaded when the step runs.
-STEP_ONLY = {"dataset", "kohya_config", "kohya_args", "job_settings", "plan", "report", "validate", "images"}
+STEP_ONLY = {
+    "dataset",
+    "kohya_config",
+    "kohya_contract",
+    "kohya_args",
+    "job_settings",
+    "plan",
+    "report",
+    "validate",
+    "images",
+}
 STEP_ONLY |= {"model_archive", "safetensors_lora", "manifest", "notifications"}
 NEVER = ("aws_xray_sdk", "aws_lambda_powertools.utilities.parser", "boto3", "s3transfer")
 

@@ -11,15 +11,9 @@ import pytest
 from PIL import Image
 
 from lora_pipeline.buckets import bucket_resolutions, select_bucket
-from lora_pipeline.dataset import (
-    DatasetRules,
-    DatasetSummary,
-    caption_candidates,
-    check_dataset,
-    parse_resolution,
-    parse_subset_folder,
-)
+from lora_pipeline.dataset import DatasetRules, DatasetSummary, check_dataset
 from lora_pipeline.images import HEAD_BLOCK, TAIL_BYTES, decode_problem
+from lora_pipeline.kohya_contract import caption_candidates, parse_resolution, parse_subset_folder
 from lora_pipeline.problems import Problem, Severity, catalogue, has_errors
 from lora_pipeline.storage import FileEntry, LocalFolder
 from tests.corpus import (

@@ -30,7 +30,7 @@ from lora_pipeline.safetensors_lora import (
     trigger_words,
 )
 from lora_pipeline.storage import FileEntry, LocalFolder
-from lora_pipeline.validate import MAX_SETTINGS_BYTES, validate_dataset
+from lora_pipeline.validate import MAX_SETTINGS_BYTES, build_validation_report
 from tests.corpus import make_good_dataset
 from tests.lora_files import Member, sdxl_lora_bytes, tar_bytes
 
@@ -57,7 +57,7 @@ def peak_bytes(action) -> int:  # type: ignore[no-untyped-def]
 def test_deeply_nested_settings_are_a_parse_error(tmp_path: Path, file: str, line: str) -> None:
     folder = make_good_dataset(tmp_path / "bluebot")
     (folder / file).write_text(line + "\n")
-    report = validate_dataset(LocalFolder(folder), "bluebot")
+    report = build_validation_report(LocalFolder(folder), "bluebot")
     (problem,) = [p for p in report.problems if p.file == file]
     assert problem.code in {"CONFIG_PARSE_ERROR", "JOB_TOML_SYNTAX"}
     assert "nested too deeply" in problem.message
@@ -134,7 +134,7 @@ def test_a_100_mb_caption_is_refused_after_reading_64_kib(tmp_path: Path, decode
 def test_an_oversized_settings_file_is_refused_unread(tmp_path: Path, file: str) -> None:
     folder = make_good_dataset(tmp_path / "bluebot")
     (folder / file).write_text("# padding\n" * (MAX_SETTINGS_BYTES // 10 + 1))
-    report = validate_dataset(LocalFolder(folder), "bluebot")
+    report = build_validation_report(LocalFolder(folder), "bluebot")
     assert [p.code for p in report.problems if p.file == file] == ["SETTINGS_TOO_LARGE"]
     assert not report.trainable
 

@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 import toml  # the reader sd-scripts uses for --config_file
 
+from lora_pipeline.kohya_contract import PIPELINE_DECIDED_KEYS, SDXL_BASE_MODEL, flatten_config
 from lora_trainer.kohya_command import (
-    DEFAULT_BASE_MODEL,
-    OWNED_KEYS,
     KohyaRun,
     base_model_for,
     build_kohya_command,
-    flatten_config,
     read_kohya_config,
     training_config,
     write_training_config,
@@ -57,7 +55,7 @@ def _run(tmp_path: Path, **overrides: object) -> KohyaRun:
         "output_name": "bluebot",
         "logging_dir": tmp_path / "output/data/logs",
         "tokenizer_cache_dir": Path("/opt/tokenizers"),
-        "base_model": DEFAULT_BASE_MODEL,
+        "base_model": SDXL_BASE_MODEL,
         "sample_prompts": None,
         "resume": None,
         "num_processes": 1,
@@ -196,7 +194,7 @@ def test_written_config_drops_owned_keys_and_reads_back_with_sd_scripts_reader(
 ) -> None:
     path = write_training_config(config, tmp_path / "effective.toml")
     written = toml.load(path)
-    assert not OWNED_KEYS & written.keys()
+    assert not PIPELINE_DECIDED_KEYS & written.keys()
     assert written["optimizer_args"] == ["weight_decay=0.01", "betas=0.9,0.99"]
     assert written["resolution"] == "1024,1024"
     assert written["network_dim"] == 32
@@ -204,7 +202,7 @@ def test_written_config_drops_owned_keys_and_reads_back_with_sd_scripts_reader(
 
 
 def test_owned_keys_are_sd_scripts_arguments() -> None:
-    assert set(OWNED_KEYS) <= set(ARGUMENTS)
+    assert set(PIPELINE_DECIDED_KEYS) <= set(ARGUMENTS)
 
 
 def test_periodic_state_saves_are_added_when_the_config_has_none() -> None:
@@ -247,7 +245,7 @@ def test_base_model_precedence(tmp_path: Path) -> None:
     assert base_model_for(config, model, "from/job") == str(model)
     assert base_model_for(config, None, "from/job") == "from/job"
     assert base_model_for(config, None, None) == "from/config"
-    assert base_model_for({}, None, None) == DEFAULT_BASE_MODEL
+    assert base_model_for({}, None, None) == SDXL_BASE_MODEL
 
 
 def test_the_trigger_phrase_goes_into_the_lora_unless_the_config_sets_its_own(

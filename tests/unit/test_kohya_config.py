@@ -12,7 +12,8 @@ from lora_pipeline.kohya_config import (
     PipelineInputs,
     build_effective_config,
 )
-from lora_pipeline.kohya_facts import PIPELINE_OWNED_KEYS, safe_output_name
+from lora_pipeline.kohya_contract import CONTAINER_OWNED_KEYS
+from lora_pipeline.names import safe_output_name
 from lora_pipeline.problems import Problem, Severity, catalogue
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
@@ -358,7 +359,7 @@ def test_tensorboard_logging_is_allowed() -> None:
     assert effective('log_with = "tensorboard"\n')["log_with"] == "tensorboard"
 
 
-@pytest.mark.parametrize("key", sorted(PIPELINE_OWNED_KEYS))
+@pytest.mark.parametrize("key", sorted(CONTAINER_OWNED_KEYS))
 def test_pipeline_owned_keys_are_removed_with_a_warning(key: str) -> None:
     value = "true" if key == "skip_until_initial_step" else "3" if key.startswith("initial_") else '"/data/x"'
     problem = only(f"{key} = {value}\n", "CONFIG_PIPELINE_OWNED")

@@ -209,7 +209,7 @@ def test_an_s3_base_model_is_the_model_channel_and_on_demand_has_no_max_wait() -
 
 def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from lora_pipeline.storage import LocalFolder
-    from lora_pipeline.validate import validate_dataset
+    from lora_pipeline.validate import build_validation_report
     from tests.corpus import make_good_dataset
 
     folder = make_good_dataset(tmp_path / "many", subsets={"5_dog": 80})
@@ -218,8 +218,8 @@ def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path
     (folder / "5_dog" / "broken.png").write_bytes(
         b""
     )  # one IMAGE_EMPTY error, listed after the warnings by file
-    report = validate_dataset(LocalFolder(folder), "many")
-    outcome = runs.validation_outcome(report, "bucket", "run-1")
+    report = build_validation_report(LocalFolder(folder), "many")
+    outcome = runs.validate_step_output(report, "bucket", "run-1")
 
     assert len(report.problems) > runs.MAX_PROBLEMS_IN_EVENT
     assert len(outcome.problems) == runs.MAX_PROBLEMS_IN_EVENT
@@ -230,7 +230,7 @@ def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path
 
 def test_the_job_gets_the_trigger_words_of_the_subsets_that_train_and_the_epochs_to_keep(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from lora_pipeline.storage import LocalFolder
-    from lora_pipeline.validate import validate_dataset
+    from lora_pipeline.validate import build_validation_report
     from tests.corpus import make_good_dataset
 
     # sd-scripts' folder rules (dataset.parse_subset_folder): repeats < 1 and empty folders train nothing.
@@ -239,10 +239,10 @@ def test_the_job_gets_the_trigger_words_of_the_subsets_that_train_and_the_epochs
     )
     (folder / "2_empty").mkdir()
     (folder / "pipeline.toml").write_text("keep_epoch_loras = 1\n")
-    report = validate_dataset(LocalFolder(folder), "pets")
+    report = build_validation_report(LocalFolder(folder), "pets")
     # Folder order (10_sks dog, 3_ohwx cat, 5_sks dog), each once.
     assert report.summary.trigger_words() == ["sks dog", "ohwx cat"]
 
-    hyperparameters = runs.validation_outcome(report, "bucket", "run-1").job.hyperparameters
+    hyperparameters = runs.validate_step_output(report, "bucket", "run-1").job.hyperparameters
     assert hyperparameters["trigger_phrase"] == "sks dog, ohwx cat"
     assert hyperparameters["keep_epoch_loras"] == "1"

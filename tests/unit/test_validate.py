@@ -4,7 +4,7 @@ from pathlib import Path
 
 from lora_pipeline.dataset import DatasetRules, check_dataset
 from lora_pipeline.storage import LocalFolder
-from lora_pipeline.validate import validate_dataset
+from lora_pipeline.validate import build_validation_report
 from tests.corpus import make_good_dataset, make_image
 
 
@@ -19,7 +19,7 @@ def test_generic_fixes_name_the_file(tmp_path: Path) -> None:
 def test_settings_that_are_not_utf8_are_reported_not_read(tmp_path: Path) -> None:
     folder = make_good_dataset(tmp_path / "dog")
     (folder / "pipeline.toml").write_bytes('output_name = "caf\xe9"\n'.encode("latin-1"))
-    report = validate_dataset(LocalFolder(folder), "dog")
+    report = build_validation_report(LocalFolder(folder), "dog")
     problem = next(p for p in report.problems if p.code == "SETTINGS_NOT_UTF8")
     assert problem.file == "pipeline.toml" and "UTF-8" in problem.message
     assert report.job.output_name == "dog"  # the file was not read: defaults apply

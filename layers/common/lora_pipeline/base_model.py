@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from lora_pipeline.kohya_contract import SDXL_BASE_MODEL
 from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.storage import ObjectReader, ObjectUnreadable
 from lora_pipeline.text_formats import loads_json
@@ -27,14 +28,14 @@ JOB_BASE_MODEL_NOT_SDXL = define(
     "JOB_BASE_MODEL_NOT_SDXL",
     Severity.ERROR,
     "base_model is not an SDXL base model, so sd-scripts' SDXL training fails after the instance has started",
-    'Use an SDXL base model, e.g. base_model = "stabilityai/stable-diffusion-xl-base-1.0".',
+    f'Use an SDXL base model, e.g. base_model = "{SDXL_BASE_MODEL}".',
 )
 JOB_BASE_MODEL_UNCHECKED = define(
     "JOB_BASE_MODEL_UNCHECKED",
     Severity.WARNING,
     "base_model could not be checked to be SDXL before the job",
     "Make sure the model is an SDXL base (its model_index.json names StableDiffusionXLPipeline), or use "
-    'base_model = "stabilityai/stable-diffusion-xl-base-1.0".',
+    f'base_model = "{SDXL_BASE_MODEL}".',
 )
 
 _SDXL_KEYS = ("conditioner.embedders.1.", "model.diffusion_model.label_emb.")

@@ -5,8 +5,8 @@ rules follow it exactly, turning each silent skip into a problem:
 - every direct sub-folder is a subset named `<repeats>_<class tokens>`: `int(name.split("_")[0])` repeats,
   the rest joined by `_` is the class tokens; a folder whose prefix `int()` rejects is skipped with a log
   line, one with repeats < 1 silently; files in the root are ignored;
-- a subset's images are `glob("*" + ext)` for the ten extensions below, so hidden files and sub-folders
-  are never seen, and `.Jpg` (mixed case) is not an image;
+- a subset's images are `glob("*" + ext)` for `kohya_contract.IMAGE_EXTENSIONS`, so hidden files and
+  sub-folders are never seen, and `.Jpg` (mixed case) is not an image;
 - an image's caption is `<image path without extension><caption_extension>`; for names with 5 or more
   `_`-separated parts (face-crop naming) also the name without its last four parts. An empty caption file
   stops training; otherwise only its first line is used (all lines with `enable_wildcard`); an image
@@ -54,23 +54,18 @@ from lora_pipeline.images import (
     read_header,
     truncation,
 )
+from lora_pipeline.kohya_contract import (
+    DEFAULT_CAPTION_EXTENSION,
+    IMAGE_EXTENSIONS,
+    caption_candidates,
+    caption_extension,
+    parse_resolution,
+    parse_subset_folder,
+)
 from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.s3_layout import unsafe_key_reason
 from lora_pipeline.storage import DatasetSource, FileEntry
 
-# sd-scripts' IMAGE_EXTENSIONS (pillow-avif-plugin and JPEG XL readers, which extend it, are not installed).
-ACCEPTED_IMAGE_EXTENSIONS = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".webp",
-    ".bmp",
-    ".PNG",
-    ".JPG",
-    ".JPEG",
-    ".WEBP",
-    ".BMP",
-)
 _EXTENSION_FORMAT = {
     ".png": ImageFormat.PNG,
     ".jpg": ImageFormat.JPEG,
@@ -103,7 +98,6 @@ UPSCALE_WARNING_FACTOR = 1.1
 # sd-scripts keeps at most 225 tokens of a caption (train_util.py, `--max_token_length` choices); 64 KiB
 # is far beyond any caption, and bounds the memory a hostile "caption" can take.
 MAX_CAPTION_BYTES = 64 * 1024
-FACE_CROP_NAME_PARTS = 5
 
 _CONVERT_FIX = "Convert it to PNG or JPEG (e.g. `magick <file> out.png`) or remove it."
 
@@ -321,7 +315,7 @@ class DatasetRules:
     """The sd-scripts settings that decide how a dataset is read. Defaults are sd-scripts' own, except
     `resolution`, which sd-scripts leaves unset and SDXL trains at 1024x1024."""
 
-    caption_extension: str = ".caption"
+    caption_extension: str = DEFAULT_CAPTION_EXTENSION
     resolution: tuple[int, int] = (1024, 1024)
     enable_bucket: bool = False
     min_bucket_reso: int = 256
@@ -336,13 +330,9 @@ class DatasetRules:
     def from_kohya_config(cls, cfg: Mapping[str, Any]) -> DatasetRules:
         """Rules from a flat, effective Kohya config. Raises ValueError on a value sd-scripts cannot use."""
         defaults = cls()
-        caption_extension = cfg.get("caption_extension", defaults.caption_extension)
-        # sd-scripts keeps the misspelt `caption_extention` for compatibility; when set, it wins.
-        if cfg.get("caption_extention") is not None:
-            caption_extension = cfg["caption_extention"]
         return cls(
-            caption_extension=str(caption_extension),
-            resolution=parse_resolution(cfg.get("resolution", defaults.resolution)),
+            caption_extension=caption_extension(cfg),
+            resolution=parse_resolution(cfg["resolution"]) if "resolution" in cfg else defaults.resolution,
             enable_bucket=bool(cfg.get("enable_bucket", defaults.enable_bucket)),
             min_bucket_reso=int(cfg.get("min_bucket_reso", defaults.min_bucket_reso)),
             max_bucket_reso=int(cfg.get("max_bucket_reso", defaults.max_bucket_reso)),
@@ -362,27 +352,6 @@ class DatasetRules:
             bucket_reso_steps=self.bucket_reso_steps,
             bucket_no_upscale=self.bucket_no_upscale,
         )
-
-
-def parse_resolution(value: object) -> tuple[int, int]:
-    """sd-scripts' `resolution`: "1024,1024" or "1024" (a tuple or an int is accepted here too, since the
-    config rules report those type errors themselves)."""
-    if isinstance(value, tuple | list) and len(value) == 2:
-        parts = [int(v) for v in value]
-    elif isinstance(value, int) and not isinstance(value, bool):
-        parts = [value]
-    elif isinstance(value, str):
-        try:
-            parts = [int(v) for v in value.split(",")]
-        except ValueError:
-            raise ValueError(f"resolution {value!r} is not 'size' or 'width,height'") from None
-    else:
-        raise ValueError(f"resolution {value!r} is not 'size' or 'width,height'")
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise ValueError(f"resolution {value!r} is not 'size' or 'width,height' with positive numbers")
-    return parts[0], parts[1]
 
 
 class TrainingImage(BaseModel):
@@ -442,31 +411,6 @@ class DatasetSummary(BaseModel):
         if self.buckets:
             return batches_per_epoch([b.image_count for b in self.buckets], batch_size)
         return batches_per_epoch([self.total_repeated_images], batch_size)
-
-
-def parse_subset_folder(name: str) -> tuple[int, str] | None:
-    """(repeats, class tokens) exactly as sd-scripts parses a folder name; None when it skips the folder
-    for lack of repeats. Python's `int()` accepts surrounding whitespace, a sign, leading zeros and
-    non-ASCII digits (" 10", "+5", "010", "１０"); underscores never reach it because of the split."""
-    tokens = name.split("_")
-    try:
-        repeats = int(tokens[0])
-    except ValueError:
-        return None
-    return repeats, "_".join(tokens[1:])
-
-
-def caption_candidates(image_path: str, caption_extension: str) -> list[str]:
-    """The caption paths sd-scripts tries for an image, in order.
-
-    sd-scripts splits the absolute path; this splits the path relative to the dataset root, which gives
-    the same answer because the training container's data directory has no `_` in it."""
-    base = posixpath.splitext(image_path)[0]
-    candidates = [base + caption_extension]
-    tokens = base.split("_")
-    if len(tokens) >= FACE_CROP_NAME_PARTS:
-        candidates.append("_".join(tokens[:-4]) + caption_extension)
-    return candidates
 
 
 def check_dataset(
@@ -606,7 +550,7 @@ def _extension(name: str) -> str:
 
 
 def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and _extension(name) in ACCEPTED_IMAGE_EXTENSIONS
+    return not name.startswith(".") and _extension(name) in IMAGE_EXTENSIONS
 
 
 def _looks_like_image(name: str) -> bool:
@@ -646,7 +590,7 @@ def _parse_subsets(layout: _Layout) -> tuple[list[_Subset], list[str]]:
     subsets, skipped = [], []
     for folder in layout.folders:
         parsed = parse_subset_folder(folder)
-        if parsed is None or parsed[0] < 1:
+        if parsed is None or not parsed.trains:
             skipped.append(folder)
         else:
             subsets.append(_Subset(folder, *parsed))
@@ -668,7 +612,7 @@ def _skipped_folder_problems(layout: _Layout, skipped: list[str]) -> list[Proble
             {
                 e.path.split("/")[1]
                 for e in layout.nested_files.get(folder, [])
-                if (parsed := parse_subset_folder(e.path.split("/")[1])) and parsed[0] >= 1
+                if (parsed := parse_subset_folder(e.path.split("/")[1])) and parsed.trains
             }
         )
         fix = None
@@ -693,7 +637,7 @@ def _skipped_folder_problems(layout: _Layout, skipped: list[str]) -> list[Proble
             problems.append(
                 SUBSET_ZERO_REPEATS.at(
                     f"{folder}/",
-                    f"{folder}/ has {parsed[0]} repeats; sd-scripts skips folders with fewer than 1, "
+                    f"{folder}/ has {parsed.repeats} repeats; sd-scripts skips folders with fewer than 1, "
                     f"without a message{holding}.",
                     fix=fix,
                 )
@@ -710,7 +654,7 @@ def _nested_folder_problems(layout: _Layout, subsets: list[_Subset]) -> list[Pro
         for child, entries in sorted(by_child.items()):
             parsed = parse_subset_folder(child)
             fix = None
-            if parsed is not None and parsed[0] >= 1:
+            if parsed is not None and parsed.trains:
                 fix = f"{child}/ looks like a subset folder: move it up into the dataset root."
             problems.append(
                 SUBSET_NESTED_FOLDER.at(

@@ -7,7 +7,6 @@ JOB_UNKNOWN_KEY / JOB_BAD_VALUE problems, and the registered rules of `JOB_RULES
 from __future__ import annotations
 
 import difflib
-import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -16,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from lora_pipeline.base_model import check_hugging_face_id, check_s3_checkpoint
 from lora_pipeline.instances import InstanceTable
+from lora_pipeline.kohya_contract import SDXL_BASE_MODEL
+from lora_pipeline.names import OUTPUT_NAME_MAX, is_hugging_face_model_id, is_output_name
 from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.rules import MAX_UNKNOWN_KEYS_REPORTED, RuleSet
 from lora_pipeline.s3_layout import BASE_MODELS_PREFIX, parse_s3_uri
@@ -24,7 +25,6 @@ from lora_pipeline.storage import ObjectReader
 from lora_pipeline.text_formats import loads_toml
 
 SETTINGS_FILE = "pipeline.toml"
-SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 SMOKE_INSTANCE_TYPE = "ml.m5.xlarge"
 # How many per-epoch LoRAs (the newest, besides the final one) a run publishes in model/.
 DEFAULT_KEEP_EPOCH_LORAS = 3
@@ -87,7 +87,7 @@ JOB_BAD_BASE_MODEL = define(
     "JOB_BAD_BASE_MODEL",
     Severity.ERROR,
     "base_model is neither an s3://... .safetensors URI nor a Hugging Face model id",
-    'Use "s3://bucket/path/model.safetensors" or an id like "stabilityai/stable-diffusion-xl-base-1.0".',
+    f'Use "s3://bucket/path/model.safetensors" or an id like "{SDXL_BASE_MODEL}".',
 )
 JOB_BASE_MODEL_NOT_ALLOWED = define(
     "JOB_BASE_MODEL_NOT_ALLOWED",
@@ -100,7 +100,7 @@ JOB_BAD_OUTPUT_NAME = define(
     "JOB_BAD_OUTPUT_NAME",
     Severity.ERROR,
     "output_name must be a plain file name without extension",
-    "Use letters, digits, '-', '_' and '.', at most 100 characters, no extension.",
+    f"Use letters, digits, '-', '_' and '.', at most {OUTPUT_NAME_MAX} characters, no extension.",
 )
 JOB_BAD_SAMPLE_PROMPT = define(
     "JOB_BAD_SAMPLE_PROMPT",
@@ -121,9 +121,6 @@ JOB_SAMPLES_WITHOUT_PROMPTS = define(
     "Add sample_prompts, or remove sample_every_n_epochs.",
 )
 
-
-_HF_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 Trainer = Literal["kohya", "smoke"]
 _Prompt = Annotated[str, StringConstraints(pattern=r"\S")]
@@ -177,6 +174,11 @@ class StackLimits:
     bucket: str | None = None
     """The stack's bucket: an s3:// base_model must lie in it (None when validating without a stack)."""
 
+    @property
+    def default_base_model(self) -> str:
+        """The base model of a job whose pipeline.toml names none (or an unusable one)."""
+        return self.base_model_s3_uri or SDXL_BASE_MODEL
+
 
 class JobSettings(BaseModel):
     """The resolved job settings of one run (defaults filled in)."""
@@ -221,8 +223,10 @@ class JobContext:
     def report(self, problem: Problem) -> None:
         self.problems.append(problem)
 
-    def fall_back(self, **values: Any) -> None:
-        self.settings = self.settings.model_copy(update=values)
+    def reject(self, problem: Problem, **fallback: Any) -> None:
+        """Report a value the job cannot use and put `fallback` in its place."""
+        self.report(problem)
+        self.settings = self.settings.model_copy(update=fallback)
 
 
 JOB_RULES: RuleSet[JobContext] = RuleSet("JS", "pipeline.toml")
@@ -267,7 +271,7 @@ def _resolve(written: PipelineToml, limits: StackLimits) -> JobSettings:
         max_runtime_hours=float(written.max_runtime_hours or limits.max_runtime_hours),
         spot=written.spot if written.spot is not None else limits.use_spot,
         trainer=trainer,
-        base_model=written.base_model or limits.base_model_s3_uri or SDXL_BASE_MODEL,
+        base_model=written.base_model or limits.default_base_model,
         output_name=written.output_name,
         sample_prompts=list(prompts),
         sample_every_n_epochs=(written.sample_every_n_epochs or 1) if prompts else None,
@@ -366,8 +370,10 @@ def base_model_form(ctx: JobContext) -> None:
     """base_model is an s3://...safetensors URI or a Hugging Face id."""
     base_model = ctx.written.base_model
     if base_model is not None and not _valid_base_model(base_model):
-        ctx.report(JOB_BAD_BASE_MODEL.at(ctx.file, f"base_model = {base_model!r} is not usable."))
-        ctx.fall_back(base_model=ctx.limits.base_model_s3_uri or SDXL_BASE_MODEL)
+        ctx.reject(
+            JOB_BAD_BASE_MODEL.at(ctx.file, f"base_model = {base_model!r} is not usable."),
+            base_model=ctx.limits.default_base_model,
+        )
 
 
 @JOB_RULES.rule(
@@ -384,8 +390,10 @@ def base_model_allowed(ctx: JobContext) -> None:
         return  # the stack's default, or refused by base-model-form
     refusal = _base_model_refusal(base_model, ctx.limits)
     if refusal is not None:
-        ctx.report(JOB_BASE_MODEL_NOT_ALLOWED.at(ctx.file, f"base_model = {base_model!r} {refusal}."))
-        ctx.fall_back(base_model=ctx.limits.base_model_s3_uri or SDXL_BASE_MODEL)
+        ctx.reject(
+            JOB_BASE_MODEL_NOT_ALLOWED.at(ctx.file, f"base_model = {base_model!r} {refusal}."),
+            base_model=ctx.limits.default_base_model,
+        )
 
 
 @JOB_RULES.rule(
@@ -411,9 +419,11 @@ def base_model_sdxl(ctx: JobContext) -> None:
 def output_name(ctx: JobContext) -> None:
     """output_name is a plain file name without extension."""
     name = ctx.written.output_name
-    if name is not None and not _OUTPUT_NAME.match(name):
-        ctx.report(JOB_BAD_OUTPUT_NAME.at(ctx.file, f"output_name = {name!r} is not a plain file name."))
-        ctx.fall_back(output_name=None)
+    if name is not None and not is_output_name(name):
+        ctx.reject(
+            JOB_BAD_OUTPUT_NAME.at(ctx.file, f"output_name = {name!r} is not a plain file name."),
+            output_name=None,
+        )
 
 
 @JOB_RULES.rule(
@@ -462,4 +472,4 @@ def _valid_base_model(value: str) -> bool:
     if value.startswith("s3://"):
         bucket, _, key = value.removeprefix("s3://").partition("/")
         return bool(bucket) and key.endswith(".safetensors")
-    return bool(_HF_MODEL_ID.match(value))
+    return is_hugging_face_model_id(value)

@@ -21,6 +21,7 @@ from typing import Any
 import tomli_w
 
 from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, ArgKind, ArgSpec, argument_specs
+from lora_pipeline.kohya_contract import config_entries
 from lora_pipeline.kohya_facts import (
     ADAFACTOR_ARGS,
     CAPTION_CHANGING_KEYS,
@@ -137,8 +138,9 @@ class _Builder:
     # -- reading --
 
     def flatten(self, document: dict[str, Any]) -> dict[str, Any]:
-        """Top-level tables flattened one level, as train_util.read_config_from_file does."""
-        flat: dict[str, Any] = {}
+        """`kohya_contract.config_entries` as one dict, reporting what sd-scripts would silently misread: the
+        --dataset_config format, tables nested two levels deep, and a key set twice (sd-scripts keeps the last)."""
+        sections = {}
         for name, value in document.items():
             if name == "datasets" or (isinstance(value, dict) and "subsets" in value):
                 self.report(
@@ -146,26 +148,26 @@ class _Builder:
                     f"[[{name}]] belongs to sd-scripts' --dataset_config format, which this pipeline does not "
                     "read.",
                 )
+            else:
+                sections[name] = value
+        flat: dict[str, Any] = {}
+        for table, key, item in config_entries(sections):
+            if isinstance(item, dict):
+                self.report(
+                    CONFIG_NESTED_TABLE,
+                    f"[{table}.{key}] is nested two levels deep; sd-scripts only flattens top-level tables.",
+                )
                 continue
-            entries = value.items() if isinstance(value, dict) else [(name, value)]
-            table = name if isinstance(value, dict) else None
-            for key, item in entries:
-                if isinstance(item, dict):
-                    self.report(
-                        CONFIG_NESTED_TABLE,
-                        f"[{name}.{key}] is nested two levels deep; sd-scripts only flattens top-level tables.",
-                    )
-                    continue
-                if key in flat:
-                    first = self.tables[key]
-                    self.report(
-                        CONFIG_DUPLICATE_KEY,
-                        f"`{key}` is set {f'in [{first}]' if first else 'at the top level'} and again "
-                        f"{f'in [{table}]' if table else 'at the top level'}.",
-                    )
-                    continue
-                flat[key] = item
-                self.tables[key] = table
+            if key in flat:
+                first = self.tables[key]
+                self.report(
+                    CONFIG_DUPLICATE_KEY,
+                    f"`{key}` is set {f'in [{first}]' if first else 'at the top level'} and again "
+                    f"{f'in [{table}]' if table else 'at the top level'}.",
+                )
+                continue
+            flat[key] = item
+            self.tables[key] = table
         return flat
 
     # -- the stages --

@@ -6,12 +6,11 @@ sd-scripts it comes from.
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeGuard
 
 import tomli_w
 
-from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, KeyPolicy, keys_with_policy
+from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION
 from lora_pipeline.problems import Severity, define
 
 CONFIG_PARSE_ERROR = define(
@@ -156,21 +155,13 @@ CONFIG_OUTPUT_NAME = define(
 
 # --- Facts from sd-scripts v0.10.1 and the decisions built on them -------------------------------------------
 
-# Kohya GUI keys that sd-scripts ignores (design.md); dropped with a warning.
+# Kohya GUI keys that sd-scripts ignores (README, "config.toml"); dropped with a warning.
 GUI_ONLY_KEYS = frozenset(
     {"model_list", "sdxl", "unit", "train_on_input", "noise_offset_type", "no_token_padding"}
 )
 # `xformers` as the Kohya GUI writes it: a string naming the attention implementation.
 GUI_ATTENTION_VALUES = ("xformers", "sdpa", "none")
 
-# Keys the pipeline refuses or sets itself: the argument table's `policy` column (owned: set by the training
-# container on the command line, which sd-scripts reads after the config file, so a value here could only
-# mislead; secret; upload: to the Hugging Face hub; unsupported), with the reason in `policy_reason`.
-# `pretrained_model_name_or_path` is handled with the base model (it comes from pipeline.toml).
-PIPELINE_OWNED_KEYS = keys_with_policy(KeyPolicy.OWNED)
-SECRET_KEYS = keys_with_policy(KeyPolicy.SECRET)
-HUGGING_FACE_UPLOAD_KEYS = keys_with_policy(KeyPolicy.UPLOAD)
-UNSUPPORTED_KEYS = keys_with_policy(KeyPolicy.UNSUPPORTED)
 OUTSIDE_LOGGERS = ("wandb", "all")
 
 # Network modules whose output round-trips: they save `lora_unet_*` / `lora_te*_*` modules with
@@ -253,7 +244,6 @@ UNKNOWN_KEY_HINTS = {
     "batch_size": "the sd-scripts argument is train_batch_size",
 }
 
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 BLOG_OUTPUT_NAME = "custom_lora_model"
 
 # --- SDXL defaults for what the user leaves out ----------------------------------------------------------------
@@ -322,18 +312,3 @@ def is_number(value: Any) -> TypeGuard[int | float]:
 
 def is_empty(value: Any) -> bool:
     return value is False or value == "" or value == []
-
-
-def parse_resolution(text: str) -> tuple[int, int] | None:
-    """train_util.prepare_dataset_args: "W,H" or "S" (meaning S,S)."""
-    parts = [part.strip() for part in text.split(",")]
-    if len(parts) not in (1, 2) or not all(part.isdigit() and int(part) > 0 for part in parts):
-        return None
-    width, height = int(parts[0]), int(parts[-1])
-    return width, height
-
-
-def safe_output_name(name: str) -> str:
-    """`name` reduced to [A-Za-z0-9_-]: other runs of characters become one `_`; never empty."""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")
-    return cleaned or "lora"

@@ -16,13 +16,19 @@ Each rule cites the sd-scripts v0.10.1 file and function it mirrors (see `lora_p
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lora_pipeline.evaluated_args import CONFIG_KEY, ArgsKind, check_entry, parse_entry, receiver_for
 from lora_pipeline.kohya_args import SD_SCRIPTS_VERSION, KeyPolicy, argument_specs
+from lora_pipeline.kohya_contract import (
+    CONTAINER_OWNED_KEYS,
+    REFUSED_KEYS,
+    dotted_caption_extension,
+    is_caption_extension,
+    parse_resolution,
+)
 from lora_pipeline.kohya_facts import (
     ALLOWED_NETWORK_MODULES,
     BLOG_OUTPUT_NAME,
@@ -53,16 +59,14 @@ from lora_pipeline.kohya_facts import (
     LR_SCHEDULERS,
     NETWORK_MODULES_REFUSED,
     OUTSIDE_LOGGERS,
-    SAFE_NAME,
     TORCH_LR_SCHEDULERS,
     TORCH_OPTIMIZERS,
     UNKNOWN_KEY_HINTS,
     is_empty,
     is_number,
-    parse_resolution,
-    safe_output_name,
     toml_text,
 )
+from lora_pipeline.names import is_output_name, safe_output_name
 from lora_pipeline.problems import Problem, ProblemCode
 from lora_pipeline.rules import MAX_UNKNOWN_KEYS_REPORTED, RuleSet
 from lora_pipeline.trained_parameters import PartRate, part_rates
@@ -96,9 +100,13 @@ class ConfigContext:
     def report(self, code: ProblemCode, message: str, fix: str | None = None) -> None:
         self.problems.append(code.at(self.file, message, fix))
 
+    def drop(self, key: str, code: ProblemCode, why: str, fix: str | None = None) -> None:
+        """Remove `key` from the config and report it as `<where>: <why>`."""
+        self.report(code, f"{self.where(key, self.config.pop(key))}: {why}", fix)
+
     def bad_value(self, key: str, problem: str, fix: str | None = None) -> None:
         """Report `key` as unusable and leave it out."""
-        self.report(CONFIG_BAD_VALUE, f"{self.where(key, self.config.pop(key))}: {problem}.", fix)
+        self.drop(key, CONFIG_BAD_VALUE, f"{problem}.", fix)
 
     def conflict(self, message: str, fix: str) -> None:
         self.report(CONFIG_CONFLICT, message, fix)
@@ -124,13 +132,16 @@ COMBINATIONS: RuleSet[ConfigContext] = RuleSet("KC", "combinations of settings")
 # --- NORMALISE ------------------------------------------------------------------------------------------------
 
 
-@NORMALISE.rule("KN101", "gui-only-keys", "design.md: keys the Kohya GUI writes and sd-scripts ignores")
+@NORMALISE.rule(
+    "KN101", "gui-only-keys", "library/train_util.py:read_config_from_file (Kohya GUI keys no argument reads)"
+)
 def gui_only_keys(ctx: ConfigContext) -> None:
     """Drop Kohya GUI keys sd-scripts never reads."""
     for key in sorted(GUI_ONLY_KEYS & ctx.config.keys()):
-        ctx.report(
+        ctx.drop(
+            key,
             CONFIG_GUI_KEY_NORMALISED,
-            f"{ctx.where(key, ctx.config.pop(key))}: a Kohya GUI setting that sd-scripts ignores; dropped.",
+            "a Kohya GUI setting that sd-scripts ignores; dropped.",
             f"Remove {key}.",
         )
 
@@ -139,7 +150,7 @@ def gui_only_keys(ctx: ConfigContext) -> None:
     "KN102", "attention", "library/train_util.py:replace_unet_modules (xformers / sdpa / mem_eff_attn)"
 )
 def attention(ctx: ConfigContext) -> None:
-    """The image has no xformers and always runs SDPA attention (design.md)."""
+    """The image has no xformers and always runs SDPA attention (container/Dockerfile; kohya_command passes --sdpa)."""
     config = ctx.config
     if "xformers" in config:
         value = config.pop("xformers")
@@ -168,10 +179,10 @@ def attention(ctx: ConfigContext) -> None:
             )
     for key, overriding in (("mem_eff_attn", True), ("sdpa", False)):
         if config.get(key) is overriding:
-            ctx.report(
+            ctx.drop(
+                key,
                 CONFIG_NO_EFFECT,
-                f"{ctx.where(key, config.pop(key))}: the training image always uses PyTorch SDPA attention "
-                "(sdpa = true); dropped.",
+                "the training image always uses PyTorch SDPA attention (sdpa = true); dropped.",
                 f"Remove {key}.",
             )
 
@@ -220,15 +231,17 @@ def gui_unset_values(ctx: ConfigContext) -> None:
     for key, (unset, why) in unset_values.items():
         value = ctx.config.get(key)
         if key in ctx.config and value == unset and not isinstance(value, bool):
-            ctx.report(
+            ctx.drop(
+                key,
                 CONFIG_GUI_KEY_NORMALISED,
-                f"{ctx.where(key, ctx.config.pop(key))}: the Kohya GUI's default; {why}; dropped.",
+                f"the Kohya GUI's default; {why}; dropped.",
                 f"Remove {key}.",
             )
     if ctx.config.get("dynamo_backend") == "no" and not ctx.config.get("torch_compile"):
-        ctx.report(
+        ctx.drop(
+            "dynamo_backend",
             CONFIG_GUI_KEY_NORMALISED,
-            f"{ctx.where('dynamo_backend', ctx.config.pop('dynamo_backend'))}: the Kohya GUI's 'off' value; "
+            "the Kohya GUI's 'off' value; "
             "sd-scripts only uses dynamo_backend with torch_compile = true; dropped.",
             "Remove dynamo_backend.",
         )
@@ -238,10 +251,10 @@ def gui_unset_values(ctx: ConfigContext) -> None:
 def clip_skip(ctx: ConfigContext) -> None:
     """sd-scripts warns about clip_skip for SDXL; the SDXL text encoding never reads it."""
     if "clip_skip" in ctx.config:
-        ctx.report(
+        ctx.drop(
+            "clip_skip",
             CONFIG_NO_EFFECT,
-            f"{ctx.where('clip_skip', ctx.config.pop('clip_skip'))}: SDXL training does not use clip_skip; "
-            "dropped.",
+            "SDXL training does not use clip_skip; dropped.",
             "Remove clip_skip.",
         )
 
@@ -292,19 +305,23 @@ def unknown_key(ctx: ConfigContext) -> None:
         )
 
 
-def _keys_with(ctx: ConfigContext, policies: tuple[KeyPolicy, ...]) -> list[str]:
-    specs = argument_specs()
-    return [key for key in ctx.config if key in specs and specs[key].policy in policies]
+def _pop_unless_empty(ctx: ConfigContext, key: str, empty_why: str) -> Any:
+    """Remove `key` from the config. An empty or false value (what a Kohya GUI export writes for a field left
+    unset) is reported here, as harmless, and None returned; any other value is returned for the caller to
+    report."""
+    value = ctx.config.pop(key)
+    if not is_empty(value):
+        return value
+    ctx.report(CONFIG_EMPTY_KEY_DROPPED, f"{ctx.where(key, value)}: {empty_why}")
+    return None
 
 
 @KEYS.rule("KK102", "pipeline-owned", "the training container's command line (read after --config_file)")
 def pipeline_owned(ctx: ConfigContext) -> None:
     """Keys the training container sets on the command line: a value here could only mislead."""
-    for key in _keys_with(ctx, (KeyPolicy.OWNED,)):
-        value = ctx.config.pop(key)
-        if is_empty(value):
-            ctx.report(CONFIG_EMPTY_KEY_DROPPED, f"{ctx.where(key, value)}: set by the pipeline; dropped.")
-        else:
+    for key in [key for key in ctx.config if key in CONTAINER_OWNED_KEYS]:
+        value = _pop_unless_empty(ctx, key, "set by the pipeline; dropped.")
+        if value is not None:
             ctx.report(
                 CONFIG_PIPELINE_OWNED,
                 f"{ctx.where(key, value)}: the training container sets {key} "
@@ -316,14 +333,12 @@ def pipeline_owned(ctx: ConfigContext) -> None:
 @KEYS.rule("KK103", "refused-key", "library/train_util.py:add_training_arguments (secrets, uploads, sources)")
 def refused_key(ctx: ConfigContext) -> None:
     """Secrets, Hugging Face uploads and arguments the pipeline cannot honour (empty values are harmless)."""
-    for key in _keys_with(ctx, (KeyPolicy.SECRET, KeyPolicy.UPLOAD, KeyPolicy.UNSUPPORTED)):
-        value = ctx.config.pop(key)
+    for key in [key for key in ctx.config if key in REFUSED_KEYS]:
+        value = _pop_unless_empty(ctx, key, "empty or false, so harmless; dropped.")
         spec = argument_specs()[key]
-        if is_empty(value):
-            ctx.report(
-                CONFIG_EMPTY_KEY_DROPPED, f"{ctx.where(key, value)}: empty or false, so harmless; dropped."
-            )
-        elif spec.policy is KeyPolicy.SECRET:
+        if value is None:
+            continue
+        if spec.policy is KeyPolicy.SECRET:
             ctx.report(
                 CONFIG_SECRET,
                 f"{ctx.where(key, '***')}: a secret in {ctx.file} would be copied into the run's files and the "
@@ -346,9 +361,10 @@ def refused_key(ctx: ConfigContext) -> None:
 def outside_logger(ctx: ConfigContext) -> None:
     """log_with = "wandb" / "all" needs an API key and an outside connection."""
     if ctx.config.get("log_with") in OUTSIDE_LOGGERS:
-        ctx.report(
+        ctx.drop(
+            "log_with",
             CONFIG_OUTSIDE_SERVICE,
-            f"{ctx.where('log_with', ctx.config.pop('log_with'))}: Weights & Biases needs an API key and an "
+            "Weights & Biases needs an API key and an "
             "outside connection, which the pipeline does not give the job.",
             'Remove log_with, or write log_with = "tensorboard" (written under the run\'s logs).',
         )
@@ -383,7 +399,11 @@ def step_or_ratio(ctx: ConfigContext) -> None:
 @VALUES.rule("KV103", "resolution", "library/train_util.py:prepare_dataset_args")
 def resolution(ctx: ConfigContext) -> None:
     """resolution is "W,H" or "S"."""
-    if "resolution" in ctx.config and parse_resolution(ctx.config["resolution"]) is None:
+    if "resolution" not in ctx.config:
+        return
+    try:
+        parse_resolution(ctx.config["resolution"])
+    except ValueError:
         ctx.bad_value(
             "resolution",
             'resolution must be "W,H" or "S" with positive whole numbers',
@@ -411,9 +431,10 @@ def thumbnail_file(ctx: ConfigContext) -> None:
     """Any metadata_thumbnail but a data: URL is read as a file and embedded in the published LoRA."""
     thumbnail = ctx.config.get("metadata_thumbnail")
     if thumbnail and not thumbnail.startswith("data:"):
-        ctx.report(
+        ctx.drop(
+            "metadata_thumbnail",
             CONFIG_UNSUPPORTED,
-            f"{ctx.where('metadata_thumbnail', ctx.config.pop('metadata_thumbnail'))}: not a data: URL, so "
+            "not a data: URL, so "
             "sd-scripts would read that file on the training machine and embed it in the published LoRA.",
             'Give the thumbnail as a data URL ("data:image/png;base64,...") or remove metadata_thumbnail.',
         )
@@ -425,8 +446,14 @@ def caption_extension_dot(ctx: ConfigContext) -> None:
     extension = ctx.config.get("caption_extension")
     if extension is None:
         return
-    if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", extension):
-        dotted = f".{extension}"
+    dotted = dotted_caption_extension(extension)
+    if not is_caption_extension(dotted):
+        ctx.bad_value(
+            "caption_extension",
+            "sd-scripts appends caption_extension to the image's base name, so it must be a file extension",
+            f'Write caption_extension = ".{extension.lstrip(".") or "caption"}".',
+        )
+    elif dotted != extension:
         ctx.report(
             CONFIG_GUI_KEY_NORMALISED,
             f"{ctx.where('caption_extension', extension)}: sd-scripts adds the missing dot and reads "
@@ -434,12 +461,6 @@ def caption_extension_dot(ctx: ConfigContext) -> None:
             f'Write caption_extension = "{dotted}".',
         )
         ctx.config["caption_extension"] = dotted
-    elif not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
-        ctx.bad_value(
-            "caption_extension",
-            "sd-scripts appends caption_extension to the image's base name, so it must be a file extension",
-            f'Write caption_extension = ".{extension.lstrip(".") or "caption"}".',
-        )
 
 
 @VALUES.rule("KV107", "safetensors-only", "train_network.py:NetworkTrainer.train (save_model_as)")
@@ -478,9 +499,10 @@ def network_module(ctx: ConfigContext) -> None:
     if module is None or module in ALLOWED_NETWORK_MODULES:
         return
     if module in NETWORK_MODULES_REFUSED:
-        ctx.report(
+        ctx.drop(
+            "network_module",
             CONFIG_NOT_ALLOWED,
-            f"{ctx.where('network_module', ctx.config.pop('network_module'))}: {NETWORK_MODULES_REFUSED[module]}.",
+            f"{NETWORK_MODULES_REFUSED[module]}.",
             f"Use one of: {', '.join(ALLOWED_NETWORK_MODULES)} (networks.lora is the default).",
         )
         return
@@ -520,10 +542,10 @@ def lr_scheduler(ctx: ConfigContext) -> None:
         ctx.refuse("lr_scheduler_type", "sd-scripts imports lr_scheduler_type by name", TORCH_LR_SCHEDULERS)
     scheduler = ctx.config.get("lr_scheduler")
     if scheduler is not None and scheduler not in LR_SCHEDULERS:
-        ctx.report(
+        ctx.drop(
+            "lr_scheduler",
             CONFIG_BAD_CHOICE,
-            f"{ctx.where('lr_scheduler', ctx.config.pop('lr_scheduler'))}: get_scheduler_fix does not know this "
-            "scheduler.",
+            "get_scheduler_fix does not know this scheduler.",
             f"Use one of {', '.join(LR_SCHEDULERS)}.",
         )
 
@@ -588,7 +610,7 @@ def _output_name(ctx: ConfigContext, configured: str | None) -> str:
             "Set output_name to a name for this LoRA, in pipeline.toml or config.toml.",
         )
         return fallback
-    if not SAFE_NAME.fullmatch(name):
+    if not is_output_name(name):
         ctx.report(
             CONFIG_BAD_VALUE,
             f"{ctx.where('output_name', configured)}: output_name becomes a file name and an S3 key; use "
@@ -644,10 +666,10 @@ def sampling(ctx: ConfigContext) -> None:
     if every is None:
         for key in sample_keys:
             if key in effective:
-                ctx.report(
+                ctx.drop(
+                    key,
                     CONFIG_PIPELINE_OWNED,
-                    f"{ctx.where(key, effective.pop(key))}: samples are only rendered when pipeline.toml "
-                    "has sample_prompts; removed.",
+                    "samples are only rendered when pipeline.toml has sample_prompts; removed.",
                     "Give sample_prompts (and sample_every_n_epochs) in pipeline.toml.",
                 )
         return
@@ -936,8 +958,11 @@ def bucket_resolution(ctx: ConfigContext) -> None:
             "Use bucket_reso_steps = 64.",
         )
         return
-    size = parse_resolution(config["resolution"])
-    if not config["enable_bucket"] or size is None:
+    if not config["enable_bucket"]:
+        return
+    try:
+        size = parse_resolution(config["resolution"])
+    except ValueError:
         return
     low = config["min_bucket_reso"] - config["min_bucket_reso"] % steps
     high = config["max_bucket_reso"] + (-config["max_bucket_reso"]) % steps

@@ -5,7 +5,6 @@ Pure functions; the DynamoDB side lives in `lora_pipeline.aws.run_table`.
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from lora_pipeline.names import name_slug
 from lora_pipeline.s3_layout import RunLayout, dataset_prefix, s3_uri
 
 if TYPE_CHECKING:  # the validation rules stay out of the functions that only keep the books (cold starts)
@@ -28,19 +28,11 @@ EXECUTION_NAME_MAX = 80
 # The state machine appends "-<attempt>" (one digit: capacity retries are capped below ten).
 ATTEMPT_SUFFIX_LEN = 2
 
-_NOT_NAME_CHARS = re.compile(r"[^a-zA-Z0-9]+")
-
 
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable and unique: `20261126-112430-3f9a` (UTC time of the first upload event, 16 random bits)."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     return f"{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def name_slug(dataset: str, max_len: int) -> str:
-    """The dataset name reduced to [a-zA-Z0-9-], no leading/trailing/double hyphen, at most `max_len`."""
-    slug = _NOT_NAME_CHARS.sub("-", dataset).strip("-")[:max_len].strip("-")
-    return slug or "dataset"
 
 
 def execution_name(dataset: str, run_id: str) -> str:
@@ -286,8 +278,9 @@ def _hyperparameters(
 MAX_PROBLEMS_IN_EVENT = 50
 
 
-class ValidationOutcome(BaseModel):
-    """What the validate function returns to the state machine (its Choice reads these fields)."""
+class ValidateStepOutput(BaseModel):
+    """What the validate step (`aws.steps.validate_run`) returns to the state machine, its Choice reads these
+    fields: the `ValidationReport` shortened to fit a Step Functions payload, and the training job's spec."""
 
     valid: bool
     error_count: int
@@ -298,8 +291,8 @@ class ValidationOutcome(BaseModel):
     job: TrainingJobSpec
 
 
-def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> ValidationOutcome:
-    from lora_pipeline.kohya_facts import safe_output_name
+def validate_step_output(report: ValidationReport, bucket: str, run_id: str) -> ValidateStepOutput:
+    from lora_pipeline.names import safe_output_name
     from lora_pipeline.problems import Severity
 
     # Step Functions, EventBridge and SNS each cap a payload at 256 KB (a few hundred problems): the state
@@ -309,7 +302,7 @@ def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> Va
     listed = by_severity[:MAX_PROBLEMS_IN_EVENT]
     output_name = report.job.output_name or safe_output_name(report.dataset)
     plan = report.plan
-    return ValidationOutcome(
+    return ValidateStepOutput(
         valid=report.trainable and report.kohya_toml is not None,
         error_count=report.error_count,
         warning_count=report.warning_count,

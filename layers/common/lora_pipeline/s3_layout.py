@@ -1,4 +1,4 @@
-"""Every S3 key the pipeline reads or writes, built in one place (see docs: design.md, "S3 layout").
+"""Every S3 key the pipeline reads or writes, built in one place (README.md, "What a run publishes", shows the run folder).
 
 Only `datasets/` triggers the pipeline; everything the pipeline writes lives under `runs/`, and the
 image build uses `build/`, so nothing written here can start a run. `base-models/` holds the `.safetensors`

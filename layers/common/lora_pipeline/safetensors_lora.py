@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from lora_pipeline.kohya_contract import parse_subset_folder
 from lora_pipeline.text_formats import loads_json
 
 # The reference implementation refuses headers above 100 MB; a LoRA header is about 300 KB.
@@ -865,9 +866,8 @@ def trigger_words(metadata: dict[str, str]) -> list[str]:
         if isinstance(value, dict):
             target.update(value)
     for folder in [*folders, *frequencies]:
-        tokens = (
-            folder.split("_", 1)[1].strip() if "_" in folder and folder.split("_", 1)[0].isdigit() else ""
-        )
+        subset = parse_subset_folder(folder)
+        tokens = subset.class_tokens.strip() if subset is not None else ""
         if tokens and tokens not in words:
             words.append(tokens)
     for folder, tags in frequencies.items():

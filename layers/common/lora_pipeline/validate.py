@@ -1,4 +1,5 @@
-"""Validate a dataset folder: the one entry point used by the CLI, the validate Lambda and the tests."""
+"""Validate a dataset folder: `build_validation_report`, the one entry point used by the CLI, the validate Lambda
+and the tests, returns the `report.ValidationReport` stored as validation.json."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _read_settings_file(
         return None, [SETTINGS_NOT_UTF8.at(path, f"{path} is not UTF-8 (byte {exc.start}); it was not read.")]
 
 
-def validate_dataset(
+def build_validation_report(
     source: DatasetSource,
     dataset_name: str,
     limits: StackLimits | None = None,

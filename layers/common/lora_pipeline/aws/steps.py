@@ -23,7 +23,7 @@ from lora_pipeline.runs import (
     job_facts,
     new_run_id,
     training_job_base_name,
-    validation_outcome,
+    validate_step_output,
 )
 from lora_pipeline.s3_layout import RunLayout, parse_dataset_key, parse_s3_uri, resume_request_key, s3_uri
 from lora_pipeline.salvage import SalvagedLora
@@ -172,9 +172,9 @@ def _start_run(
 def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
     """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
     from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
-    from lora_pipeline.validate import validate_dataset
+    from lora_pipeline.validate import build_validation_report
 
-    report = validate_dataset(
+    report = build_validation_report(
         S3DatasetSource(s3, run.bucket, run.dataset),
         run.dataset,
         replace(limits, bucket=run.bucket),
@@ -188,7 +188,7 @@ def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
         files[layout.prompts_key] = (report.prompts_txt, "text/plain")
     for key, (text, content_type) in files.items():
         s3.put_object(Bucket=run.bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
-    outcome: dict[str, Any] = validation_outcome(report, run.bucket, run.run_id).model_dump(mode="json")
+    outcome: dict[str, Any] = validate_step_output(report, run.bucket, run.run_id).model_dump(mode="json")
     if outcome["valid"]:
         adopt_resume_request(s3, run)
     return outcome
