@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from lora_pipeline.aws.errors import ClientError, error_code
+from lora_pipeline.dataset_lock import parse_time
 from lora_pipeline.instances import InstanceTable
+from lora_pipeline.job_facts import job_facts
 from lora_pipeline.manifest import Manifest
-from lora_pipeline.runs import TRAINING_LOG_GROUP, job_facts, parse_time, training_job_base_name
+from lora_pipeline.run_names import TRAINING_LOG_GROUP, training_job_base_name
 from lora_pipeline.s3_layout import (
     READY_MARKER,
     RunLayout,

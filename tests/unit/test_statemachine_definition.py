@@ -84,7 +84,7 @@ def test_every_task_outside_the_clean_up_chain_is_caught() -> None:
 
 
 def test_the_end_of_run_function_knows_the_states_that_emit_last_events_and_begin_stages() -> None:
-    from lora_pipeline.aws.steps import STAGE_STARTS, TERMINAL_EVENT_STATES
+    from lora_pipeline.use_cases.cancel import STAGE_STARTS, TERMINAL_EVENT_STATES
 
     last = {"Dataset Rejected", "Training Succeeded", "Training Failed"}
     emitting = {

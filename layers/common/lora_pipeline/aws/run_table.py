@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lora_pipeline.aws.errors import ClientError, error_code
-from lora_pipeline.runs import ActiveRun, DatasetState, parse_time
+from lora_pipeline.dataset_lock import ActiveRun, DatasetState, parse_time
 
 SLOTS_KEY = {"pk": {"S": "SLOTS"}, "sk": {"S": "SLOTS"}}
 PHASE_SETTLING = "settling"
