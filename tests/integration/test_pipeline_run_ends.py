@@ -13,8 +13,9 @@ import pytest
 
 from embedded_aws.stack import EmbeddedStack
 from embedded_aws.training import ArchiveExecutor, HeldExecutor
-from lora_pipeline.aws import s3_model_io, steps
+from lora_pipeline.aws import s3_model_io
 from lora_pipeline.s3_layout import RunLayout
+from lora_pipeline.use_cases import validate as validate_step
 from tests.integration.pipeline_support import (
     dataset,
     lora_archive,
@@ -101,7 +102,7 @@ class _BrokenOutcome:
 def test_a_failure_outside_the_failure_path_sends_one_training_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(steps, "validation_outcome", lambda *args: _BrokenOutcome())
+    monkeypatch.setattr(validate_step, "validation_outcome", lambda *args: _BrokenOutcome())
     with pipeline(ArchiveExecutor(lora_archive())) as stack:
         upload(stack, dataset(tmp_path))
         stack.wait_until_idle(timeout=60)
