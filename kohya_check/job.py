@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from lora_pipeline.dataset_source import LocalFolder
 from lora_pipeline.plan import Plan
-from lora_pipeline.storage import LocalFolder
 from lora_pipeline.use_cases.validate import validation_outcome
 from lora_pipeline.validate import validate_dataset
 from lora_pipeline_cli.examples import SUBSET, TRIGGER, write_example_dataset

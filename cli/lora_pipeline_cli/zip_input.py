@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from lora_pipeline.dataset import SETTINGS_FILES, parse_subset_folder
-from lora_pipeline.storage import LocalFolder
+from lora_pipeline.dataset_source import LocalFolder
 
 _MACOS_METADATA_FOLDER = "__MACOSX"
 _APPLEDOUBLE_PREFIX = "._"

@@ -19,9 +19,9 @@ from lora_pipeline.dataset import (
     parse_resolution,
     parse_subset_folder,
 )
+from lora_pipeline.dataset_source import FileEntry, LocalFolder
 from lora_pipeline.images import HEAD_BLOCK, TAIL_BYTES, decode_problem
 from lora_pipeline.problems import Problem, Severity, catalogue, has_errors
-from lora_pipeline.storage import FileEntry, LocalFolder
 from tests.corpus import (
     heic_bytes,
     image_bytes,

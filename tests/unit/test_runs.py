@@ -221,7 +221,7 @@ def test_an_s3_base_model_is_the_model_channel_and_on_demand_has_no_max_wait() -
 
 
 def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from lora_pipeline.storage import LocalFolder
+    from lora_pipeline.dataset_source import LocalFolder
     from lora_pipeline.validate import validate_dataset
     from tests.corpus import make_good_dataset
 
@@ -242,7 +242,7 @@ def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path
 
 
 def test_the_job_gets_the_trigger_words_of_the_subsets_that_train_and_the_epochs_to_keep(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from lora_pipeline.storage import LocalFolder
+    from lora_pipeline.dataset_source import LocalFolder
     from lora_pipeline.validate import validate_dataset
     from tests.corpus import make_good_dataset
 

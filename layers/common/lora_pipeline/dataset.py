@@ -39,6 +39,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from lora_pipeline.buckets import BucketChoice, BucketSettings, ImageSize, assign_buckets, batches_per_epoch
+from lora_pipeline.dataset_source import DatasetSource, FileEntry
 from lora_pipeline.images import (
     MAX_IMAGE_PIXELS,
     ORIENTATION_MEANING,
@@ -56,7 +57,6 @@ from lora_pipeline.images import (
 )
 from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.s3_layout import unsafe_key_reason
-from lora_pipeline.storage import DatasetSource, FileEntry
 
 # sd-scripts' IMAGE_EXTENSIONS (pillow-avif-plugin and JPEG XL readers, which extend it, are not installed).
 ACCEPTED_IMAGE_EXTENSIONS = (
