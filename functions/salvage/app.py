@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from lora_pipeline.aws.clients import client
 from lora_pipeline.aws.observability import FunctionObservability
-from lora_pipeline.use_cases.salvage import SalvageInput, salvage_run
+from lora_pipeline.use_cases.run_input import SalvageInput
+from lora_pipeline.use_cases.salvage import salvage_run
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext

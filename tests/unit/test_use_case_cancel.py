@@ -13,7 +13,7 @@ from lora_pipeline.ports import StateChange, TrainingJobSummary
 from lora_pipeline.s3_layout import RunLayout
 from lora_pipeline.salvage import SalvagedLora
 from lora_pipeline.use_cases.cancel import ExecutionEnd, run_ended
-from lora_pipeline.use_cases.salvage import SalvageInput
+from lora_pipeline.use_cases.run_input import SalvageInput
 from tests.fakes import FakeExecutions, FakeTrainingJobs, InMemoryRunTable, RecordingEventBus
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)

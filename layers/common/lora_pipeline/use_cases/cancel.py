@@ -12,8 +12,7 @@ from pydantic import BaseModel, Field
 from lora_pipeline.events import Stage, TrainingCancelled, TrainingFailed
 from lora_pipeline.run_names import execution_console_url, training_job_base_name
 from lora_pipeline.s3_layout import RunLayout
-from lora_pipeline.use_cases.run_input import RunInput
-from lora_pipeline.use_cases.salvage import SalvageInput
+from lora_pipeline.use_cases.run_input import RunInput, SalvageInput
 from lora_pipeline.use_cases.start_run import LOCK_ATTEMPTS, start_run
 
 if TYPE_CHECKING:

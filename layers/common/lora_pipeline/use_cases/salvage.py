@@ -14,24 +14,10 @@ from lora_pipeline.salvage import (
     how_it_stopped,
     newest_epoch_lora,
 )
-from lora_pipeline.use_cases.run_input import RunInput
+from lora_pipeline.use_cases.run_input import SalvageInput
 
 if TYPE_CHECKING:
     from lora_pipeline.aws.s3_model_io import S3ObjectStream
-
-
-class SalvageInput(RunInput):
-    output_name: str | None = None
-    training_job: dict[str, Any] | None = None  # DescribeTrainingJob output; None for a cancelled run
-    trainer_name: str | None = None  # the run's trainer when `training_job` is None
-
-    @property
-    def trainer(self) -> str:
-        """The trainer the job ran (training_job_spec puts it in the hyperparameters), not what the file
-        claims."""
-        if self.training_job is not None:
-            return str(self.training_job.get("HyperParameters", {}).get("trainer", ""))
-        return self.trainer_name or ""
 
 
 class _HashingReader:
