@@ -28,8 +28,8 @@ from pathlib import Path
 from PIL import Image
 
 from lora_pipeline.dataset import DatasetRules, check_dataset
+from lora_pipeline.dataset_source import LocalFolder
 from lora_pipeline.problems import Severity
-from lora_pipeline.storage import LocalFolder
 
 SIZE = (1024, 1024)
 # Distinct encodings the dataset cycles through (every image is a different file on disk either way).

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import psutil
 
+from lora_pipeline.dataset_source import LocalFolder
 from lora_pipeline.plan import Plan
-from lora_pipeline.runs import validate_step_output
-from lora_pipeline.storage import LocalFolder
+from lora_pipeline.use_cases.validate import validate_step_output
 from lora_pipeline.validate import build_validation_report
 from lora_pipeline_cli.examples import SUBSET, TRIGGER, write_example_dataset
 from lora_trainer.sagemaker_env import OptMl

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 from PIL import Image
 
+from lora_pipeline.job_facts import JobFacts
 from lora_pipeline.manifest import Manifest, RunFacts
 from lora_pipeline.model_archive import EpochLora
 from lora_pipeline.plan import Plan, SubsetPlan
 from lora_pipeline.problems import Problem, Severity
 from lora_pipeline.run_report import RunReportInputs
-from lora_pipeline.runs import JobFacts
 from lora_pipeline.safetensors_lora import LoraSummary
 from lora_pipeline.training_metrics import LossPoint
 

@@ -14,6 +14,7 @@ import botocore.exceptions
 
 from lora_pipeline.aws.run_table import RunTable
 from lora_pipeline.dataset import UNSUPPORTED_IMAGE_EXTENSIONS
+from lora_pipeline.dataset_source import LocalFolder
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import StackLimits
 from lora_pipeline.kohya_contract import IMAGE_EXTENSIONS, parse_subset_folder
@@ -21,7 +22,6 @@ from lora_pipeline.names import DATASET_NAME
 from lora_pipeline.report import ValidationReport
 from lora_pipeline.s3_layout import DATASETS_PREFIX, dataset_prefix, parse_s3_uri
 from lora_pipeline.safetensors_lora import Architecture
-from lora_pipeline.storage import LocalFolder
 from lora_pipeline.validate import build_validation_report
 from lora_pipeline_cli import local, progress, runs, zip_input
 from lora_pipeline_cli.examples import write_broken_dataset, write_example_dataset

@@ -12,11 +12,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lora_pipeline.aws import run_table
+from lora_pipeline import dataset_lock
 from lora_pipeline.aws.errors import ClientError, error_code
+from lora_pipeline.dataset_lock import parse_time
 from lora_pipeline.instances import InstanceTable
+from lora_pipeline.job_facts import job_facts
 from lora_pipeline.manifest import Manifest
-from lora_pipeline.runs import TRAINING_LOG_GROUP, job_facts, parse_time, training_job_base_name
+from lora_pipeline.run_names import TRAINING_LOG_GROUP, training_job_base_name
 from lora_pipeline.s3_layout import (
     READY_MARKER,
     RunLayout,
@@ -30,9 +32,9 @@ from lora_pipeline.training_metrics import TrainingProgress, parse_metric_line
 from lora_pipeline_cli.stack import Stack, StackError
 
 RUNNING, SUCCEEDED, REJECTED = (
-    run_table.RunStatus.RUNNING,
-    run_table.RunStatus.SUCCEEDED,
-    run_table.RunStatus.REJECTED,
+    dataset_lock.RunStatus.RUNNING,
+    dataset_lock.RunStatus.SUCCEEDED,
+    dataset_lock.RunStatus.REJECTED,
 )
 REJECTION_ERRORS_SHOWN = 5
 _JOB_ENDED = {"Completed", "Failed", "Stopped"}

@@ -15,8 +15,8 @@ from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 
+from lora_pipeline.dataset_source import FileEntry, LocalFolder
 from lora_pipeline.s3_layout import READY_MARKER, dataset_prefix
-from lora_pipeline.storage import FileEntry, LocalFolder
 from lora_pipeline_cli.stack import StackError
 
 # Files a desktop or an earlier Kohya run leaves behind that must never reach the training job.

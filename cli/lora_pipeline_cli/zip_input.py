@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from lora_pipeline.dataset import SETTINGS_FILES
+from lora_pipeline.dataset_source import LocalFolder
 from lora_pipeline.kohya_contract import parse_subset_folder
-from lora_pipeline.storage import LocalFolder
 
 _MACOS_METADATA_FOLDER = "__MACOSX"
 _APPLEDOUBLE_PREFIX = "._"

@@ -34,7 +34,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.asl.utils.encoding import to_json_str
 
-from lora_pipeline.runs import TRAINING_LOG_GROUP
+from lora_pipeline.run_names import TRAINING_LOG_GROUP
 
 from .clients import client
 from .training import TrainingExecutor, TrainingResult

@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from lora_pipeline.aws.clients import client
 from lora_pipeline.aws.envelopes import EventBridgeEvent
-from lora_pipeline.aws.powertools import Powertools
+from lora_pipeline.aws.observability import FunctionObservability
 from lora_pipeline.aws.settings import NotifyEnv
-from lora_pipeline.aws.steps import notify
+from lora_pipeline.use_cases.notify import notify
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
-powertools = Powertools()
+observability = FunctionObservability()
 # The same event content is one email: EventBridge redelivers an event (same id) and a retried state can put
 # the same detail again (new id), so the key is the detail type and the whole detail, not the event id. It
 # outlives the notify rule's retry window (24 h).
@@ -51,13 +51,14 @@ def _send_once(table_name: str) -> tuple[Callable[..., str], IdempotencyConfig]:
     return send, config
 
 
-@powertools.handler(EventBridgeEvent)
+@observability.handler(EventBridgeEvent)
 def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
+    observability.run_keys(dataset=event.detail.get("dataset"), run_id=event.detail.get("run_id"))
     send, config = _send_once(NotifyEnv.from_environ().idempotency_table)
     config.register_lambda_context(context)
     subject = send(event=event.model_dump(mode="json", by_alias=True))
-    powertools.logger.info(
+    observability.logger.info(
         "notification handled", extra={"detail_type": event.detail_type, "subject": subject}
     )
-    powertools.count("Notifications")
+    observability.count("Notifications")
     return {"subject": subject}

@@ -5,22 +5,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lora_pipeline.aws.clients import client
-from lora_pipeline.aws.powertools import Powertools
+from lora_pipeline.aws.observability import FunctionObservability
 from lora_pipeline.aws.settings import ValidateEnv
-from lora_pipeline.aws.steps import RunInput, validate_run
+from lora_pipeline.use_cases.run_input import RunInput
+from lora_pipeline.use_cases.validate import validate_run
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
-powertools = Powertools()
+observability = FunctionObservability()
 
 
-@powertools.handler(RunInput)
+@observability.handler(RunInput)
 def lambda_handler(event: RunInput, context: LambdaContext) -> dict[str, Any]:
+    observability.run_keys(dataset=event.dataset, run_id=event.run_id)
     outcome = validate_run(client("s3"), event, ValidateEnv.from_environ().limits())
-    powertools.logger.info(
-        "dataset validated",
-        extra={"dataset": event.dataset, "valid": outcome["valid"], "errors": outcome["error_count"]},
+    observability.logger.info(
+        "dataset validated", extra={"valid": outcome["valid"], "errors": outcome["error_count"]}
     )
-    powertools.count("DatasetsValid" if outcome["valid"] else "DatasetsInvalid")
+    observability.count("DatasetsValidated", valid=str(outcome["valid"]).lower())
     return outcome

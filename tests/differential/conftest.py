@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
+from lora_pipeline.dataset_source import LocalFolder
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.report import ValidationReport
-from lora_pipeline.storage import LocalFolder
 from lora_pipeline.validate import build_validation_report
 from lora_trainer.kohya_command import TRAIN_SCRIPT, KohyaRun, build_kohya_command, write_training_config
 from tests.differential.cases import CASES, Case

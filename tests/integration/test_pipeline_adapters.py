@@ -13,11 +13,12 @@ import pytest
 from moto import mock_aws
 
 from lora_pipeline.aws.event_publisher import EventPublisher
-from lora_pipeline.aws.run_table import SLOTS_KEY, RunStatus, RunTable
+from lora_pipeline.aws.run_table import SLOTS_KEY, RunTable
 from lora_pipeline.aws.s3_source import S3DatasetSource
-from lora_pipeline.aws.steps import ingest_upload
+from lora_pipeline.aws.step_functions import StepFunctionsExecutions
+from lora_pipeline.dataset_lock import IngestAction, RunStatus
 from lora_pipeline.events import TrainingCancelled
-from lora_pipeline.runs import IngestAction
+from lora_pipeline.use_cases.ingest import ingest_upload
 
 BUCKET = "pipeline-bucket"
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -160,14 +161,19 @@ class RecordingSfn:
 def test_ingest_starts_once_then_prolongs_and_ends_the_settling(table: RunTable) -> None:
     sfn = RecordingSfn()
     assert (
-        ingest_upload(table, sfn, "arn:sm", BUCKET, "datasets/d/10_a/1.png", NOW, NOW) is IngestAction.START
+        ingest_upload(
+            table, StepFunctionsExecutions(sfn, "arn:sm"), BUCKET, "datasets/d/10_a/1.png", NOW, NOW
+        )
+        is IngestAction.START
     )
     ((kind, start),) = sfn.calls
     assert kind == "start" and json.loads(start["input"])["dataset"] == "d"
     assert start["name"].startswith("d-") and json.loads(start["input"])["run_id"] in start["name"]
     # No token stored yet: the upload is counted, nothing to signal.
     assert (
-        ingest_upload(table, sfn, "arn:sm", BUCKET, "datasets/d/10_a/2.png", NOW, NOW)
+        ingest_upload(
+            table, StepFunctionsExecutions(sfn, "arn:sm"), BUCKET, "datasets/d/10_a/2.png", NOW, NOW
+        )
         is IngestAction.HEARTBEAT
     )
     table._client.update_item(
@@ -177,21 +183,41 @@ def test_ingest_starts_once_then_prolongs_and_ends_the_settling(table: RunTable)
         ExpressionAttributeValues={":t": {"S": "token-1"}},
     )
     assert (
-        ingest_upload(table, sfn, "arn:sm", BUCKET, "datasets/d/10_a/3.png", NOW, NOW)
+        ingest_upload(
+            table, StepFunctionsExecutions(sfn, "arn:sm"), BUCKET, "datasets/d/10_a/3.png", NOW, NOW
+        )
         is IngestAction.HEARTBEAT
     )
-    assert ingest_upload(table, sfn, "arn:sm", BUCKET, "datasets/d/_READY", NOW, NOW) is IngestAction.READY
+    assert (
+        ingest_upload(table, StepFunctionsExecutions(sfn, "arn:sm"), BUCKET, "datasets/d/_READY", NOW, NOW)
+        is IngestAction.READY
+    )
     assert [(kind, call.get("taskToken")) for kind, call in sfn.calls[1:]] == [
         ("heartbeat", "token-1"),
         ("success", "token-1"),
     ]
-    assert ingest_upload(table, sfn, "arn:sm", BUCKET, "runs/d/r/validation.json", NOW, NOW) is None
+    assert (
+        ingest_upload(
+            table, StepFunctionsExecutions(sfn, "arn:sm"), BUCKET, "runs/d/r/validation.json", NOW, NOW
+        )
+        is None
+    )
 
 
 def test_ingest_releases_the_lock_when_the_execution_cannot_start(table: RunTable) -> None:
     with pytest.raises(RuntimeError, match="down"):
-        ingest_upload(table, RecordingSfn(fail_start=True), "arn:sm", BUCKET, "datasets/d/a.png", NOW, NOW)
+        ingest_upload(
+            table,
+            StepFunctionsExecutions(RecordingSfn(fail_start=True), "arn:sm"),
+            BUCKET,
+            "datasets/d/a.png",
+            NOW,
+            NOW,
+        )
     state, _ = table.dataset_state("d")
     assert state.active is None
     sfn = RecordingSfn()
-    assert ingest_upload(table, sfn, "arn:sm", BUCKET, "datasets/d/a.png", NOW, NOW) is IngestAction.START
+    assert (
+        ingest_upload(table, StepFunctionsExecutions(sfn, "arn:sm"), BUCKET, "datasets/d/a.png", NOW, NOW)
+        is IngestAction.START
+    )

@@ -16,8 +16,9 @@ from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 
 from embedded_aws.stack import EmbeddedStack
 from embedded_aws.training import ArchiveExecutor, FlakyExecutor, HeldExecutor
-from lora_pipeline.aws import s3_model_io, steps
+from lora_pipeline.aws import s3_model_io
 from lora_pipeline.s3_layout import RunLayout
+from lora_pipeline.use_cases import validate as validate_step
 from tests.integration.pipeline_support import (
     dataset,
     lora_archive,
@@ -102,7 +103,7 @@ class _BrokenOutcome:
 def test_a_failure_outside_the_failure_path_sends_one_training_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(steps, "validate_step_output", lambda *args: _BrokenOutcome())
+    monkeypatch.setattr(validate_step, "validate_step_output", lambda *args: _BrokenOutcome())
     with pipeline(ArchiveExecutor(lora_archive())) as stack:
         upload(stack, dataset(tmp_path))
         stack.wait_until_idle(timeout=60)

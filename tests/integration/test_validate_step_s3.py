@@ -14,10 +14,11 @@ import pytest
 from moto import mock_aws
 
 from lora_pipeline.aws.s3_source import S3ObjectReader
-from lora_pipeline.aws.steps import RunInput, validate_run
 from lora_pipeline.base_model import check_s3_checkpoint
+from lora_pipeline.dataset_source import ObjectUnreadable
 from lora_pipeline.job_settings import StackLimits
-from lora_pipeline.storage import ObjectUnreadable
+from lora_pipeline.use_cases.run_input import RunInput
+from lora_pipeline.use_cases.validate import validate_run
 from tests.corpus import make_good_dataset
 
 BUCKET = "pipeline-bucket"

@@ -18,7 +18,7 @@ from lora_pipeline.buckets import (
     bucket_resolutions,
     steps_per_epoch,
 )
-from lora_pipeline.storage import LocalFolder
+from lora_pipeline.dataset_source import LocalFolder
 from lora_pipeline.validate import build_validation_report
 from tests.corpus import make_image, write_caption
 

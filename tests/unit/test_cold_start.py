@@ -64,3 +64,20 @@ def test_the_layer_ships_no_aws_sdk_and_is_byte_compiled() -> None:
     makefile = (LAYER / "Makefile").read_text()
     assert "compileall" in makefile and "--invalidation-mode unchecked-hash" in makefile
     assert "--only-binary=:all:" in makefile and "manylinux2014_aarch64" in makefile
+
+
+@pytest.mark.parametrize("use_case", ["ingest", "cancel"])
+def test_the_use_cases_behind_ports_load_no_aws_sdk(use_case: str) -> None:
+    code = f"import sys, json, lora_pipeline.use_cases.{use_case}; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONPATH": str(LAYER)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    modules = json.loads(done.stdout.splitlines()[-1])
+    assert not [m for m in modules if m.split(".")[0] in ("boto3", "botocore", "s3transfer")]
+    assert not [
+        m for m in modules if m.startswith("lora_pipeline.aws.") and m != "lora_pipeline.aws.run_objects"
+    ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lora_pipeline.job_settings import JobSettings
-from lora_pipeline.runs import training_job_spec
+from lora_pipeline.training_job_spec import training_job_spec
 from lora_trainer.entrypoint import count_gpus, diagnose
 from lora_trainer.kohya_format import original_unet_path
 from lora_trainer.sagemaker_env import ContractError, OptMl, read_hyperparameters, read_job_inputs

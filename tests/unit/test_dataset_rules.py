@@ -12,10 +12,10 @@ from PIL import Image
 
 from lora_pipeline.buckets import bucket_resolutions, select_bucket
 from lora_pipeline.dataset import DatasetRules, DatasetSummary, check_dataset
+from lora_pipeline.dataset_source import FileEntry, LocalFolder
 from lora_pipeline.images import HEAD_BLOCK, TAIL_BYTES, decode_problem
 from lora_pipeline.kohya_contract import caption_candidates, parse_resolution, parse_subset_folder
 from lora_pipeline.problems import Problem, Severity, catalogue, has_errors
-from lora_pipeline.storage import FileEntry, LocalFolder
 from tests.corpus import (
     heic_bytes,
     image_bytes,

@@ -17,6 +17,7 @@ import pytest
 
 from lora_pipeline.base_model import check_s3_checkpoint
 from lora_pipeline.dataset import MAX_CAPTION_BYTES, DatasetRules, check_dataset
+from lora_pipeline.dataset_source import FileEntry, LocalFolder
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import StackLimits, read_job_settings
 from lora_pipeline.kohya_config import PipelineInputs, build_effective_config
@@ -29,7 +30,6 @@ from lora_pipeline.safetensors_lora import (
     read_safetensors_header,
     trigger_words,
 )
-from lora_pipeline.storage import FileEntry, LocalFolder
 from lora_pipeline.validate import MAX_SETTINGS_BYTES, build_validation_report
 from tests.corpus import make_good_dataset
 from tests.lora_files import Member, sdxl_lora_bytes, tar_bytes
@@ -67,20 +67,20 @@ def test_deeply_nested_settings_are_a_parse_error(tmp_path: Path, file: str, lin
 def test_a_safetensors_header_of_deeply_nested_arrays_is_a_header_error() -> None:
     header = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     with pytest.raises(SafetensorsHeaderError, match="nested too deeply"):
-        read_safetensors_header(_Reader(struct.pack("<Q", len(header)) + header))
+        read_safetensors_header(_UnseekableStream(struct.pack("<Q", len(header)) + header))
 
 
 def test_a_model_archive_whose_lora_header_is_deeply_nested_is_refused(tmp_path: Path) -> None:
     header = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     archive = tar_bytes([Member("bluebot.safetensors", struct.pack("<Q", len(header)) + header)])
     with pytest.raises(ModelArchiveError, match=r"not an SDXL LoRA.*nested too deeply"):
-        unpack_model_archive(_Reader(archive), LocalFolderSink(tmp_path), output_name="bluebot")
+        unpack_model_archive(_UnseekableStream(archive), LocalFolderSink(tmp_path), output_name="bluebot")
 
 
 def test_the_streaming_output_check_reports_a_deeply_nested_header() -> None:
     header = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     data = struct.pack("<Q", len(header)) + header
-    check = check_lora_stream(_Reader(data), len(data))
+    check = check_lora_stream(_UnseekableStream(data), len(data))
     assert check.header is None and any("nested too deeply" in problem for problem in check.problems)
 
 
@@ -101,7 +101,9 @@ def test_an_s3_base_model_with_a_deeply_nested_header_is_not_sdxl() -> None:
     assert problem is not None and problem.code == "JOB_BASE_MODEL_NOT_SDXL"
 
 
-class _Reader:
+class _UnseekableStream:
+    """Bytes read front to back only, as from an S3 GetObject body."""
+
     def __init__(self, data: bytes) -> None:
         self._data, self._at = data, 0
 
@@ -169,7 +171,7 @@ def test_a_chain_of_1000_pax_headers_is_refused_with_bounded_memory(tmp_path: Pa
 
     def unpack() -> None:
         with pytest.raises(ModelArchiveError, match="extended tar headers in a row"):
-            unpack_model_archive(_Reader(archive), LocalFolderSink(tmp_path), output_name="bluebot")
+            unpack_model_archive(_UnseekableStream(archive), LocalFolderSink(tmp_path), output_name="bluebot")
 
     assert peak_bytes(unpack) < 24 * 1024 * 1024  # was about 1 GB: every header held at once
     assert list(tmp_path.iterdir()) == []
@@ -183,7 +185,7 @@ def test_members_with_large_pax_headers_are_not_kept_in_memory(tmp_path: Path) -
     result = []
     peak = peak_bytes(
         lambda: result.append(
-            unpack_model_archive(_Reader(archive), LocalFolderSink(tmp_path), output_name="bluebot")
+            unpack_model_archive(_UnseekableStream(archive), LocalFolderSink(tmp_path), output_name="bluebot")
         )
     )
     assert result[0].name == "bluebot.safetensors"
@@ -205,7 +207,7 @@ def test_the_header_check_follows_the_member_extent_tarfile_reads_from_a_pax_siz
     chain = tar_bytes([*(_pax(1000) for _ in range(5)), Member("x.png", b"")], compress=False)
     end = bytes(2 * tarfile.BLOCKSIZE)
     accepted = unpack_model_archive(
-        _Reader(_pax_sized("bluebot.safetensors", lora) + end),
+        _UnseekableStream(_pax_sized("bluebot.safetensors", lora) + end),
         LocalFolderSink(tmp_path),
         output_name="bluebot",
     )
@@ -213,14 +215,16 @@ def test_the_header_check_follows_the_member_extent_tarfile_reads_from_a_pax_siz
     # The chain right after the member is found only by skipping the pax-given size, not the ustar one.
     with pytest.raises(ModelArchiveError, match="more than 4 extended tar headers in a row"):
         unpack_model_archive(
-            _Reader(_pax_sized("bluebot.safetensors", lora) + chain), LocalFolderSink(tmp_path)
+            _UnseekableStream(_pax_sized("bluebot.safetensors", lora) + chain), LocalFolderSink(tmp_path)
         )
 
 
 def test_four_extended_headers_before_one_member_are_accepted(tmp_path: Path) -> None:
     lora = sdxl_lora_bytes(module_limit=10)
     archive = tar_bytes([*(_pax(1000) for _ in range(4)), Member("bluebot.safetensors", lora)])
-    result = unpack_model_archive(_Reader(archive), LocalFolderSink(tmp_path), output_name="bluebot")
+    result = unpack_model_archive(
+        _UnseekableStream(archive), LocalFolderSink(tmp_path), output_name="bluebot"
+    )
     assert result.size == len(lora)
 
 
@@ -248,11 +252,13 @@ def test_a_gnu_sparse_map_of_millions_of_blocks_is_refused_with_bounded_memory(t
         with pytest.raises(
             ModelArchiveError, match="tar headers of more than 1048576 bytes before one member"
         ):
-            unpack_model_archive(_Reader(archive), LocalFolderSink(tmp_path))
+            unpack_model_archive(_UnseekableStream(archive), LocalFolderSink(tmp_path))
 
     assert peak_bytes(unpack) < 24 * 1024 * 1024
     with pytest.raises(ModelArchiveError, match="is a device, FIFO or sparse file"):
-        unpack_model_archive(_Reader(gzip.compress(_gnu_sparse_header_chain(3))), LocalFolderSink(tmp_path))
+        unpack_model_archive(
+            _UnseekableStream(gzip.compress(_gnu_sparse_header_chain(3))), LocalFolderSink(tmp_path)
+        )
 
 
 # --- object keys ---------------------------------------------------------------------------------------

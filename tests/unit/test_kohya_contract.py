@@ -18,7 +18,7 @@ from lora_pipeline.kohya_contract import (
     caption_extension,
 )
 from lora_pipeline.names import OUTPUT_NAME_MAX, is_output_name, name_slug, safe_output_name
-from lora_pipeline.runs import execution_name, training_job_name
+from lora_pipeline.run_names import execution_name, training_job_name
 from lora_trainer.smoke_dataset import find_training_images
 
 ROOT = Path(__file__).resolve().parents[2]

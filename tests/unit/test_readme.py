@@ -1,5 +1,6 @@
 """The README's promises that code can check: the two set-up commands, the generated sections, the layout."""
 
+import re
 from pathlib import Path
 
 from lora_pipeline_cli import docs
@@ -32,3 +33,14 @@ def test_every_event_type_is_in_the_events_reference() -> None:
     events = README.split("## Events", 1)[1].split("\n## ", 1)[0]
     for model in EVENT_MODELS:
         assert f"`{model.DETAIL_TYPE}`" in events
+
+
+def test_every_file_the_layout_table_names_exists() -> None:
+    root = Path(docs.README).parent
+    package = root / "layers" / "common" / "lora_pipeline"
+    table = README.split("| folder | what lives there |", 1)[1].split("\n\n", 1)[0]
+    for row in table.splitlines()[2:]:
+        folder, files = (cell.strip().strip("`") for cell in row.split("|")[1:3])
+        for name in re.findall(r"`([\w/.-]+\.py)`", files):
+            places = [root / name, root / folder / name, package / name, *(root / folder).glob(f"*/{name}")]
+            assert any(place.is_file() for place in places), f"README's layout table names a missing {name}"

@@ -5,19 +5,20 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lora_pipeline import runs, s3_layout
+from lora_pipeline import dataset_lock, job_facts, run_names, s3_layout, training_job_spec
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import JobSettings
+from lora_pipeline.use_cases import validate as validate_step
 
 JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 
 
 def test_run_ids_sort_by_time_and_are_unique() -> None:
-    early = runs.new_run_id(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
-    late = runs.new_run_id(datetime(2026, 11, 2, 3, 4, 5, tzinfo=UTC))
+    early = run_names.new_run_id(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    late = run_names.new_run_id(datetime(2026, 11, 2, 3, 4, 5, tzinfo=UTC))
     assert early.startswith("20260102-030405-")
     assert early < late
-    assert len({runs.new_run_id() for _ in range(200)}) > 190
+    assert len({run_names.new_run_id() for _ in range(200)}) > 190
 
 
 @pytest.mark.parametrize(
@@ -26,27 +27,27 @@ def test_run_ids_sort_by_time_and_are_unique() -> None:
 )
 @pytest.mark.parametrize("attempt", [0, 9])
 def test_training_job_names_are_valid_and_derived_from_the_dataset(dataset: str, attempt: int) -> None:
-    run_id = runs.new_run_id()
-    name = runs.training_job_name(dataset, run_id, attempt)
+    run_id = run_names.new_run_id()
+    name = run_names.training_job_name(dataset, run_id, attempt)
     assert len(name) <= 63
     assert JOB_NAME.match(name), name
     assert name.endswith(f"{run_id}-{attempt}")
-    assert name.startswith(runs.name_slug(dataset, 5))
+    assert name.startswith(run_names.name_slug(dataset, 5))
 
 
 def test_job_names_of_two_runs_of_one_dataset_differ() -> None:
-    assert runs.training_job_name("d", runs.new_run_id(), 0) != runs.training_job_name(
-        "d", runs.new_run_id(), 0
+    assert run_names.training_job_name("d", run_names.new_run_id(), 0) != run_names.training_job_name(
+        "d", run_names.new_run_id(), 0
     )
 
 
 def test_attempt_must_be_one_digit() -> None:
     with pytest.raises(ValueError):
-        runs.training_job_name("d", "r", 10)
+        run_names.training_job_name("d", "r", 10)
 
 
 def test_execution_name_fits_step_functions() -> None:
-    name = runs.execution_name("y" * 200, "20261126-112430-3f9a")
+    name = run_names.execution_name("y" * 200, "20261126-112430-3f9a")
     assert len(name) <= 80 and name.endswith("-20261126-112430-3f9a")
 
 
@@ -58,44 +59,54 @@ MS = timedelta(milliseconds=400)
 @pytest.mark.parametrize(
     ("state", "ready", "object_time", "expected"),
     [
-        (runs.DatasetState(None, None), False, T0, runs.IngestAction.START),
-        (runs.DatasetState(None, T0), False, T0 + SEC, runs.IngestAction.START),
-        (runs.DatasetState(None, T0), False, T0 - SEC, runs.IngestAction.STALE),
+        (dataset_lock.DatasetState(None, None), False, T0, dataset_lock.IngestAction.START),
+        (dataset_lock.DatasetState(None, T0), False, T0 + SEC, dataset_lock.IngestAction.START),
+        (dataset_lock.DatasetState(None, T0), False, T0 - SEC, dataset_lock.IngestAction.STALE),
         # S3 event times are whole seconds: the same second as the run's end may be after it.
-        (runs.DatasetState(None, T0 + MS), False, T0, runs.IngestAction.START),
-        (runs.DatasetState(None, T0), True, T0 - SEC, runs.IngestAction.STALE),
-        (runs.DatasetState(runs.ActiveRun("r", True, None), None), False, T0, runs.IngestAction.HEARTBEAT),
-        (runs.DatasetState(runs.ActiveRun("r", True, "tok"), None), True, T0, runs.IngestAction.READY),
+        (dataset_lock.DatasetState(None, T0 + MS), False, T0, dataset_lock.IngestAction.START),
+        (dataset_lock.DatasetState(None, T0), True, T0 - SEC, dataset_lock.IngestAction.STALE),
         (
-            runs.DatasetState(runs.ActiveRun("r", False, None, T0), None),
-            False,
-            T0 + SEC,
-            runs.IngestAction.CHANGED_DURING_RUN,
-        ),
-        (
-            runs.DatasetState(runs.ActiveRun("r", False, None, T0), None),
-            True,
-            T0 - SEC,
-            runs.IngestAction.STALE,
-        ),
-        (
-            runs.DatasetState(runs.ActiveRun("r", False, None, T0 + MS), None),
+            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", True, None), None),
             False,
             T0,
-            runs.IngestAction.CHANGED_DURING_RUN,
+            dataset_lock.IngestAction.HEARTBEAT,
         ),
         (
-            runs.DatasetState(runs.ActiveRun("r", False, None, T0 + MS), None),
+            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", True, "tok"), None),
+            True,
+            T0,
+            dataset_lock.IngestAction.READY,
+        ),
+        (
+            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", False, None, T0), None),
+            False,
+            T0 + SEC,
+            dataset_lock.IngestAction.CHANGED_DURING_RUN,
+        ),
+        (
+            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", False, None, T0), None),
+            True,
+            T0 - SEC,
+            dataset_lock.IngestAction.STALE,
+        ),
+        (
+            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", False, None, T0 + MS), None),
+            False,
+            T0,
+            dataset_lock.IngestAction.CHANGED_DURING_RUN,
+        ),
+        (
+            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", False, None, T0 + MS), None),
             True,
             T0 + SEC,
-            runs.IngestAction.STALE,
+            dataset_lock.IngestAction.STALE,
         ),
     ],
 )
 def test_ingest_action(
-    state: runs.DatasetState, ready: bool, object_time: datetime, expected: runs.IngestAction
+    state: dataset_lock.DatasetState, ready: bool, object_time: datetime, expected: dataset_lock.IngestAction
 ) -> None:
-    assert runs.ingest_action(state, ready, object_time) is expected
+    assert dataset_lock.ingest_action(state, ready, object_time) is expected
 
 
 @pytest.mark.parametrize(
@@ -103,13 +114,13 @@ def test_ingest_action(
     ["2026-11-26T12:00:00Z", "2026-11-26T12:00:00.000Z", "2026-11-26T12:00:00+00:00", "2026-11-26T12:00:00"],
 )
 def test_parse_time_accepts_s3_and_step_functions_formats(text: str) -> None:
-    assert runs.parse_time(text) == T0
+    assert dataset_lock.parse_time(text) == T0
 
 
 def test_job_facts_bill_spot_at_billable_seconds() -> None:
     table = load_instance_table()
     price = table.instances["ml.g5.2xlarge"].on_demand_usd_per_hour
-    facts = runs.job_facts(
+    facts = job_facts.job_facts(
         {
             "TrainingJobName": "j",
             "ResourceConfig": {"InstanceType": "ml.g5.2xlarge"},
@@ -124,7 +135,7 @@ def test_job_facts_bill_spot_at_billable_seconds() -> None:
 
 
 def test_job_facts_of_an_unpriced_instance_have_no_cost() -> None:
-    facts = runs.job_facts(
+    facts = job_facts.job_facts(
         {"TrainingJobName": "j", "ResourceConfig": {"InstanceType": "ml.zz"}}, load_instance_table()
     )
     assert facts.estimated_cost_usd is None and facts.billable_seconds == 0
@@ -180,7 +191,9 @@ def _job(**overrides: object) -> JobSettings:
 
 
 def test_training_job_spec_channels_and_spot_stopping_condition() -> None:
-    spec = runs.training_job_spec("bkt", "blue bot", "20261126-112430-3f9a", _job(), "blue", 1.23)
+    spec = training_job_spec.training_job_spec(
+        "bkt", "blue bot", "20261126-112430-3f9a", _job(), "blue", 1.23
+    )
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in spec.input_data_config}
     assert channels == {
         "train": "s3://bkt/datasets/blue bot/",
@@ -201,14 +214,14 @@ def test_training_job_spec_channels_and_spot_stopping_condition() -> None:
 
 def test_an_s3_base_model_is_the_model_channel_and_on_demand_has_no_max_wait() -> None:
     uri = "s3://models/sdxl/base.safetensors"
-    spec = runs.training_job_spec("bkt", "d", "r", _job(base_model=uri, spot=False), "d", None)
+    spec = training_job_spec.training_job_spec("bkt", "d", "r", _job(base_model=uri, spot=False), "d", None)
     assert spec.input_data_config[-1]["ChannelName"] == "model"
     assert spec.input_data_config[-1]["DataSource"]["S3DataSource"]["S3Uri"] == uri
     assert spec.stopping_condition == {"MaxRuntimeInSeconds": 9000}
 
 
 def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from lora_pipeline.storage import LocalFolder
+    from lora_pipeline.dataset_source import LocalFolder
     from lora_pipeline.validate import build_validation_report
     from tests.corpus import make_good_dataset
 
@@ -219,17 +232,17 @@ def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path
         b""
     )  # one IMAGE_EMPTY error, listed after the warnings by file
     report = build_validation_report(LocalFolder(folder), "many")
-    outcome = runs.validate_step_output(report, "bucket", "run-1")
+    outcome = validate_step.validate_step_output(report, "bucket", "run-1")
 
-    assert len(report.problems) > runs.MAX_PROBLEMS_IN_EVENT
-    assert len(outcome.problems) == runs.MAX_PROBLEMS_IN_EVENT
-    assert outcome.problems_omitted == len(report.problems) - runs.MAX_PROBLEMS_IN_EVENT
+    assert len(report.problems) > validate_step.MAX_PROBLEMS_IN_EVENT
+    assert len(outcome.problems) == validate_step.MAX_PROBLEMS_IN_EVENT
+    assert outcome.problems_omitted == len(report.problems) - validate_step.MAX_PROBLEMS_IN_EVENT
     assert outcome.problems[0]["code"] == "IMAGE_EMPTY"
     assert len(outcome.model_dump_json()) < 64 * 1024
 
 
 def test_the_job_gets_the_trigger_words_of_the_subsets_that_train_and_the_epochs_to_keep(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from lora_pipeline.storage import LocalFolder
+    from lora_pipeline.dataset_source import LocalFolder
     from lora_pipeline.validate import build_validation_report
     from tests.corpus import make_good_dataset
 
@@ -243,6 +256,6 @@ def test_the_job_gets_the_trigger_words_of_the_subsets_that_train_and_the_epochs
     # Folder order (10_sks dog, 3_ohwx cat, 5_sks dog), each once.
     assert report.summary.trigger_words() == ["sks dog", "ohwx cat"]
 
-    hyperparameters = runs.validate_step_output(report, "bucket", "run-1").job.hyperparameters
+    hyperparameters = validate_step.validate_step_output(report, "bucket", "run-1").job.hyperparameters
     assert hyperparameters["trigger_phrase"] == "sks dog, ohwx cat"
     assert hyperparameters["keep_epoch_loras"] == "1"

@@ -13,8 +13,8 @@ import pytest
 from lora_pipeline.aws.clients import client
 from lora_pipeline.aws.s3_source import S3DatasetSource
 from lora_pipeline.dataset import DatasetRules, check_dataset
+from lora_pipeline.dataset_source import LocalFolder
 from lora_pipeline.images import HEAD_BLOCK, WHOLE_READ_BYTES
-from lora_pipeline.storage import LocalFolder
 from tests.corpus import image_bytes, write_caption
 
 

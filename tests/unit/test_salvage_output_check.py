@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from lora_pipeline.aws.steps import SalvageInput, salvage_run
 from lora_pipeline.s3_layout import RunLayout
+from lora_pipeline.use_cases.run_input import SalvageInput
+from lora_pipeline.use_cases.salvage import salvage_run
 from tests.lora_files import kohya_metadata, lora_tensors, safetensors_bytes
 
 BUCKET = "lora-bucket"

@@ -16,6 +16,7 @@ import pytest
 from embedded_aws.sam import load_template
 from lora_pipeline import events
 from lora_pipeline.aws import run_table
+from lora_pipeline.dataset_lock import RunStatus
 from lora_pipeline.training_metrics import METRIC_DEFINITIONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,7 +155,7 @@ def test_every_task_outside_the_clean_up_chain_is_caught() -> None:
 
 
 def test_the_end_of_run_function_knows_the_states_that_emit_last_events_and_begin_stages() -> None:
-    from lora_pipeline.aws.steps import STAGE_STARTS, TERMINAL_EVENT_STATES
+    from lora_pipeline.use_cases.cancel import STAGE_STARTS, TERMINAL_EVENT_STATES
 
     last = {"Dataset Rejected", "Training Succeeded", "Training Failed"}
     emitting = {
@@ -210,12 +211,12 @@ def test_the_run_statuses_the_state_machine_records_are_run_statuses() -> None:
         if state["Type"] == "Pass" and state.get("ResultPath") == "$.outcome"
     }
     assert recorded == {
-        run_table.RunStatus.SUCCEEDED,
-        run_table.RunStatus.REJECTED,
-        run_table.RunStatus.FAILED,
+        RunStatus.SUCCEEDED,
+        RunStatus.REJECTED,
+        RunStatus.FAILED,
     }
     (failed,) = STATES["HowDidItEnd"]["Choices"]
-    assert failed["StringEquals"] == run_table.RunStatus.FAILED
+    assert failed["StringEquals"] == RunStatus.FAILED
     assert STATES["RecordOutcome"]["Parameters"]["ExpressionAttributeValues"][":status"] == {
         "S.$": "$.outcome.status"
     }

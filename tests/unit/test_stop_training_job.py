@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from lora_pipeline.aws.steps import _stop_training_job
+from lora_pipeline.aws.sagemaker_jobs import SageMakerTrainingJobs
+from lora_pipeline.use_cases.cancel import stop_newest_job
 
 T0 = datetime(2026, 11, 30, tzinfo=UTC)
 
@@ -47,21 +48,21 @@ class FakeSageMaker:
 def test_the_newest_attempt_is_stopped_even_behind_older_attempts_and_other_runs() -> None:
     others = [(f"other-{i}-0", "Completed") for i in range(12)]
     sagemaker = FakeSageMaker([*others, ("d-r1-0", "Failed"), ("d-r1-1", "Failed"), ("d-r1-2", "InProgress")])
-    assert _stop_training_job(sagemaker, "d-r1") == ("d-r1-2", True)
+    assert stop_newest_job(SageMakerTrainingJobs(sagemaker), "d-r1") == ("d-r1-2", True)
     assert sagemaker.stopped == ["d-r1-2"]
 
 
 @pytest.mark.parametrize(("status", "stopped"), [("Stopping", True), ("Stopped", True), ("Completed", False)])
 def test_a_job_that_ended_or_is_stopping_is_reported_as_it_is(status: str, stopped: bool) -> None:
     sagemaker = FakeSageMaker([("d-r1-0", "Failed"), ("d-r1-1", status)])
-    assert _stop_training_job(sagemaker, "d-r1") == ("d-r1-1", stopped)
+    assert stop_newest_job(SageMakerTrainingJobs(sagemaker), "d-r1") == ("d-r1-1", stopped)
     assert sagemaker.stopped == []
 
 
 def test_a_job_stopping_already_when_stopped_again_counts_as_stopped() -> None:
     sagemaker = FakeSageMaker([("d-r1-0", "InProgress")], stop_error="ValidationException")
-    assert _stop_training_job(sagemaker, "d-r1") == ("d-r1-0", True)
+    assert stop_newest_job(SageMakerTrainingJobs(sagemaker), "d-r1") == ("d-r1-0", True)
 
 
 def test_no_job_yet() -> None:
-    assert _stop_training_job(FakeSageMaker([]), "d-r1") == (None, False)
+    assert stop_newest_job(SageMakerTrainingJobs(FakeSageMaker([])), "d-r1") == (None, False)

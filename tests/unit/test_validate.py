@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from lora_pipeline.dataset import DatasetRules, check_dataset
-from lora_pipeline.storage import LocalFolder
+from lora_pipeline.dataset_source import LocalFolder
 from lora_pipeline.validate import build_validation_report
 from tests.corpus import make_good_dataset, make_image
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from lora_pipeline.dataset_source import ObjectReader, ObjectUnreadable
 from lora_pipeline.kohya_contract import SDXL_BASE_MODEL
 from lora_pipeline.problems import Problem, Severity, define
-from lora_pipeline.storage import ObjectReader, ObjectUnreadable
 from lora_pipeline.text_formats import loads_json
 
 JOB_BASE_MODEL_NOT_SDXL = define(

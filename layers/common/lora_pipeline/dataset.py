@@ -39,6 +39,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from lora_pipeline.buckets import BucketChoice, BucketSettings, ImageSize, assign_buckets, batches_per_epoch
+from lora_pipeline.dataset_source import DatasetSource, FileEntry
 from lora_pipeline.images import (
     MAX_IMAGE_PIXELS,
     ORIENTATION_MEANING,
@@ -64,7 +65,6 @@ from lora_pipeline.kohya_contract import (
 )
 from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.s3_layout import unsafe_key_reason
-from lora_pipeline.storage import DatasetSource, FileEntry
 
 _EXTENSION_FORMAT = {
     ".png": ImageFormat.PNG,

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from lora_pipeline.base_model import check_hugging_face_id, check_s3_checkpoint
+from lora_pipeline.dataset_source import ObjectReader
 from lora_pipeline.instances import InstanceTable
 from lora_pipeline.kohya_contract import SDXL_BASE_MODEL
 from lora_pipeline.names import OUTPUT_NAME_MAX, is_hugging_face_model_id, is_output_name
@@ -21,7 +22,6 @@ from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.rules import MAX_UNKNOWN_KEYS_REPORTED, RuleSet
 from lora_pipeline.s3_layout import BASE_MODELS_PREFIX, parse_s3_uri
 from lora_pipeline.sample_prompts import KNOWN_SAMPLERS, OPTION_HELP, read_prompt_line, with_sdxl_size
-from lora_pipeline.storage import ObjectReader
 from lora_pipeline.text_formats import loads_toml
 
 SETTINGS_FILE = "pipeline.toml"

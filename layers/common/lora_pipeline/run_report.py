@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
 
+from lora_pipeline.job_facts import JobFacts
 from lora_pipeline.manifest import Manifest
 from lora_pipeline.notifications import duration
 from lora_pipeline.plan import Plan
 from lora_pipeline.problems import Problem, Severity
-from lora_pipeline.runs import JobFacts
 from lora_pipeline.training_metrics import LossPoint
 
 PLOT_WIDTH = 720

@@ -4,13 +4,13 @@ and the tests, returns the `report.ValidationReport` stored as validation.json."
 from __future__ import annotations
 
 from lora_pipeline.dataset import DatasetRules, check_dataset
+from lora_pipeline.dataset_source import DatasetSource, ObjectReader
 from lora_pipeline.instances import InstanceTable, load_instance_table
 from lora_pipeline.job_settings import SETTINGS_FILE, StackLimits, read_job_settings
 from lora_pipeline.kohya_config import PipelineInputs, build_effective_config
 from lora_pipeline.plan import SubsetCount, make_plan
 from lora_pipeline.problems import Problem, Severity, define
 from lora_pipeline.report import ValidationReport
-from lora_pipeline.storage import DatasetSource, ObjectReader
 
 KOHYA_CONFIG_FILE = "config.toml"
 # A real config.toml or pipeline.toml is a few KB; the cap bounds the memory and parse time of a hostile one.

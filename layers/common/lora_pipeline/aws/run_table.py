@@ -16,25 +16,13 @@ Items (partition key `pk`, sort key `sk`):
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from lora_pipeline.aws.errors import ClientError, error_code
-from lora_pipeline.runs import ActiveRun, DatasetState, parse_time
+from lora_pipeline.dataset_lock import ActiveRun, DatasetState, RunStatus, parse_time
 
 SLOTS_KEY = {"pk": {"S": "SLOTS"}, "sk": {"S": "SLOTS"}}
 PHASE_SETTLING = "settling"
-
-
-class RunStatus(StrEnum):
-    """A run item's `status`: RUNNING from the start until the state machine (or the end-of-run function)
-    records how the run ended."""
-
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    REJECTED = "REJECTED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
 
 
 # The updates the state machine makes too (its ReleaseSlot, FreeDataset and RecordOutcome states hold the same

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from lora_pipeline.aws.errors import ClientError, error_code
+from lora_pipeline.dataset_source import FileEntry, ObjectUnreadable
 from lora_pipeline.s3_layout import READY_MARKER, dataset_prefix, parse_s3_uri, s3_uri
-from lora_pipeline.storage import FileEntry, ObjectUnreadable
 
 
 class S3DatasetSource:

@@ -1,4 +1,5 @@
-"""Where a dataset's files come from. The rules only see this interface.
+"""Where a dataset's files (`DatasetSource`) and other objects the rules read, such as a base model in S3
+(`ObjectReader`), come from. The rules only see these interfaces.
 
 `LocalFolder` reads a folder on disk; the S3 implementation lives in `lora_pipeline.aws.s3_source`.
 Paths are POSIX paths relative to the dataset root (`10_bluebot/img01.png`).
