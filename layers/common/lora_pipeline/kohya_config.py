@@ -75,7 +75,7 @@ def build_effective_config(
     text: str | None, inputs: PipelineInputs, file: str = "config.toml"
 ) -> KohyaConfigResult:
     """Check `text` (config.toml's content; None when the dataset has none) and build the effective config."""
-    builder = _Builder(file, inputs)
+    builder = _EffectiveConfigBuilder(file, inputs)
     if text is None:
         return builder.finish({})
     try:
@@ -116,7 +116,7 @@ def _has_kind(spec: ArgSpec, value: Any) -> bool:
     return isinstance(value, list) and all(is_number(item) for item in value)
 
 
-class _Builder:
+class _EffectiveConfigBuilder:
     """Reads one config.toml through the stages of `finish`, collecting problems in one ConfigContext."""
 
     def __init__(self, file: str, inputs: PipelineInputs) -> None:
