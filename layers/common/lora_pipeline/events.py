@@ -85,11 +85,10 @@ class TrainingStarted(EventDetail):
     console_url: str
 
 
-class TrainingSucceeded(EventDetail):
-    DETAIL_TYPE: ClassVar[str] = "Training Succeeded"
+class UnpackedModel(BaseModel):
+    """The part of `Training Succeeded` the state machine learns from the unpack step
+    (`use_cases.unpack.unpack_run` returns it; EmitSucceeded copies its fields into the event)."""
 
-    training_job_name: str
-    output_name: str
     model_uri: str = Field(description="s3:// URI of the LoRA .safetensors.")
     manifest_uri: str
     sha256: str
@@ -100,6 +99,13 @@ class TrainingSucceeded(EventDetail):
     billable_seconds: int
     estimated_cost_usd: float | None = Field(description="billable seconds x the instance's on-demand price.")
     changed_during_run: bool = Field(description="Objects arrived in the dataset after the run had settled.")
+
+
+class TrainingSucceeded(EventDetail, UnpackedModel):
+    DETAIL_TYPE: ClassVar[str] = "Training Succeeded"
+
+    training_job_name: str
+    output_name: str
     console_url: str
 
 

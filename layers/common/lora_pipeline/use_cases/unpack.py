@@ -6,10 +6,11 @@ import posixpath
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from lora_pipeline.aws.errors import ClientError, error_code
 from lora_pipeline.aws.run_objects import delete_prefix, delete_published
+from lora_pipeline.events import UnpackedModel
 from lora_pipeline.job_facts import JobFacts, job_facts
 from lora_pipeline.s3_layout import RunLayout, parse_s3_uri, s3_uri
 from lora_pipeline.use_cases.run_input import RunInput
@@ -36,22 +37,7 @@ class UnpackInput(RunInput):
     training_job: dict[str, Any]  # the DescribeTrainingJob output of `createTrainingJob.sync`
 
 
-class UnpackOutcome(BaseModel):
-    """The facts `Training Succeeded` needs beyond what the state machine already has."""
-
-    model_uri: str
-    manifest_uri: str
-    sha256: str
-    size_bytes: int
-    instance_type: str
-    spot: bool
-    training_seconds: int
-    billable_seconds: int
-    estimated_cost_usd: float | None
-    changed_during_run: bool
-
-
-def unpack_run(s3: Any, table: RunBook, run: UnpackInput, prices: InstanceTable) -> UnpackOutcome:
+def unpack_run(s3: Any, table: RunBook, run: UnpackInput, prices: InstanceTable) -> UnpackedModel:
     """Turn the job's model.tar.gz into the LoRA and its manifest; the spot checkpoints are no longer needed.
 
     Raises `RunEndedError` (after removing what it wrote) when the run was stopped meanwhile.
@@ -103,7 +89,7 @@ def unpack_run(s3: Any, table: RunBook, run: UnpackInput, prices: InstanceTable)
         delete_published(s3, run.bucket, layout)
         raise RunEndedError(f"run {run.run_id} ended while its model was unpacked; the model was removed")
     delete_prefix(s3, run.bucket, layout.checkpoints_prefix)
-    return UnpackOutcome(
+    return UnpackedModel(
         model_uri=manifest.model_uri,
         manifest_uri=s3_uri(run.bucket, layout.manifest_key),
         sha256=manifest.sha256,
