@@ -9,6 +9,7 @@ from lora_pipeline import runs, s3_layout
 from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import JobSettings
 
+IMAGE = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/lora@sha256:{'1' * 64}"
 JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 
 
@@ -180,7 +181,9 @@ def _job(**overrides: object) -> JobSettings:
 
 
 def test_training_job_spec_channels_and_spot_stopping_condition() -> None:
-    spec = runs.training_job_spec("bkt", "blue bot", "20261126-112430-3f9a", _job(), "blue", 1.23)
+    spec = runs.training_job_spec(
+        "bkt", "blue bot", "20261126-112430-3f9a", _job(), "blue", 1.23, training_image=IMAGE
+    )
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in spec.input_data_config}
     assert channels == {
         "train": "s3://bkt/datasets/blue bot/",
@@ -201,7 +204,9 @@ def test_training_job_spec_channels_and_spot_stopping_condition() -> None:
 
 def test_an_s3_base_model_is_the_model_channel_and_on_demand_has_no_max_wait() -> None:
     uri = "s3://models/sdxl/base.safetensors"
-    spec = runs.training_job_spec("bkt", "d", "r", _job(base_model=uri, spot=False), "d", None)
+    spec = runs.training_job_spec(
+        "bkt", "d", "r", _job(base_model=uri, spot=False), "d", None, training_image=IMAGE
+    )
     assert spec.input_data_config[-1]["ChannelName"] == "model"
     assert spec.input_data_config[-1]["DataSource"]["S3DataSource"]["S3Uri"] == uri
     assert spec.stopping_condition == {"MaxRuntimeInSeconds": 9000}
@@ -219,7 +224,7 @@ def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path
         b""
     )  # one IMAGE_EMPTY error, listed after the warnings by file
     report = validate_dataset(LocalFolder(folder), "many")
-    outcome = runs.validation_outcome(report, "bucket", "run-1")
+    outcome = runs.validation_outcome(report, "bucket", "run-1", training_image=IMAGE)
 
     assert len(report.problems) > runs.MAX_PROBLEMS_IN_EVENT
     assert len(outcome.problems) == runs.MAX_PROBLEMS_IN_EVENT
@@ -243,6 +248,8 @@ def test_the_job_gets_the_trigger_words_of_the_subsets_that_train_and_the_epochs
     # Folder order (10_sks dog, 3_ohwx cat, 5_sks dog), each once.
     assert report.summary.trigger_words() == ["sks dog", "ohwx cat"]
 
-    hyperparameters = runs.validation_outcome(report, "bucket", "run-1").job.hyperparameters
+    hyperparameters = runs.validation_outcome(
+        report, "bucket", "run-1", training_image=IMAGE
+    ).job.hyperparameters
     assert hyperparameters["trigger_phrase"] == "sks dog, ohwx cat"
     assert hyperparameters["keep_epoch_loras"] == "1"

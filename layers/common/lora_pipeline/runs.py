@@ -180,9 +180,12 @@ HYPERPARAMETER_VALUE_LIMIT = 2500  # CreateTrainingJob's limit on one hyperparam
 
 
 class TrainingJobSpec(BaseModel):
-    """The run-specific half of CreateTrainingJob; the state machine adds image, role, metrics and tags."""
+    """The run-specific half of CreateTrainingJob; the state machine adds role, metrics and tags."""
 
     name: str = Field(description="Base job name; the state machine appends '-<attempt>'.")
+    training_image: str = Field(
+        description="`<repository>@sha256:<digest>`, read once per run: every attempt and resume runs it."
+    )
     instance_type: str
     volume_size_gb: int
     spot: bool
@@ -221,6 +224,8 @@ def training_job_spec(
     estimated_cost_usd: float | None,
     trigger_phrase: str | None = None,
     checkpoint_every_n_steps: int | None = None,
+    *,
+    training_image: str,
 ) -> TrainingJobSpec:
     """`trigger_phrase` (the subsets' class tokens) is written into the LoRA's metadata by the container;
     `checkpoint_every_n_steps` (from the plan's CheckpointIntervalMinutes) makes it save state that often."""
@@ -238,6 +243,7 @@ def training_job_spec(
         stopping["MaxWaitTimeInSeconds"] = 2 * max_runtime
     return TrainingJobSpec(
         name=training_job_base_name(dataset, run_id),
+        training_image=training_image,
         instance_type=job.instance_type,
         volume_size_gb=job.volume_size_gb,
         spot=job.spot,
@@ -298,7 +304,9 @@ class ValidationOutcome(BaseModel):
     job: TrainingJobSpec
 
 
-def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> ValidationOutcome:
+def validation_outcome(
+    report: ValidationReport, bucket: str, run_id: str, *, training_image: str
+) -> ValidationOutcome:
     from lora_pipeline.kohya_facts import safe_output_name
     from lora_pipeline.problems import Severity
 
@@ -325,5 +333,6 @@ def validation_outcome(report: ValidationReport, bucket: str, run_id: str) -> Va
             plan.estimated_usd if plan is not None else None,
             trigger_phrase=", ".join(report.summary.trigger_words()),
             checkpoint_every_n_steps=plan.checkpoint_every_n_steps if plan is not None else None,
+            training_image=training_image,
         ),
     )

@@ -169,8 +169,9 @@ def _start_run(
     return run_id
 
 
-def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
-    """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
+def validate_run(s3: Any, run: RunInput, limits: StackLimits, training_image: str) -> dict[str, Any]:
+    """Validate the dataset, store the report and the job's config files, return the Choice's inputs (the job
+    runs `training_image`, `<repository>@sha256:<digest>`)."""
     from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
     from lora_pipeline.validate import validate_dataset
 
@@ -188,7 +189,9 @@ def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
         files[layout.prompts_key] = (report.prompts_txt, "text/plain")
     for key, (text, content_type) in files.items():
         s3.put_object(Bucket=run.bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
-    outcome: dict[str, Any] = validation_outcome(report, run.bucket, run.run_id).model_dump(mode="json")
+    outcome: dict[str, Any] = validation_outcome(
+        report, run.bucket, run.run_id, training_image=training_image
+    ).model_dump(mode="json")
     if outcome["valid"]:
         adopt_resume_request(s3, run)
     return outcome
