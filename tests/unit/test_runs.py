@@ -65,6 +65,15 @@ MS = timedelta(milliseconds=400)
         # S3 event times are whole seconds: the same second as the run's end may be after it.
         (runs.DatasetState(None, T0 + MS), False, T0, runs.IngestAction.START),
         (runs.DatasetState(None, T0), True, T0 - SEC, runs.IngestAction.STALE),
+        # Other ties: the exact instant, and `_READY` put again in the run's last second (a retrain).
+        (runs.DatasetState(None, T0), False, T0, runs.IngestAction.START),
+        (runs.DatasetState(None, T0 + MS), True, T0, runs.IngestAction.START),
+        (
+            runs.DatasetState(runs.ActiveRun("r", False, None, T0), None),
+            False,
+            T0,
+            runs.IngestAction.CHANGED_DURING_RUN,
+        ),
         (runs.DatasetState(runs.ActiveRun("r", True, None), None), False, T0, runs.IngestAction.HEARTBEAT),
         (runs.DatasetState(runs.ActiveRun("r", True, "tok"), None), True, T0, runs.IngestAction.READY),
         (
