@@ -31,7 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD_DIR = ROOT / ".aws-sam" / "cold-start"
 RUNTIME_DIR = ROOT / ".aws-sam" / "cold-start-runtime"
 SAM = ROOT / ".venv-sam" / "bin" / "sam"
-FUNCTIONS = ("IngestFunction", "ValidateFunction", "UnpackFunction", "NotifyFunction", "CancelFunction")
+FUNCTIONS = (
+    "IngestFunction",
+    "ValidateFunction",
+    "UnpackFunction",
+    "NotifyFunction",
+    "CancelFunction",
+    "SalvageFunction",
+)
 # Python 3.12 through pyenv (this machine's default python3 is 3.11); harmless where python3.12 is plain.
 ENV = {
     **os.environ,
@@ -60,7 +67,7 @@ def build() -> None:
     machine = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}[
         platform.machine().lower()
     ]
-    ENV["LAYER_PLATFORM"] = f"manylinux2014_{machine}"
+    ENV["LAYER_PLATFORM"] = f"manylinux2014_{machine} manylinux_2_28_{machine}"
     shutil.rmtree(BUILD_DIR, ignore_errors=True)
     _run(
         [str(SAM), "build", "--template-file", str(ROOT / "template.yaml"), "--build-dir", str(BUILD_DIR)],

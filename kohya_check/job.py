@@ -27,6 +27,7 @@ from lora_trainer.sagemaker_env import OptMl
 REPO = Path(__file__).resolve().parent.parent
 DATASET = TRIGGER
 RUN_ID = "kohya-check"
+NO_IMAGE = "none: kohya-check runs the entrypoint in .venv-kohya"
 
 
 class CheckFailed(Exception):
@@ -64,7 +65,7 @@ def lay_out_opt_ml(dataset: Path, opt_ml: Path, base_model: Path) -> Plan:
     require(report.trainable, f"the validator rejected the dataset: {problems}")
     require(report.plan is not None and report.kohya_toml is not None, "the validator made no plan")
     assert report.plan is not None and report.kohya_toml is not None
-    job = validate_step_output(report, "kohya-check-bucket", RUN_ID).job
+    job = validate_step_output(report, "kohya-check-bucket", RUN_ID, training_image=NO_IMAGE).job
     shutil.rmtree(opt_ml, ignore_errors=True)
     layout = OptMl(opt_ml)
     layout.write_job_config(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import boto3
 
-from embedded_aws import EmbeddedStack, SnsMessage
+from embedded_aws import STAND_IN_TRAINING_IMAGE, EmbeddedStack, SnsMessage
 from embedded_aws.container_executor import ContainerExecutor
 from lora_pipeline.manifest import Manifest
 from lora_pipeline_cli import runs
@@ -53,6 +53,7 @@ def run_demo(example: str, work: Path, out: Path, quiet_period_seconds: int, tim
     timeline = Timeline()
     timeline.say("setup", f"example dataset {example!r} drawn in {folder}")
     parameters = {
+        "TrainingImageUri": STAND_IN_TRAINING_IMAGE,
         "QuietPeriodSeconds": str(quiet_period_seconds),
         "ReadyGraceSeconds": "1",
         "NotificationEmail": "you@example.com",

@@ -100,14 +100,18 @@ def serve(
     """
     from moto.server import ThreadedMotoServer
 
-    from embedded_aws import EmbeddedStack
+    from embedded_aws import STAND_IN_TRAINING_IMAGE, EmbeddedStack
     from embedded_aws.container_executor import ContainerExecutor
     from lora_pipeline_cli.timeline import Timeline
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     timeline = Timeline()
-    parameters = {"QuietPeriodSeconds": str(quiet_period_seconds), "ReadyGraceSeconds": "2"}
+    parameters = {
+        "TrainingImageUri": STAND_IN_TRAINING_IMAGE,
+        "QuietPeriodSeconds": str(quiet_period_seconds),
+        "ReadyGraceSeconds": "2",
+    }
     if base_model is not None:
         parameters["BaseModelS3Uri"] = f"s3://{BASE_MODELS_BUCKET}/{base_model.name}"
     executor = (

@@ -12,6 +12,7 @@ import boto3
 import botocore.exceptions
 
 from lora_pipeline.aws.settings import ValidateEnv
+from lora_pipeline.aws.training_image import TrainingImageNotPinned, pinned_training_image
 from lora_pipeline.job_settings import StackLimits
 
 STACK_ENV_VAR = "LORA_PIPELINE_STACK"
@@ -124,18 +125,25 @@ def connect(name: str, session: boto3.Session | None = None, endpoint_url: str |
 
 
 def require_training_image(stack: Stack) -> None:
-    """Refuse to start runs on a stack whose own ECR repository has no `latest` image yet (every job would
-    fail to start). A stack deployed with its own TrainingImageUri is trusted."""
-    if stack.parameters.get("TrainingImageUri"):
-        return
-    repository = stack.output("TrainingImageRepositoryUri").split("/", 1)[1]
-    ecr = stack.client("ecr")
+    """Refuse to start runs on a stack whose pinned training image (SSM, lora_pipeline.aws.training_image) is
+    not there yet: every job would fail to start. An image outside the stack's own repository is trusted."""
+    parameter = stack.output("TrainingImageParameterName")
+    not_built = StackError(
+        f"The training image is not built yet: run `make image STACK={stack.name}` (about 20 minutes), "
+        "then upload again."
+    )
     try:
-        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": "latest"}])
+        image = pinned_training_image(stack.client("ssm"), parameter)
+    except TrainingImageNotPinned:
+        raise not_built from None
+    repository_uri, digest = image.split("@", 1)
+    if repository_uri != stack.output("TrainingImageRepositoryUri"):
+        return
+    try:
+        stack.client("ecr").describe_images(
+            repositoryName=repository_uri.split("/", 1)[1], imageIds=[{"imageDigest": digest}]
+        )
     except botocore.exceptions.ClientError as exc:
         if exc.response["Error"]["Code"] in ("ImageNotFoundException", "RepositoryNotFoundException"):
-            raise StackError(
-                f"The training image is not built yet: run `make image STACK={stack.name}` (about 20 minutes), "
-                "then upload again."
-            ) from None
+            raise not_built from None
         raise

@@ -3,8 +3,9 @@
 The build context is `container/` (Dockerfile, buildspec.yml, the `train` launcher, the `lora_trainer` package)
 plus the domain package `lora_pipeline`, laid out as the image expects it. For CodeBuild it is zipped, uploaded
 to `s3://<BucketName>/build/container-source.zip` (the project's S3 source), the build is started and followed
-phase by phase, and the pushed image is looked up in ECR. The stack's outputs `BucketName`,
-`TrainingImageRepositoryUri` and `ImageBuildProjectName` say where everything is.
+phase by phase, the pushed image is looked up in ECR and its digest pinned for new runs (an SSM parameter). The
+stack's outputs `BucketName`, `TrainingImageRepositoryUri`, `ImageBuildProjectName` and
+`TrainingImageParameterName` say where everything is.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--local", action="store_true", help="build with the Docker engine on this machine")
     where.add_argument("--zip", type=Path, help="only write the build context zip to this file")
     parser.add_argument(
-        "--tag", help="image tag (default: the CodeBuild project's IMAGE_TAG, or sdxl-lora-trainer:dev)"
+        "--tag",
+        help="image tag, new to the repository (default: <UTC time>-<context sha256>, or sdxl-lora-trainer:dev)",
     )
     parser.add_argument("--region", help="AWS region of the stack (default: the AWS configuration's)")
     return parser.parse_args(argv)

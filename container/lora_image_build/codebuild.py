@@ -1,7 +1,9 @@
-"""The CodeBuild side of `make image`: find the stack, upload the source, start the build, follow it, check ECR."""
+"""The CodeBuild side of `make image`: find the stack, upload the source, start the build, follow it, check ECR,
+pin the pushed image's digest in the stack's SSM parameter (lora_pipeline.aws.training_image)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,7 +11,12 @@ from typing import Any
 
 from lora_image_build import SOURCE_KEY
 
-STACK_OUTPUTS = ("BucketName", "TrainingImageRepositoryUri", "ImageBuildProjectName")
+STACK_OUTPUTS = (
+    "BucketName",
+    "TrainingImageRepositoryUri",
+    "ImageBuildProjectName",
+    "TrainingImageParameterName",
+)
 
 
 class ImageBuildError(Exception):
@@ -21,6 +28,8 @@ class BuildTarget:
     bucket: str
     repository_uri: str
     project_name: str
+    image_parameter: str
+    """The SSM parameter the validate step reads the training image from."""
 
     @property
     def repository_name(self) -> str:
@@ -42,9 +51,7 @@ def find_build_target(cloudformation: Any, stack_name: str) -> BuildTarget:
             f"Stack {stack_name!r} has no output(s) {', '.join(missing)}: it is not an sdxl-lora-pipeline stack, "
             "or it was deployed from an older template. Deploy the current template.yaml, then run again."
         )
-    return BuildTarget(
-        outputs["BucketName"], outputs["TrainingImageRepositoryUri"], outputs["ImageBuildProjectName"]
-    )
+    return BuildTarget(*(outputs[name] for name in STACK_OUTPUTS))
 
 
 def upload_source(s3: Any, target: BuildTarget, archive: bytes) -> str:
@@ -52,24 +59,27 @@ def upload_source(s3: Any, target: BuildTarget, archive: bytes) -> str:
     return f"s3://{target.bucket}/{SOURCE_KEY}"
 
 
-def start_build(codebuild: Any, target: BuildTarget, image_tag: str | None) -> tuple[str, str]:
-    """Start the project's build; returns the build id and the tag it pushes."""
-    overrides = [{"name": "IMAGE_TAG", "value": image_tag, "type": "PLAINTEXT"}] if image_tag else []
-    build = codebuild.start_build(projectName=target.project_name, environmentVariablesOverride=overrides)[
-        "build"
-    ]
-    if image_tag is None:
-        project = codebuild.batch_get_projects(names=[target.project_name])["projects"][0]
-        variables = {
-            v["name"]: v["value"] for v in project.get("environment", {}).get("environmentVariables", [])
-        }
-        image_tag = variables.get("IMAGE_TAG")
-        if not image_tag:
-            raise ImageBuildError(
-                f"CodeBuild project {target.project_name} has no IMAGE_TAG variable; pass a tag (TAG=...) or "
-                "deploy the current template.yaml."
-            )
-    return build["id"], image_tag
+def unique_tag(archive: bytes, now: float) -> str:
+    """`<UTC time>-<first 12 hex of the build context's sha256>`: a new tag for every build."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{stamp}-{hashlib.sha256(archive).hexdigest()[:12]}"
+
+
+def refuse_existing_tag(ecr: Any, target: BuildTarget, image_tag: str) -> None:
+    """The repository's tags are immutable: ECR would refuse the push at the end of the build."""
+    if _images_tagged(ecr, target, image_tag):
+        raise ImageBuildError(
+            f"{target.repository_uri} already has an image tagged {image_tag!r}, and its tags are immutable "
+            "(every run uses one exact image). Pass a new TAG=..., or leave TAG out for a unique one."
+        )
+
+
+def start_build(codebuild: Any, target: BuildTarget, image_tag: str) -> str:
+    """Start the project's build of `image_tag`; returns the build id."""
+    overrides = [{"name": "IMAGE_TAG", "value": image_tag, "type": "PLAINTEXT"}]
+    build = codebuild.start_build(projectName=target.project_name, environmentVariablesOverride=overrides)
+    build_id: str = build["build"]["id"]
+    return build_id
 
 
 def follow_build(
@@ -112,20 +122,30 @@ def _failure_message(build: dict[str, Any]) -> str:
     )
 
 
-def find_image(ecr: Any, target: BuildTarget, image_tag: str) -> dict[str, Any]:
+def _images_tagged(ecr: Any, target: BuildTarget, image_tag: str) -> list[dict[str, Any]]:
     try:
         images = ecr.describe_images(
             repositoryName=target.repository_name, imageIds=[{"imageTag": image_tag}]
         )
     except ecr.exceptions.ImageNotFoundException:
-        images = {"imageDetails": []}
-    if not images["imageDetails"]:
+        return []
+    details: list[dict[str, Any]] = images["imageDetails"]
+    return details
+
+
+def find_image(ecr: Any, target: BuildTarget, image_tag: str) -> dict[str, Any]:
+    images = _images_tagged(ecr, target, image_tag)
+    if not images:
         raise ImageBuildError(
             f"CodeBuild reported success but {target.repository_uri} has no image tagged {image_tag!r}. Check the "
             "post_build phase of the build log (docker push) and the project's ECR permissions."
         )
-    detail: dict[str, Any] = images["imageDetails"][0]
-    return detail
+    return images[0]
+
+
+def pin_image(ssm: Any, target: BuildTarget, image_uri: str) -> None:
+    """Make `image_uri` (by digest) the image of every run that starts from now on."""
+    ssm.put_parameter(Name=target.image_parameter, Value=image_uri, Type="String", Overwrite=True)
 
 
 def build_in_codebuild(
@@ -136,18 +156,25 @@ def build_in_codebuild(
     report: Callable[[str], None],
     poll_seconds: float = 10.0,
 ) -> str:
-    """The whole `make image`; returns the pushed image's URI with its digest."""
+    """The whole `make image`; returns the pushed image's URI with its digest, now pinned for new runs.
+    `image_tag` None: a unique tag (unique_tag)."""
     target = find_build_target(session.client("cloudformation"), stack_name)
+    tag = image_tag or unique_tag(archive, time.time())
+    ecr = session.client("ecr")
+    refuse_existing_tag(ecr, target, tag)
     report(
         f"uploading {len(archive) / 1024:.0f} KiB of build context to {upload_source(session.client('s3'), target, archive)}"
     )
     codebuild = session.client("codebuild")
-    build_id, tag = start_build(codebuild, target, image_tag)
+    build_id = start_build(codebuild, target, tag)
     report(f"started CodeBuild build {build_id} for {target.repository_uri}:{tag} (about 15-25 minutes)")
     follow_build(codebuild, build_id, report, poll_seconds)
-    image = find_image(session.client("ecr"), target, tag)
+    image = find_image(ecr, target, tag)
     size = image.get("imageSizeInBytes")
     report(
         f"image in ECR: {target.repository_uri}:{tag}" + (f", {size / 1e9:.2f} GB compressed" if size else "")
     )
-    return f"{target.repository_uri}@{image['imageDigest']}"
+    image_uri = f"{target.repository_uri}@{image['imageDigest']}"
+    pin_image(session.client("ssm"), target, image_uri)
+    report(f"pinned in {target.image_parameter}: runs that start from now on train with it")
+    return image_uri

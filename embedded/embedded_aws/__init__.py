@@ -34,6 +34,7 @@ from .stack import (
 )
 from .training import (
     CAPACITY_FAILURE_REASON,
+    STAND_IN_TRAINING_IMAGE,
     ArchiveExecutor,
     FailingExecutor,
     FlakyExecutor,
@@ -49,6 +50,7 @@ from .training import (
 
 __all__ = [
     "CAPACITY_FAILURE_REASON",
+    "STAND_IN_TRAINING_IMAGE",
     "AdaptationOutdated",
     "ArchiveExecutor",
     "ContainerExecutor",

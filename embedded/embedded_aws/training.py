@@ -18,6 +18,10 @@ from urllib.parse import urlsplit
 
 TrainingStatus = Literal["Completed", "Failed", "Stopped"]
 
+# The executor does a job's work here, no image runs: stacks on the embedded AWS pin this stand-in as their
+# TrainingImageUri (no `make image` without CodeBuild and Docker).
+STAND_IN_TRAINING_IMAGE = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/embedded-stand-in@sha256:{'0' * 64}"
+
 
 @dataclass(frozen=True)
 class TrainingResult:

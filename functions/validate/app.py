@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from lora_pipeline.aws.clients import client
 from lora_pipeline.aws.observability import FunctionObservability
-from lora_pipeline.aws.settings import ValidateEnv
+from lora_pipeline.aws.settings import ValidateFunctionEnv
+from lora_pipeline.aws.training_image import pinned_training_image
 from lora_pipeline.use_cases.run_input import RunInput
 from lora_pipeline.use_cases.validate import validate_run
 
@@ -19,7 +20,9 @@ observability = FunctionObservability()
 @observability.handler(RunInput)
 def lambda_handler(event: RunInput, context: LambdaContext) -> dict[str, Any]:
     observability.run_keys(dataset=event.dataset, run_id=event.run_id)
-    outcome = validate_run(client("s3"), event, ValidateEnv.from_environ().limits())
+    env = ValidateFunctionEnv.from_environ()
+    image = pinned_training_image(client("ssm"), env.training_image_parameter)
+    outcome = validate_run(client("s3"), event, env.limits(), image)
     observability.logger.info(
         "dataset validated", extra={"valid": outcome["valid"], "errors": outcome["error_count"]}
     )

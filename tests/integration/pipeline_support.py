@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 
 from embedded_aws.stack import EmbeddedStack
-from embedded_aws.training import TrainingExecutor
+from embedded_aws.training import STAND_IN_TRAINING_IMAGE, TrainingExecutor
 from lora_pipeline import events
 from tests.corpus import make_good_dataset
 from tests.lora_files import Member, sdxl_lora_bytes, tar_bytes
@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 SCHEMAS = REPO / "schemas" / "events"
 FAST = {
+    "TrainingImageUri": STAND_IN_TRAINING_IMAGE,
     "QuietPeriodSeconds": "2",
     "ReadyGraceSeconds": "1",
     "SlotPollSeconds": "1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -27,27 +28,48 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, captured.err
 
 
-def publish_training_image(stack: EmbeddedStack) -> None:
-    """What `make image` leaves behind: a `latest` image in the stack's repository."""
-    repository = stack.outputs["TrainingImageRepositoryUri"].split("/", 1)[1]
-    manifest = json.dumps(
+def image_manifest(build: str) -> str:
+    """An image manifest whose one layer (and so the digest ECR gives it) differs for each `build`."""
+    layer = "sha256:" + hashlib.sha256(build.encode()).hexdigest()
+    return json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
             "config": {"digest": "sha256:" + "0" * 64},
-            "layers": [],
+            "layers": [{"digest": layer, "size": 1}],
         }
     )
-    stack.client("ecr").put_image(repositoryName=repository, imageManifest=manifest, imageTag="latest")
+
+
+def publish_training_image(stack: EmbeddedStack, tag: str = "v1") -> str:
+    """What `make image` leaves behind: an image under a new tag in the stack's repository, pinned by digest
+    in the stack's SSM parameter. Returns the pinned `<repository>@sha256:<digest>`."""
+    repository_uri = stack.outputs["TrainingImageRepositoryUri"]
+    pushed = stack.client("ecr").put_image(
+        repositoryName=repository_uri.split("/", 1)[1], imageManifest=image_manifest(tag), imageTag=tag
+    )
+    image = f"{repository_uri}@{pushed['image']['imageId']['imageDigest']}"
+    stack.client("ssm").put_parameter(
+        Name=stack.outputs["TrainingImageParameterName"], Value=image, Type="String", Overwrite=True
+    )
+    return image
+
+
+def training_images(stack: EmbeddedStack) -> dict[str, str]:
+    """Training job name -> the image it ran (CreateTrainingJob's AlgorithmSpecification.TrainingImage)."""
+    return {
+        job["TrainingJobName"]: job["AlgorithmSpecification"]["TrainingImage"]
+        for job in stack.training_jobs()
+    }
 
 
 def test_upload_status_download_and_retrain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = dataset(tmp_path, "bluebot", ready=False)
-    with pipeline(ArchiveExecutor(lora_archive("bluebot"))) as stack:
+    with pipeline(ArchiveExecutor(lora_archive("bluebot")), TrainingImageUri="") as stack:
         code, _, err = run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--start")
         assert code == 2 and f"make image STACK={stack.stack_name}" in err
         assert stack.s3.list_objects_v2(Bucket=stack.bucket).get("KeyCount", 0) == 0
-        publish_training_image(stack)
+        first_image = publish_training_image(stack)
         code, out, _ = run_cli(capsys, "upload", str(folder), "--stack", stack.stack_name, "--start")
         assert code == 0, out
         assert f"s3://{stack.bucket}/datasets/bluebot/" in out
@@ -70,11 +92,15 @@ def test_upload_status_download_and_retrain(tmp_path: Path, capsys: pytest.Captu
         assert model.stat().st_size == manifest["size_bytes"]
         assert "verified" in out
 
+        assert set(training_images(stack).values()) == {first_image}
+        # A new `make image`: runs started from now on train with it, by digest.
+        second_image = publish_training_image(stack, "v2")
         code, out, _ = run_cli(capsys, "retrain", "bluebot", "--stack", stack.stack_name)
         assert code == 0, out
         stack.wait_until_idle(timeout=60)
         code, out, _ = run_cli(capsys, "status", "bluebot", "--stack", stack.stack_name)
         assert [line.split()[2] for line in out.splitlines()[1:]] == ["SUCCEEDED", "SUCCEEDED"]
+        assert sorted(training_images(stack).values()) == sorted([first_image, second_image])
 
 
 def test_upload_refuses_a_rejected_dataset_unless_forced(

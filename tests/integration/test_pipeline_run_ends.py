@@ -103,7 +103,7 @@ class _BrokenOutcome:
 def test_a_failure_outside_the_failure_path_sends_one_training_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(validate_step, "validate_step_output", lambda *args: _BrokenOutcome())
+    monkeypatch.setattr(validate_step, "validate_step_output", lambda *args, **kwargs: _BrokenOutcome())
     with pipeline(ArchiveExecutor(lora_archive())) as stack:
         upload(stack, dataset(tmp_path))
         stack.wait_until_idle(timeout=60)

@@ -13,6 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from embedded_aws.training import STAND_IN_TRAINING_IMAGE
 from lora_pipeline.aws.s3_source import S3ObjectReader
 from lora_pipeline.base_model import check_s3_checkpoint
 from lora_pipeline.dataset_source import ObjectUnreadable
@@ -86,7 +87,7 @@ def test_an_s3_base_model_is_checked_by_its_header(
     # Where a dataset may name its own base model: one object under the stack bucket's base-models/.
     s3.put_object(Bucket=BUCKET, Key="base-models/base.safetensors", Body=checkpoint(names))
     upload_dataset(s3, tmp_path, f'base_model = "s3://{BUCKET}/base-models/base.safetensors"\n')
-    outcome = validate_run(s3, RUN, StackLimits())
+    outcome = validate_run(s3, RUN, StackLimits(), STAND_IN_TRAINING_IMAGE)
     assert outcome["valid"] is valid
     assert ("JOB_BASE_MODEL_NOT_SDXL" in problem_codes(outcome)) is not valid
 
@@ -94,7 +95,7 @@ def test_an_s3_base_model_is_checked_by_its_header(
 def test_an_s3_base_model_elsewhere_is_refused_unread(s3: Any, tmp_path: Path) -> None:
     s3.put_object(Bucket=MODELS, Key="base.safetensors", Body=checkpoint(SD15_NAMES))
     upload_dataset(s3, tmp_path, f'base_model = "s3://{MODELS}/base.safetensors"\n')
-    outcome = validate_run(s3, RUN, StackLimits())
+    outcome = validate_run(s3, RUN, StackLimits(), STAND_IN_TRAINING_IMAGE)
     assert outcome["valid"] is False
     assert problem_codes(outcome).count("JOB_BASE_MODEL_NOT_ALLOWED") == 1
     assert "JOB_BASE_MODEL_NOT_SDXL" not in problem_codes(outcome)
@@ -133,7 +134,7 @@ def test_prompts_sd_scripts_reads_leniently_are_reported_and_the_step_still_answ
     upload_dataset(
         s3, tmp_path, 'sample_prompts = ["bluebot --W 832 --H 1216", "bluebot --steps 20 --ss Euler"]\n'
     )
-    outcome = validate_run(s3, RUN, StackLimits())
+    outcome = validate_run(s3, RUN, StackLimits(), STAND_IN_TRAINING_IMAGE)
     assert sorted(problem_codes(outcome)) == ["JOB_BAD_SAMPLE_PROMPT", "JOB_UNKNOWN_SAMPLER"]
     prompts = s3.get_object(Bucket=BUCKET, Key=f"runs/{RUN.dataset}/{RUN.run_id}/config/prompts.txt")
     assert prompts["Body"].read().decode().splitlines()[0] == "bluebot --W 832 --H 1216"

@@ -23,6 +23,8 @@ from lora_trainer.workspace import (
 )
 from tests.container_jobs import make_opt_ml
 
+IMAGE = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/lora@sha256:{'1' * 64}"
+
 
 def _state(checkpoints: Path, name: str, step: int, complete: bool = True) -> Path:
     state = checkpoints / name
@@ -232,12 +234,15 @@ def test_the_plans_checkpoint_interval_reaches_the_container(tmp_path: Path) -> 
         trainer="kohya",
         base_model="stabilityai/stable-diffusion-xl-base-1.0",
     )
-    spec = training_job_spec("bkt", "bluebot", "r", job, "bluebot", None, checkpoint_every_n_steps=947)
+    spec = training_job_spec(
+        "bkt", "bluebot", "r", job, "bluebot", None, checkpoint_every_n_steps=947, training_image=IMAGE
+    )
     path = tmp_path / "hyperparameters.json"
     path.write_text(json.dumps(spec.hyperparameters))
     assert read_hyperparameters(path).checkpoint_every_n_steps == 947
     assert (
-        "checkpoint_every_n_steps" not in training_job_spec("bkt", "b", "r", job, "b", None).hyperparameters
+        "checkpoint_every_n_steps"
+        not in training_job_spec("bkt", "b", "r", job, "b", None, training_image=IMAGE).hyperparameters
     )
 
 

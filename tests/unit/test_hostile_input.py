@@ -30,6 +30,7 @@ from lora_pipeline.safetensors_lora import (
     read_safetensors_header,
     trigger_words,
 )
+from lora_pipeline.training_metrics import LossPoint, parse_loss_log
 from lora_pipeline.validate import MAX_SETTINGS_BYTES, build_validation_report
 from tests.corpus import make_good_dataset
 from tests.lora_files import Member, sdxl_lora_bytes, tar_bytes
@@ -87,6 +88,22 @@ def test_the_streaming_output_check_reports_a_deeply_nested_header() -> None:
 def test_deeply_nested_training_metadata_gives_no_trigger_words() -> None:
     nested = "[" * 200_000 + "]" * 200_000
     assert trigger_words({"ss_tag_frequency": nested, "ss_dataset_dirs": nested}) == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f'{{"step": 2, "loss": {"[" * DEEP}{"]" * DEEP}}}',
+        "[2, 0.5]",
+        '"text"',
+        '{"step": 1e999, "loss": 0.5}',
+    ],
+    ids=["deeply-nested", "array", "string", "infinite-step"],
+)
+def test_a_hostile_loss_log_line_is_skipped(line: str) -> None:
+    # training_loss.jsonl comes out of the job's output archive, like the LoRA itself.
+    text = "\n".join(['{"step": 1, "loss": 0.25}', line, '{"step": 3, "epoch": 1, "loss": 0.125}'])
+    assert parse_loss_log(text) == [LossPoint(1, None, 0.25), LossPoint(3, 1, 0.125)]
 
 
 def test_an_s3_base_model_with_a_deeply_nested_header_is_not_sdxl() -> None:

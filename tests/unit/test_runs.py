@@ -10,6 +10,7 @@ from lora_pipeline.instances import load_instance_table
 from lora_pipeline.job_settings import JobSettings
 from lora_pipeline.use_cases import validate as validate_step
 
+IMAGE = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/lora@sha256:{'1' * 64}"
 JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 
 
@@ -65,6 +66,27 @@ MS = timedelta(milliseconds=400)
         # S3 event times are whole seconds: the same second as the run's end may be after it.
         (dataset_lock.DatasetState(None, T0 + MS), False, T0, dataset_lock.IngestAction.START),
         (dataset_lock.DatasetState(None, T0), True, T0 - SEC, dataset_lock.IngestAction.STALE),
+        # Other ties: the exact instant, and `_READY` put again in the run's last second (a retrain).
+        (dataset_lock.DatasetState(None, T0), False, T0, dataset_lock.IngestAction.START),
+        (dataset_lock.DatasetState(None, T0 + MS), True, T0, dataset_lock.IngestAction.START),
+        (
+            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", False, None, T0), None),
+            False,
+            T0,
+            dataset_lock.IngestAction.CHANGED_DURING_RUN,
+        ),
+        (
+            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", True, None), None),
+            False,
+            T0,
+            dataset_lock.IngestAction.HEARTBEAT,
+        ),
+        (
+            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", True, "tok"), None),
+            True,
+            T0,
+            dataset_lock.IngestAction.READY,
+        ),
         (
             dataset_lock.DatasetState(dataset_lock.ActiveRun("r", True, None), None),
             False,
@@ -192,7 +214,7 @@ def _job(**overrides: object) -> JobSettings:
 
 def test_training_job_spec_channels_and_spot_stopping_condition() -> None:
     spec = training_job_spec.training_job_spec(
-        "bkt", "blue bot", "20261126-112430-3f9a", _job(), "blue", 1.23
+        "bkt", "blue bot", "20261126-112430-3f9a", _job(), "blue", 1.23, training_image=IMAGE
     )
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in spec.input_data_config}
     assert channels == {
@@ -214,13 +236,15 @@ def test_training_job_spec_channels_and_spot_stopping_condition() -> None:
 
 def test_an_s3_base_model_is_the_model_channel_and_on_demand_has_no_max_wait() -> None:
     uri = "s3://models/sdxl/base.safetensors"
-    spec = training_job_spec.training_job_spec("bkt", "d", "r", _job(base_model=uri, spot=False), "d", None)
+    spec = training_job_spec.training_job_spec(
+        "bkt", "d", "r", _job(base_model=uri, spot=False), "d", None, training_image=IMAGE
+    )
     assert spec.input_data_config[-1]["ChannelName"] == "model"
     assert spec.input_data_config[-1]["DataSource"]["S3DataSource"]["S3Uri"] == uri
     assert spec.stopping_condition == {"MaxRuntimeInSeconds": 9000}
 
 
-def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_validate_step_output_keeps_errors_first_within_the_payload_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from lora_pipeline.dataset_source import LocalFolder
     from lora_pipeline.validate import build_validation_report
     from tests.corpus import make_good_dataset
@@ -232,7 +256,7 @@ def test_validation_outcome_keeps_errors_first_within_the_payload_limit(tmp_path
         b""
     )  # one IMAGE_EMPTY error, listed after the warnings by file
     report = build_validation_report(LocalFolder(folder), "many")
-    outcome = validate_step.validate_step_output(report, "bucket", "run-1")
+    outcome = validate_step.validate_step_output(report, "bucket", "run-1", training_image=IMAGE)
 
     assert len(report.problems) > validate_step.MAX_PROBLEMS_IN_EVENT
     assert len(outcome.problems) == validate_step.MAX_PROBLEMS_IN_EVENT
@@ -256,6 +280,8 @@ def test_the_job_gets_the_trigger_words_of_the_subsets_that_train_and_the_epochs
     # Folder order (10_sks dog, 3_ohwx cat, 5_sks dog), each once.
     assert report.summary.trigger_words() == ["sks dog", "ohwx cat"]
 
-    hyperparameters = validate_step.validate_step_output(report, "bucket", "run-1").job.hyperparameters
+    hyperparameters = validate_step.validate_step_output(
+        report, "bucket", "run-1", training_image=IMAGE
+    ).job.hyperparameters
     assert hyperparameters["trigger_phrase"] == "sks dog, ohwx cat"
     assert hyperparameters["keep_epoch_loras"] == "1"

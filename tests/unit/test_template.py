@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from embedded_aws.sam import load_template
+from lora_pipeline.aws.training_image import DIGEST_URI
 
 TEMPLATE = load_template(Path(__file__).resolve().parents[2] / "template.yaml")
 RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
@@ -102,6 +104,7 @@ def test_outputs_the_cli_and_the_image_build_rely_on() -> None:
         "BucketName",
         "TrainingImageRepositoryUri",
         "ImageBuildProjectName",
+        "TrainingImageParameterName",
         "StateMachineArn",
         "EventBusName",
         "TableName",
@@ -109,11 +112,24 @@ def test_outputs_the_cli_and_the_image_build_rely_on() -> None:
     }
     build = props("ImageBuildProject")
     assert build["Environment"]["PrivilegedMode"] is True
-    assert {v["Name"] for v in build["Environment"]["EnvironmentVariables"]} == {
-        "IMAGE_REPO_URI",
-        "IMAGE_TAG",
-    }
+    # IMAGE_TAG comes from `make image`, a new tag for each build.
+    assert {v["Name"] for v in build["Environment"]["EnvironmentVariables"]} == {"IMAGE_REPO_URI"}
     assert build["Source"]["Location"] == {"Fn::Sub": "${Bucket}/build/container-source.zip"}
+
+
+def test_jobs_run_one_image_by_digest_from_an_immutable_repository() -> None:
+    assert props("TrainingImageRepository")["ImageTagMutability"] == "IMMUTABLE"
+    parameter = TEMPLATE["Parameters"]["TrainingImageUri"]
+    assert parameter["AllowedPattern"] == f"^$|^{DIGEST_URI.pattern}$"
+    assert re.fullmatch(parameter["AllowedPattern"], f"r.dkr.ecr.us-east-1.amazonaws.com/x@sha256:{'a' * 64}")
+    assert not re.fullmatch(parameter["AllowedPattern"], "r.dkr.ecr.us-east-1.amazonaws.com/x:latest")
+    validate_env = props("ValidateFunction")["Environment"]["Variables"]
+    assert validate_env["TRAINING_IMAGE_PARAMETER"] == {"Ref": "TrainingImageParameter"}
+    assert "TrainingImageUri" not in props("StateMachine")["DefinitionSubstitutions"]
+    asl = json.loads((Path(__file__).resolve().parents[2] / "statemachine" / "pipeline.asl.json").read_text())
+    train = asl["States"]["TrainAndAnnounce"]["Branches"][0]["States"]["Train"]
+    algorithm = train["Parameters"]["AlgorithmSpecification"]
+    assert algorithm["TrainingImage.$"] == "$.validation.job.training_image"
 
 
 def test_every_checkov_skip_names_a_check_and_gives_a_reason() -> None:

@@ -16,9 +16,12 @@ HYPERPARAMETER_VALUE_LIMIT = 2500  # CreateTrainingJob's limit on one hyperparam
 
 
 class TrainingJobSpec(BaseModel):
-    """The run-specific half of CreateTrainingJob; the state machine adds image, role, metrics and tags."""
+    """The run-specific half of CreateTrainingJob; the state machine adds role, metrics and tags."""
 
     name: str = Field(description="Base job name; the state machine appends '-<attempt>'.")
+    training_image: str = Field(
+        description="`<repository>@sha256:<digest>`, read once per run: every attempt and resume runs it."
+    )
     instance_type: str
     volume_size_gb: int
     spot: bool
@@ -57,6 +60,8 @@ def training_job_spec(
     estimated_cost_usd: float | None,
     trigger_phrase: str | None = None,
     checkpoint_every_n_steps: int | None = None,
+    *,
+    training_image: str,
 ) -> TrainingJobSpec:
     """`trigger_phrase` (the subsets' class tokens) is written into the LoRA's metadata by the container;
     `checkpoint_every_n_steps` (from the plan's CheckpointIntervalMinutes) makes it save state that often."""
@@ -74,6 +79,7 @@ def training_job_spec(
         stopping["MaxWaitTimeInSeconds"] = 2 * max_runtime
     return TrainingJobSpec(
         name=training_job_base_name(dataset, run_id),
+        training_image=training_image,
         instance_type=job.instance_type,
         volume_size_gb=job.volume_size_gb,
         spot=job.spot,

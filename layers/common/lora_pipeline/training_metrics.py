@@ -12,10 +12,11 @@ rather than printed as a placeholder.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
+
+from lora_pipeline.text_formats import loads_json
 
 METRIC_LINE_PREFIX = "lora-metrics"
 # The training container's per-step loss, one JSON object a line: {"step": 12, "epoch": 1, "loss": 0.083}.
@@ -107,12 +108,14 @@ def parse_loss_log(text: str) -> list[LossPoint]:
     points: dict[int, LossPoint] = {}
     for line in text.splitlines():
         try:
-            record = json.loads(line)
+            record = loads_json(line)
+            if not isinstance(record, dict):
+                continue
             epoch = record.get("epoch")
             point = LossPoint(
                 int(record["step"]), None if epoch is None else int(epoch), float(record["loss"])
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             continue
         if math.isfinite(point.loss):
             points[point.step] = point

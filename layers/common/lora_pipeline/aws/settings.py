@@ -66,6 +66,13 @@ class ValidateEnv(_Env):
         )
 
 
+class ValidateFunctionEnv(ValidateEnv):
+    """The validate function's whole environment: the limits (the CLI reads those from the stack's parameters)
+    and the SSM parameter that pins the training image (lora_pipeline.aws.training_image)."""
+
+    training_image_parameter: str = Field(alias="TRAINING_IMAGE_PARAMETER")
+
+
 class UnpackEnv(_Env):
     table_name: str = Field(alias="TABLE_NAME")
 

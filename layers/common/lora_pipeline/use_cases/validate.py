@@ -34,7 +34,9 @@ class ValidateStepOutput(BaseModel):
     job: TrainingJobSpec
 
 
-def validate_step_output(report: ValidationReport, bucket: str, run_id: str) -> ValidateStepOutput:
+def validate_step_output(
+    report: ValidationReport, bucket: str, run_id: str, *, training_image: str
+) -> ValidateStepOutput:
     from lora_pipeline.names import safe_output_name
     from lora_pipeline.problems import Severity
 
@@ -61,6 +63,7 @@ def validate_step_output(report: ValidationReport, bucket: str, run_id: str) -> 
             plan.estimated_usd if plan is not None else None,
             trigger_phrase=", ".join(report.summary.trigger_words()),
             checkpoint_every_n_steps=plan.checkpoint_every_n_steps if plan is not None else None,
+            training_image=training_image,
         ),
     )
 
@@ -93,8 +96,9 @@ def adopt_resume_request(s3: Any, run: RunInput) -> str | None:
     return earlier
 
 
-def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
-    """Validate the dataset, store the report and the job's config files, return the Choice's inputs."""
+def validate_run(s3: Any, run: RunInput, limits: StackLimits, training_image: str) -> dict[str, Any]:
+    """Validate the dataset, store the report and the job's config files, return the Choice's inputs (the job
+    runs `training_image`, `<repository>@sha256:<digest>`)."""
     from lora_pipeline.aws.s3_source import S3DatasetSource, S3ObjectReader
     from lora_pipeline.validate import build_validation_report
 
@@ -112,7 +116,9 @@ def validate_run(s3: Any, run: RunInput, limits: StackLimits) -> dict[str, Any]:
         files[layout.prompts_key] = (report.prompts_txt, "text/plain")
     for key, (text, content_type) in files.items():
         s3.put_object(Bucket=run.bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
-    outcome: dict[str, Any] = validate_step_output(report, run.bucket, run.run_id).model_dump(mode="json")
+    outcome: dict[str, Any] = validate_step_output(
+        report, run.bucket, run.run_id, training_image=training_image
+    ).model_dump(mode="json")
     if outcome["valid"]:
         adopt_resume_request(s3, run)
     return outcome
