@@ -150,6 +150,8 @@ $(PY312_VENV)/.installed: layers/common/requirements.txt requirements-dev.txt co
 	$(PY312_VENV)/bin/pip install --quiet -r layers/common/requirements.txt pytest moto[all,server] \
 		aws-sam-translator cfn-lint pillow numpy safetensors psutil toml tomli-w rich -c constraints.txt
 	$(PY312_VENV)/bin/pip install --quiet --no-deps -e .
+	# setuptools leaves its egg-info in the checkout; on sys.path under pytest it would shadow .venv's metadata
+	rm -rf sdxl_lora_pipeline.egg-info
 	touch $@
 
 # test_packaging checks the development environment's installs (the `local` extra), not the runtime's.
