@@ -7,7 +7,7 @@ sd-scripts turns each entry into a keyword argument without checking it:
   that the module's `create_network` converts. "conv_dim = 4" is the key "conv_dim " (never read).
 
 `data/evaluated_args.toml` lists, per optimizer, scheduler and network module, the keywords it accepts and
-the type each needs; `check_entries` compares parsed entries with it.
+the type each needs; `check_entry` compares a parsed entry with it.
 """
 
 from __future__ import annotations
