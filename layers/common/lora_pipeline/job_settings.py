@@ -338,7 +338,7 @@ def instance_hardware(ctx: JobContext) -> None:
 
 
 @JOB_RULES.rule(
-    "JS103", "volume-minimum", "template.yaml MinVolumeSizeGb (SDXL weights, caches, checkpoints)"
+    "JS103", "volume-minimum", "template.yaml MinVolumeSizeGB (SDXL weights, caches, checkpoints)"
 )
 def volume_minimum(ctx: JobContext) -> None:
     """volume_size_gb must be at least the stack's minimum."""
