@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from embedded_aws.sam import load_template
-from lora_pipeline import events
+from lora_pipeline import events, run_names
 from lora_pipeline.aws import run_table
 from lora_pipeline.dataset_lock import RunStatus
 from lora_pipeline.training_metrics import METRIC_DEFINITIONS
@@ -62,6 +62,18 @@ def _walk(node: Any) -> Any:
     elif isinstance(node, list):
         for value in node:
             yield from _walk(value)
+
+
+def _render_format(expression: str, substitutions: dict[str, str], values: dict[str, str]) -> str:
+    """What Step Functions makes of `States.Format('<template>', <path>, ...)` once CloudFormation has put the
+    DefinitionSubstitutions in: each `{}` takes the value at the next path."""
+    template, paths = re.fullmatch(r"States\.Format\('(.*)', (.+)\)", expression).groups()
+    for name, value in substitutions.items():
+        template = template.replace(f"${{{name}}}", value)
+    pieces = template.split("{}")
+    arguments = [values[path] for path in paths.split(", ")]
+    assert len(pieces) == len(arguments) + 1, expression
+    return pieces[0] + "".join(value + piece for value, piece in zip(arguments, pieces[1:], strict=True))
 
 
 def _transitions(state: dict[str, Any]) -> list[str]:
@@ -276,3 +288,9 @@ def test_training_started_waits_for_the_job_to_exist_and_is_cancelled_when_it_ne
     assert "JitterStrategy" not in find_retry
     assert _worst_case_wait(find_retry) > 2 * _worst_case_wait(create_retry)
     assert 3 * (find_retry["MaxAttempts"] + 1) < 100
+
+
+def test_the_training_jobs_console_link_is_run_names() -> None:
+    expression = STATES["LinkTrainingJob"]["Parameters"]["console_url.$"]
+    rendered = _render_format(expression, {"Region": "eu-west-1"}, {"$.training.job_name": "bluebot-r1-0"})
+    assert rendered == run_names.console_url("eu-west-1", "bluebot-r1-0")
