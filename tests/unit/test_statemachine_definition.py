@@ -18,6 +18,7 @@ from lora_pipeline import events, run_names
 from lora_pipeline.aws import run_table
 from lora_pipeline.dataset_lock import RunStatus
 from lora_pipeline.training_metrics import METRIC_DEFINITIONS
+from lora_trainer.sagemaker_env import OptMl
 
 REPO = Path(__file__).resolve().parents[2]
 ASL_TEXT = (REPO / "statemachine" / "pipeline.asl.json").read_text()
@@ -147,7 +148,8 @@ def test_training_job_request_has_spot_checkpoints_tags_and_retries() -> None:
     train = STATES["Train"]
     assert train["Resource"] == "arn:aws:states:::sagemaker:createTrainingJob.sync"
     params = train["Parameters"]
-    assert params["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
+    # SageMaker syncs the checkpoints folder the container writes (OptMl, without OPT_ML: SageMaker's /opt/ml).
+    assert params["CheckpointConfig"]["LocalPath"] == str(OptMl.from_environ({}).checkpoints_dir)
     assert {tag["Key"] for tag in params["Tags"]} == {"dataset", "run"}
     assert "EnableManagedSpotTraining.$" in params and "StoppingCondition.$" in params
     (retry,) = train["Retry"]
