@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS
+from lora_pipeline.names import OUTPUT_NAME_MAX, is_output_name
 from lora_pipeline.text_formats import loads_json
 from lora_pipeline.training_job_spec import CONFIG_CHANNEL, MODEL_CHANNEL, TRAIN_CHANNEL
 
@@ -177,10 +178,11 @@ def read_hyperparameters(path: Path) -> Hyperparameters:
             f"{path}: trainer = {trainer!r} is not a trainer of this image. Use one of {', '.join(TRAINERS)}."
         )
     output_name = raw["output_name"]
-    if "/" in output_name or "\\" in output_name or output_name in {".", ".."}:
+    if not is_output_name(output_name):
         raise ContractError(
-            f"{path}: output_name = {output_name!r} is not a plain file name. Use a name without slashes "
-            "(the LoRA is written as <output_name>.safetensors)."
+            f"{path}: output_name = {output_name!r} is not a plain file name. Use letters, digits, '_', '.' and "
+            f"'-', not starting with '.' or '-', at most {OUTPUT_NAME_MAX} characters (the LoRA is written as "
+            "<output_name>.safetensors)."
         )
     counts = {key: raw.get(key) for key in ("max_steps", "checkpoint_every_n_steps")}
     for key, value in counts.items():
