@@ -296,3 +296,17 @@ def test_the_training_jobs_console_link_is_run_names() -> None:
     expression = STATES["LinkTrainingJob"]["Parameters"]["console_url.$"]
     rendered = _render_format(expression, {"Region": "eu-west-1"}, {"$.training.job_name": "bluebot-r1-0"})
     assert rendered == run_names.console_url("eu-west-1", "bluebot-r1-0")
+
+
+def test_the_execution_link_is_run_names() -> None:
+    arn = "arn:aws:states:eu-west-1:123456789012:execution:Pipeline:bluebot-r1"
+    expression = STATES["Init"]["Parameters"]["links"]["execution_url.$"]
+    rendered = _render_format(expression, {"Region": "eu-west-1"}, {"$$.Execution.Id": arn})
+    assert rendered == run_names.execution_console_url(arn)
+
+
+def test_the_training_logs_link_opens_the_jobs_streams_in_run_names_log_group() -> None:
+    expression = STATES["LinkTrainingJob"]["Parameters"]["logs_url.$"]
+    rendered = _render_format(expression, {"Region": "eu-west-1"}, {"$.training.job_name": "bluebot-r1-0"})
+    assert rendered.startswith("https://eu-west-1.console.aws.amazon.com/cloudwatch/home?region=eu-west-1#")
+    assert f"#logStream:group={run_names.TRAINING_LOG_GROUP};prefix=bluebot-r1-0;" in rendered
