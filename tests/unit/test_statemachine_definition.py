@@ -310,3 +310,12 @@ def test_the_training_logs_link_opens_the_jobs_streams_in_run_names_log_group() 
     rendered = _render_format(expression, {"Region": "eu-west-1"}, {"$.training.job_name": "bluebot-r1-0"})
     assert rendered.startswith("https://eu-west-1.console.aws.amazon.com/cloudwatch/home?region=eu-west-1#")
     assert f"#logStream:group={run_names.TRAINING_LOG_GROUP};prefix=bluebot-r1-0;" in rendered
+
+
+def test_the_dataset_phases_the_state_machine_writes_are_run_tables() -> None:
+    for name in ("Settled", "ConfirmSettled"):
+        assert STATES[name]["Parameters"]["ExpressionAttributeValues"][":running"] == {
+            "S": run_table.PHASE_RUNNING
+        }
+    values = STATES["Resettle"]["Parameters"]["ExpressionAttributeValues"]
+    assert values[":settling"] == {"S": run_table.PHASE_SETTLING}
