@@ -48,6 +48,7 @@ from kohya_check.job import (
 from lora_pipeline.manifest import RunFacts, build_manifest
 from lora_pipeline.model_archive import LocalFolderSink, UnpackResult, unpack_model_archive
 from lora_pipeline.training_metrics import TrainingProgress, parse_metric_line
+from lora_trainer.sagemaker_env import OptMl
 from lora_trainer.workspace import find_resume_state
 
 SDXL_UNET_MODULES = 722
@@ -78,7 +79,7 @@ def state_saved(opt_ml: Path, epoch: int) -> Callable[[], bool]:
     """True once sd-scripts has completely saved the state of `epoch` (the moment a spot stop costs nothing)."""
 
     def saved() -> bool:
-        resume = find_resume_state(opt_ml / "checkpoints", TRIGGER)
+        resume = find_resume_state(OptMl(opt_ml).checkpoints_dir, TRIGGER)
         if resume is not None and resume.state.epoch >= epoch:
             log(f"{resume.state.directory.name} is saved: SIGTERM, as on a spot interruption")
             return True
@@ -176,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kohya_python = args.kohya_python.absolute()
     work = args.work.absolute()
     opt_ml = work / "opt-ml"
+    layout = OptMl(opt_ml)
     environment = job_environment(opt_ml, args.sd_scripts.absolute(), work)
     try:
         base_model = prepare_engine_inputs(kohya_python, environment, args.model_cache)
@@ -211,11 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             (progress.step, progress.total_steps) == (plan.total_steps, plan.total_steps),
             f"training ended at step {progress.step}/{progress.total_steps}; the plan said {plan.total_steps}",
         )
-        epoch = final_state_epoch(opt_ml / "checkpoints", TRIGGER)
+        epoch = final_state_epoch(layout.checkpoints_dir, TRIGGER)
         require(
             epoch == plan.epochs, f"sd-scripts recorded epoch {epoch} at the end; the plan said {plan.epochs}"
         )
-        archive = pack_model_archive(opt_ml / "model", work / "model.tar.gz")
+        archive = pack_model_archive(layout.model_dir, work / "model.tar.gz")
         result = unpack(archive, args.out.absolute(), TRIGGER)
         modules = check_lora(result)
         samples = sorted((args.out.absolute() / "samples").glob("*.png"))

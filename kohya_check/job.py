@@ -19,6 +19,7 @@ import psutil
 
 from lora_pipeline.dataset_source import LocalFolder
 from lora_pipeline.plan import Plan
+from lora_pipeline.training_job_spec import CONFIG_CHANNEL, TRAIN_CHANNEL
 from lora_pipeline.use_cases.validate import validate_step_output
 from lora_pipeline.validate import build_validation_report
 from lora_pipeline_cli.examples import SUBSET, TRIGGER, write_example_dataset
@@ -72,8 +73,8 @@ def lay_out_opt_ml(dataset: Path, opt_ml: Path, base_model: Path) -> Plan:
         {**job.hyperparameters, "base_model": str(base_model)},
         [channel["ChannelName"] for channel in job.input_data_config],
     )
-    shutil.copytree(dataset, layout.channel("train"), dirs_exist_ok=True)
-    run_config = layout.channel("config")
+    shutil.copytree(dataset, layout.channel(TRAIN_CHANNEL), dirs_exist_ok=True)
+    run_config = layout.channel(CONFIG_CHANNEL)
     run_config.mkdir(parents=True, exist_ok=True)
     (run_config / "kohya.toml").write_text(report.kohya_toml)
     if report.prompts_txt:

@@ -3,7 +3,7 @@
 `InMemoryRunTable` keeps the items `aws/run_table.py` documents, with the same conditions as its
 UpdateExpressions; tests/unit/test_run_table_fake.py runs one script against both and compares.
 Its `store_settle_token`, `mark_settled`, `join_queue` and `acquire_slot` do what the state machine's
-states of those names do to the table.
+WaitForUploadToSettle, Settled, JoinSlotQueue and AcquireSlot states do to the table, under their conditions.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from lora_pipeline.aws.run_table import PHASE_SETTLING
+from lora_pipeline.aws.run_table import PHASE_RUNNING, PHASE_SETTLING
 from lora_pipeline.dataset_lock import ActiveRun, DatasetState, RunStatus, parse_time
 from lora_pipeline.events import EventDetail
 from lora_pipeline.ports import StateChange, TrainingJobSummary
@@ -134,15 +134,19 @@ class InMemoryRunTable:
         return held or queued
 
     # What the state machine does to the table.
-    def store_settle_token(self, dataset: str, token: str) -> None:
-        self._lock(dataset)["settle_token"] = token
-
-    def mark_settled(self, dataset: str, now: datetime) -> None:
+    def store_settle_token(self, dataset: str, run_id: str, token: str) -> None:
         item = self._lock(dataset)
-        item.update(phase="running", settled_at=now.isoformat())
+        assert item.get("active_run") == run_id and not item.get("ready")
+        item["settle_token"] = token
+
+    def mark_settled(self, dataset: str, run_id: str, now: datetime) -> None:
+        item = self._lock(dataset)
+        assert item.get("active_run") == run_id
+        item.update(phase=PHASE_RUNNING, settled_at=now.isoformat())
         item.pop("settle_token", None)
 
     def join_queue(self, run_id: str) -> None:
+        assert run_id not in self.queue
         self.queue.append(run_id)
 
     def acquire_slot(self, run_id: str) -> None:

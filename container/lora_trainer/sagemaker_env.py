@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lora_pipeline.job_settings import DEFAULT_KEEP_EPOCH_LORAS
+from lora_pipeline.names import OUTPUT_NAME_MAX, is_output_name
 from lora_pipeline.text_formats import loads_json
+from lora_pipeline.training_job_spec import CONFIG_CHANNEL, MODEL_CHANNEL, TRAIN_CHANNEL
 
 # The one host of a single-instance job, as SageMaker names it in resourceconfig.json.
 SINGLE_HOST = "algo-1"
@@ -176,10 +178,11 @@ def read_hyperparameters(path: Path) -> Hyperparameters:
             f"{path}: trainer = {trainer!r} is not a trainer of this image. Use one of {', '.join(TRAINERS)}."
         )
     output_name = raw["output_name"]
-    if "/" in output_name or "\\" in output_name or output_name in {".", ".."}:
+    if not is_output_name(output_name):
         raise ContractError(
-            f"{path}: output_name = {output_name!r} is not a plain file name. Use a name without slashes "
-            "(the LoRA is written as <output_name>.safetensors)."
+            f"{path}: output_name = {output_name!r} is not a plain file name. Use letters, digits, '_', '.' and "
+            f"'-', not starting with '.' or '-', at most {OUTPUT_NAME_MAX} characters (the LoRA is written as "
+            "<output_name>.safetensors)."
         )
     counts = {key: raw.get(key) for key in ("max_steps", "checkpoint_every_n_steps")}
     for key, value in counts.items():
@@ -234,26 +237,26 @@ def read_job_inputs(opt_ml: OptMl) -> JobInputs:
             f"{opt_ml.resource_config_file} lists {len(resources.hosts)} hosts; this image trains on one "
             "instance (it uses every GPU of it). Start the training job with InstanceCount = 1."
         )
-    dataset_dir = opt_ml.channel("train")
+    dataset_dir = opt_ml.channel(TRAIN_CHANNEL)
     if not dataset_dir.is_dir():
         raise ContractError(
-            f"The train channel ({dataset_dir}) is missing. Give the job an input channel named 'train' "
-            "pointing at the dataset folder (s3://<bucket>/datasets/<dataset>/)."
+            f"The {TRAIN_CHANNEL} channel ({dataset_dir}) is missing. Give the job an input channel named "
+            f"'{TRAIN_CHANNEL}' pointing at the dataset folder (s3://<bucket>/datasets/<dataset>/)."
         )
-    config_dir = opt_ml.channel("config")
+    config_dir = opt_ml.channel(CONFIG_CHANNEL)
     kohya_config_file = config_dir / "kohya.toml"
     if not kohya_config_file.is_file():
         raise ContractError(
-            f"{kohya_config_file} is missing. Give the job an input channel named 'config' pointing at the "
-            "run's config/ folder, which holds the validated kohya.toml."
+            f"{kohya_config_file} is missing. Give the job an input channel named '{CONFIG_CHANNEL}' pointing "
+            "at the run's config/ folder, which holds the validated kohya.toml."
         )
     prompts = config_dir / "prompts.txt"
-    model_channel = opt_ml.channel("model")
+    model_channel = opt_ml.channel(MODEL_CHANNEL)
     base_model_file = _single_base_model(model_channel) if model_channel.is_dir() else None
     if base_model_file is None and (hyperparameters.base_model or "").startswith("s3://"):
         raise ContractError(
-            f"base_model = {hyperparameters.base_model} is an S3 file but the job has no 'model' channel. "
-            "Send the file as an input channel named 'model'."
+            f"base_model = {hyperparameters.base_model} is an S3 file but the job has no '{MODEL_CHANNEL}' "
+            f"channel. Send the file as an input channel named '{MODEL_CHANNEL}'."
         )
     return JobInputs(
         hyperparameters=hyperparameters,

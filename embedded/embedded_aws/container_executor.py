@@ -220,13 +220,14 @@ class ContainerExecutor:
         final_metrics: dict[str, float],
     ) -> TrainingResult:
         progress.secondary_status("Uploading", "Uploading generated training model")
+        layout = OptMl(opt_ml)
         checkpoint_uri = request.get("CheckpointConfig", {}).get("S3Uri")
-        if checkpoint_uri and _has_files(opt_ml / "checkpoints"):
-            _upload_tree(s3, opt_ml / "checkpoints", checkpoint_uri)
+        if checkpoint_uri and _has_files(layout.checkpoints_dir):
+            _upload_tree(s3, layout.checkpoints_dir, checkpoint_uri)
         output_dir = model_artifact_uri(request).rsplit("/", 1)[0]
-        if _has_files(opt_ml / "output" / "data"):
+        if _has_files(layout.output_data_dir):
             archive = opt_ml / "output.tar.gz"
-            _tar_folder(opt_ml / "output" / "data", archive)
+            _tar_folder(layout.output_data_dir, archive)
             s3.upload_file(str(archive), *split_s3_uri(f"{output_dir}/output.tar.gz"))
         if stop_reason is not None:
             if stop_reason == "MaxRuntimeExceeded":
@@ -235,10 +236,9 @@ class ContainerExecutor:
                 )
             return TrainingResult(status="Stopped", billable_seconds=billable, final_metrics=final_metrics)
         if exit_code != 0:
-            failure_file = opt_ml / "output" / "failure"
             reason = (
-                failure_file.read_text(encoding="utf-8", errors="replace")
-                if failure_file.is_file()
+                layout.failure_file.read_text(encoding="utf-8", errors="replace")
+                if layout.failure_file.is_file()
                 else f"AlgorithmError: the training container exited with code {exit_code}"
             )
             return TrainingResult(
@@ -248,6 +248,6 @@ class ContainerExecutor:
                 final_metrics=final_metrics,
             )
         archive = opt_ml / "model.tar.gz"
-        _tar_folder(opt_ml / "model", archive)
+        _tar_folder(layout.model_dir, archive)
         s3.upload_file(str(archive), *split_s3_uri(model_artifact_uri(request)))
         return TrainingResult(status="Completed", billable_seconds=billable, final_metrics=final_metrics)

@@ -58,15 +58,13 @@ def test_s3_source_lists_the_dataset_without_markers_and_placeholders(s3: Any) -
     assert source.location == f"s3://{BUCKET}/datasets/d/"
 
 
-def test_s3_source_reads_ranges_tails_and_past_the_end(s3: Any) -> None:
+def test_s3_source_reads_ranges_and_past_the_end(s3: Any) -> None:
     data = bytes(range(256)) * 40
     s3.put_object(Bucket=BUCKET, Key="datasets/d/i.png", Body=data)
     source = S3DatasetSource(s3, BUCKET, "d")
     assert source.read_range("i.png", 10, 5) == data[10:15]
     assert source.read_range("i.png", len(data) - 3, 100) == data[-3:]
     assert source.read_range("i.png", len(data) + 10, 100) == b""
-    assert source.read_tail("i.png", 7) == data[-7:]
-    assert source.read_tail("i.png", 10**6) == data
     assert source.read_small("i.png", len(data)) == data
     assert source.read_small("i.png", len(data) - 1) is None
 

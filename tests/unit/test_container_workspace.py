@@ -103,6 +103,7 @@ def test_sample_prompts_render_at_1024_unless_a_size_is_given(tmp_path: Path) ->
         ({"output_name": "x", "dataset": "d"}, "run_id"),
         ({"output_name": "x", "dataset": "d", "run_id": "r", "trainer": "dreambooth"}, "kohya, smoke"),
         ({"output_name": "../x", "dataset": "d", "run_id": "r"}, "plain file name"),
+        ({"output_name": "-x", "dataset": "d", "run_id": "r"}, "plain file name"),
         ({"output_name": "x", "dataset": "d", "run_id": "r", "max_steps": "-3"}, "positive whole number"),
         (
             {"output_name": "x", "dataset": "d", "run_id": "r", "checkpoint_every_n_steps": "0"},

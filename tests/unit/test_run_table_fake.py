@@ -3,61 +3,89 @@ script of calls, including what the state machine writes, runs against both and 
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from lora_pipeline.aws.run_table import SLOTS_KEY, RunTable, dataset_key
+from lora_pipeline.aws.run_table import RunTable
 from tests.fakes import InMemoryRunTable
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 EVERY = timedelta(seconds=30)
 
 
+ASL = json.loads((Path(__file__).resolve().parents[2] / "statemachine" / "pipeline.asl.json").read_text())
+
+
+def _states(machine: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, state in machine["States"].items():
+        yield name, state
+        for branch in state.get("Branches", []):
+            yield from _states(branch)
+
+
+ASL_STATES = dict(_states(ASL))
+_FORMAT = re.compile(r"States\.Format\('(.*)', (\S+)\)")
+_ARRAY = re.compile(r"States\.Array\((\S+)\)")
+
+
+def _resolve(node: Any, context: dict[str, str]) -> Any:
+    """A state's Parameters as Step Functions sends them: `.$` fields take the value at their path (or what the
+    intrinsic function makes of it), `${...}` the DefinitionSubstitutions. `context` maps each path and
+    substitution name the state uses to its value."""
+    if isinstance(node, list):
+        return [_resolve(value, context) for value in node]
+    if isinstance(node, str):
+        return re.sub(r"\$\{(\w+)\}", lambda name: context[name[1]], node)
+    if not isinstance(node, dict):
+        return node
+    resolved = {}
+    for key, value in node.items():
+        if not key.endswith(".$"):
+            resolved[key] = _resolve(value, context)
+        elif format_ := _FORMAT.fullmatch(value):
+            resolved[key.removesuffix(".$")] = format_[1].replace("{}", context[format_[2]])
+        elif array := _ARRAY.fullmatch(value):
+            resolved[key.removesuffix(".$")] = [context[array[1]]]
+        else:
+            resolved[key.removesuffix(".$")] = context[value]
+    return resolved
+
+
 class StateMachineWrites:
-    """What the state machine's states do to the DynamoDB table (statemachine/pipeline.asl.json)."""
+    """What the state machine's states do to the DynamoDB table: their Parameters, read from
+    statemachine/pipeline.asl.json, sent as the state machine sends them."""
 
     def __init__(self, table: RunTable) -> None:
-        self.client, self.name = table._client, table._table
+        self.client = table._client
+        self.substitutions = {"TableName": table._table, "MaxConcurrentTrainingJobs": "1"}
 
-    def _update(self, key: dict[str, Any], expression: str, values: dict[str, Any], **extra: Any) -> None:
+    def _run(self, state: str, context: dict[str, str]) -> None:
+        assert ASL_STATES[state]["Resource"].startswith("arn:aws:states:::aws-sdk:dynamodb:updateItem")
         self.client.update_item(
-            TableName=self.name,
-            Key=key,
-            UpdateExpression=expression,
-            ExpressionAttributeValues=values,
-            **extra,
+            **_resolve(ASL_STATES[state]["Parameters"], {**self.substitutions, **context})
         )
 
-    def store_settle_token(self, dataset: str, token: str) -> None:
-        self._update(dataset_key(dataset), "SET settle_token = :token", {":token": {"S": token}})
+    def store_settle_token(self, dataset: str, run_id: str, token: str) -> None:
+        self._run("WaitForUploadToSettle", {"$.dataset": dataset, "$.run_id": run_id, "$$.Task.Token": token})
 
-    def mark_settled(self, dataset: str, now: datetime) -> None:
-        self._update(
-            dataset_key(dataset),
-            "SET phase = :running, settled_at = :now REMOVE settle_token",
-            {":running": {"S": "running"}, ":now": {"S": now.isoformat()}},
+    def mark_settled(self, dataset: str, run_id: str, now: datetime) -> None:
+        self._run(
+            "Settled", {"$.dataset": dataset, "$.run_id": run_id, "$$.State.EnteredTime": now.isoformat()}
         )
 
     def join_queue(self, run_id: str) -> None:
-        self._update(
-            SLOTS_KEY,
-            "SET #queue = list_append(if_not_exists(#queue, :empty), :me)",
-            {":empty": {"L": []}, ":me": {"L": [{"S": run_id}]}},
-            ExpressionAttributeNames={"#queue": "queue"},
-        )
+        self._run("JoinSlotQueue", {"$.run_id": run_id})
 
     def acquire_slot(self, run_id: str) -> None:
-        self._update(
-            SLOTS_KEY,
-            "REMOVE #queue[0] ADD holders :me",
-            {":me": {"SS": [run_id]}},
-            ExpressionAttributeNames={"#queue": "queue"},
-        )
+        self._run("AcquireSlot", {"$.run_id": run_id})
 
 
 def _script(table: Any, machine: Any, slots: Any) -> list[Any]:
@@ -67,12 +95,12 @@ def _script(table: Any, machine: Any, slots: Any) -> list[Any]:
     ]
     table.record_run("d", "r1", "d-r1", T0)
     answers.append(table.record_upload("d", False, T0 + timedelta(seconds=1)))
-    machine.store_settle_token("d", "token-1")
+    machine.store_settle_token("d", "r1", "token-1")
     answers.append(table.record_upload("d", True, T0 + timedelta(seconds=2)))
     for seconds in (2, 12, 32, 33):
         answers.append(table.claim_heartbeat("d", "r1", T0 + timedelta(seconds=seconds), EVERY))
     answers.append(table.claim_heartbeat("d", "other", T0 + timedelta(seconds=99), EVERY))
-    machine.mark_settled("d", T0 + timedelta(seconds=40))
+    machine.mark_settled("d", "r1", T0 + timedelta(seconds=40))
     answers += [table.record_upload("d", False, T0 + timedelta(seconds=41)), table.dataset_state("d")]
     answers.append(table.changed_during_run("d", "r1"))
     table.mark_changed_during_run("d", "other")

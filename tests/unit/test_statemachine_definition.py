@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from embedded_aws.sam import load_template
-from lora_pipeline import events
+from lora_pipeline import events, run_names
 from lora_pipeline.aws import run_table
 from lora_pipeline.dataset_lock import RunStatus
 from lora_pipeline.training_metrics import METRIC_DEFINITIONS
+from lora_trainer.sagemaker_env import OptMl
 
 REPO = Path(__file__).resolve().parents[2]
 ASL_TEXT = (REPO / "statemachine" / "pipeline.asl.json").read_text()
@@ -62,6 +63,18 @@ def _walk(node: Any) -> Any:
     elif isinstance(node, list):
         for value in node:
             yield from _walk(value)
+
+
+def _render_format(expression: str, substitutions: dict[str, str], values: dict[str, str]) -> str:
+    """What Step Functions makes of `States.Format('<template>', <path>, ...)` once CloudFormation has put the
+    DefinitionSubstitutions in: each `{}` takes the value at the next path."""
+    template, paths = re.fullmatch(r"States\.Format\('(.*)', (.+)\)", expression).groups()
+    for name, value in substitutions.items():
+        template = template.replace(f"${{{name}}}", value)
+    pieces = template.split("{}")
+    arguments = [values[path] for path in paths.split(", ")]
+    assert len(pieces) == len(arguments) + 1, expression
+    return pieces[0] + "".join(value + piece for value, piece in zip(arguments, pieces[1:], strict=True))
 
 
 def _transitions(state: dict[str, Any]) -> list[str]:
@@ -135,7 +148,8 @@ def test_training_job_request_has_spot_checkpoints_tags_and_retries() -> None:
     train = STATES["Train"]
     assert train["Resource"] == "arn:aws:states:::sagemaker:createTrainingJob.sync"
     params = train["Parameters"]
-    assert params["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
+    # SageMaker syncs the checkpoints folder the container writes (OptMl, without OPT_ML: SageMaker's /opt/ml).
+    assert params["CheckpointConfig"]["LocalPath"] == str(OptMl.from_environ({}).checkpoints_dir)
     assert {tag["Key"] for tag in params["Tags"]} == {"dataset", "run"}
     assert "EnableManagedSpotTraining.$" in params and "StoppingCondition.$" in params
     (retry,) = train["Retry"]
@@ -276,3 +290,32 @@ def test_training_started_waits_for_the_job_to_exist_and_is_cancelled_when_it_ne
     assert "JitterStrategy" not in find_retry
     assert _worst_case_wait(find_retry) > 2 * _worst_case_wait(create_retry)
     assert 3 * (find_retry["MaxAttempts"] + 1) < 100
+
+
+def test_the_training_jobs_console_link_is_run_names() -> None:
+    expression = STATES["LinkTrainingJob"]["Parameters"]["console_url.$"]
+    rendered = _render_format(expression, {"Region": "eu-west-1"}, {"$.training.job_name": "bluebot-r1-0"})
+    assert rendered == run_names.console_url("eu-west-1", "bluebot-r1-0")
+
+
+def test_the_execution_link_is_run_names() -> None:
+    arn = "arn:aws:states:eu-west-1:123456789012:execution:Pipeline:bluebot-r1"
+    expression = STATES["Init"]["Parameters"]["links"]["execution_url.$"]
+    rendered = _render_format(expression, {"Region": "eu-west-1"}, {"$$.Execution.Id": arn})
+    assert rendered == run_names.execution_console_url(arn)
+
+
+def test_the_training_logs_link_opens_the_jobs_streams_in_run_names_log_group() -> None:
+    expression = STATES["LinkTrainingJob"]["Parameters"]["logs_url.$"]
+    rendered = _render_format(expression, {"Region": "eu-west-1"}, {"$.training.job_name": "bluebot-r1-0"})
+    assert rendered.startswith("https://eu-west-1.console.aws.amazon.com/cloudwatch/home?region=eu-west-1#")
+    assert f"#logStream:group={run_names.TRAINING_LOG_GROUP};prefix=bluebot-r1-0;" in rendered
+
+
+def test_the_dataset_phases_the_state_machine_writes_are_run_tables() -> None:
+    for name in ("Settled", "ConfirmSettled"):
+        assert STATES[name]["Parameters"]["ExpressionAttributeValues"][":running"] == {
+            "S": run_table.PHASE_RUNNING
+        }
+    values = STATES["Resettle"]["Parameters"]["ExpressionAttributeValues"]
+    assert values[":settling"] == {"S": run_table.PHASE_SETTLING}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from embedded_aws.sam import load_template
+from lora_image_build import SOURCE_KEY
 from lora_pipeline.aws.training_image import DIGEST_URI
 
 TEMPLATE = load_template(Path(__file__).resolve().parents[2] / "template.yaml")
@@ -114,7 +115,7 @@ def test_outputs_the_cli_and_the_image_build_rely_on() -> None:
     assert build["Environment"]["PrivilegedMode"] is True
     # IMAGE_TAG comes from `make image`, a new tag for each build.
     assert {v["Name"] for v in build["Environment"]["EnvironmentVariables"]} == {"IMAGE_REPO_URI"}
-    assert build["Source"]["Location"] == {"Fn::Sub": "${Bucket}/build/container-source.zip"}
+    assert build["Source"]["Location"] == {"Fn::Sub": f"${{Bucket}}/{SOURCE_KEY}"}
 
 
 def test_jobs_run_one_image_by_digest_from_an_immutable_repository() -> None:

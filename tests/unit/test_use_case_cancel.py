@@ -74,7 +74,7 @@ def pipeline() -> Pipeline:
     p = Pipeline()
     assert p.table.try_start("d", "r1", False, T0, None)
     p.table.record_run("d", "r1", "d-r1", T0)
-    p.table.mark_settled("d", T0 + timedelta(minutes=1))
+    p.table.mark_settled("d", "r1", T0 + timedelta(minutes=1))
     p.table.join_queue("r1")
     p.table.acquire_slot("r1")
     p.jobs.jobs = [

@@ -52,7 +52,7 @@ def test_heartbeats_are_sent_at_most_once_per_interval_and_ready_ends_the_wait()
     _upload(table, sfn, "datasets/d/10_a/1.png", 0)
     assert _upload(table, sfn, "datasets/d/10_a/2.png", 1) is IngestAction.HEARTBEAT
     assert sfn.settle_calls == []  # no token stored yet: nothing to prolong
-    table.store_settle_token("d", "token-1")
+    table.store_settle_token("d", table.datasets["d"]["active_run"], "token-1")
     for seconds in (2, 10, 31, 33):
         assert _upload(table, sfn, f"datasets/d/10_a/{seconds}.png", seconds) is IngestAction.HEARTBEAT
     assert sfn.settle_calls == [("heartbeat", "token-1"), ("heartbeat", "token-1")]  # at 2 s and at 33 s
@@ -64,7 +64,7 @@ def test_an_upload_as_the_quiet_period_ends_marks_the_run_changed() -> None:
     table, sfn = InMemoryRunTable(), FakeExecutions(closed_tokens={"token-1"})
     known: list[str] = []
     ingest_upload(table, sfn, BUCKET, "datasets/d/1.png", T0, T0, EVERY, run_known=known.append)
-    table.store_settle_token("d", "token-1")
+    table.store_settle_token("d", known[0], "token-1")
     assert _upload(table, sfn, "datasets/d/2.png", 5) is IngestAction.CHANGED_DURING_RUN
     assert table.changed_during_run("d", known[0])
 
@@ -73,7 +73,7 @@ def test_after_settling_new_data_marks_the_run_changed_and_old_or_ready_events_a
     table, sfn = InMemoryRunTable(), FakeExecutions()
     known: list[str] = []
     ingest_upload(table, sfn, BUCKET, "datasets/d/1.png", T0, T0, EVERY, run_known=known.append)
-    table.mark_settled("d", T0 + timedelta(seconds=60))
+    table.mark_settled("d", known[0], T0 + timedelta(seconds=60))
     assert _upload(table, sfn, "datasets/d/late.png", 70, object_seconds=10) is IngestAction.STALE
     assert _upload(table, sfn, "datasets/d/_READY", 70) is IngestAction.STALE
     assert not table.changed_during_run("d", known[0])

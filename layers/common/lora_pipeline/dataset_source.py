@@ -37,10 +37,6 @@ class DatasetSource(Protocol):
         """Up to `length` bytes from offset `start` (fewer at the end of the file). Must be thread-safe."""
         ...
 
-    def read_tail(self, path: str, length: int) -> bytes:
-        """The last `length` bytes (the whole file when it is shorter)."""
-        ...
-
     def read_small(self, path: str, limit: int) -> bytes | None:
         """A whole small file (captions, TOML settings), or None when it is longer than `limit` bytes.
         Reads at most `limit + 1` bytes, so a huge file costs no more than a small one."""
@@ -76,12 +72,6 @@ class LocalFolder:
         with open(self.root / path, "rb") as f:
             f.seek(start)
             return f.read(length)
-
-    def read_tail(self, path: str, length: int) -> bytes:
-        with open(self.root / path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(max(0, size - length))
-            return f.read()
 
     def read_small(self, path: str, limit: int) -> bytes | None:
         with open(self.root / path, "rb") as f:

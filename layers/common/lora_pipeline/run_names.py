@@ -43,6 +43,7 @@ def training_job_name(dataset: str, run_id: str, attempt: int) -> str:
 
 
 def console_url(region: str, training_job_name: str) -> str:
+    """The training job's page in the SageMaker console (what the state machine's LinkTrainingJob builds)."""
     return f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/jobs/{training_job_name}"
 
 

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 
 DATASETS_PREFIX = "datasets/"
 RUNS_PREFIX = "runs/"
-BUILD_PREFIX = "build/"
 BASE_MODELS_PREFIX = "base-models/"
 READY_MARKER = "_READY"
-CONTAINER_SOURCE_KEY = f"{BUILD_PREFIX}container-source.zip"
 
 
 def s3_uri(bucket: str, key: str) -> str:

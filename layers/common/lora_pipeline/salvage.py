@@ -22,10 +22,6 @@ _STATE_FILE = re.compile(r"^(?P<folder>[^/]+-state)/(?P<file>train_state\.json|r
 KEPT_FOR_RESUME_TAG = {"Key": "lora-pipeline", "Value": "kept-for-resume"}
 
 
-def epoch_lora_name(output_name: str, epoch: int) -> str:
-    return f"{output_name}-{epoch:06d}.safetensors"
-
-
 def newest_epoch_lora(names: Iterable[str], output_name: str | None = None) -> tuple[str, int] | None:
     """The newest `<output_name>-<epoch:06d>.safetensors` among file names relative to the checkpoints
     folder (any output name when None), with its epoch."""

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from lora_pipeline.job_settings import JobSettings
 
 HYPERPARAMETER_VALUE_LIMIT = 2500  # CreateTrainingJob's limit on one hyperparameter value
+# The job's input channels; SageMaker downloads each to /opt/ml/input/data/<channel>/ before the image starts.
+TRAIN_CHANNEL = "train"  # the dataset folder
+CONFIG_CHANNEL = "config"  # the run's config/ folder: the validated kohya.toml and prompts.txt
+MODEL_CHANNEL = "model"  # the base model, when pipeline.toml names an s3:// file
 
 
 class TrainingJobSpec(BaseModel):
@@ -67,11 +71,11 @@ def training_job_spec(
     `checkpoint_every_n_steps` (from the plan's CheckpointIntervalMinutes) makes it save state that often."""
     run = RunLayout(dataset, run_id)
     channels = [
-        _channel("train", s3_uri(bucket, dataset_prefix(dataset))),
-        _channel("config", s3_uri(bucket, run.config_prefix)),
+        _channel(TRAIN_CHANNEL, s3_uri(bucket, dataset_prefix(dataset))),
+        _channel(CONFIG_CHANNEL, s3_uri(bucket, run.config_prefix)),
     ]
     if job.base_model_from_s3:
-        channels.append(_channel("model", job.base_model))
+        channels.append(_channel(MODEL_CHANNEL, job.base_model))
     max_runtime = int(job.max_runtime_hours * 3600)
     stopping = {"MaxRuntimeInSeconds": max_runtime}
     if job.spot:

@@ -23,6 +23,9 @@ from lora_pipeline.dataset_lock import ActiveRun, DatasetState, RunStatus, parse
 
 SLOTS_KEY = {"pk": {"S": "SLOTS"}, "sk": {"S": "SLOTS"}}
 PHASE_SETTLING = "settling"
+# Written by the state machine (Settled, ConfirmSettled) once the upload has settled; the Python side only tells
+# settling from not settling.
+PHASE_RUNNING = "running"
 
 
 # The updates the state machine makes too (its ReleaseSlot, FreeDataset and RecordOutcome states hold the same

@@ -61,11 +61,6 @@ class S3DatasetSource:
             return b""
         return self._get(path, f"bytes={start}-{start + length - 1}")
 
-    def read_tail(self, path: str, length: int) -> bytes:
-        if length <= 0:
-            return b""
-        return self._get(path, f"bytes=-{length}")
-
     def read_small(self, path: str, limit: int) -> bytes | None:
         data = self._get(path, f"bytes=0-{limit}")
         return data if len(data) <= limit else None
