@@ -64,7 +64,9 @@ class Handler:
         self.module: ModuleType = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(self.module)
         self.logs = io.StringIO()
-        self.module.observability.logger.registered_handler.setStream(self.logs)
+        # Not setStream: it flushes the handler's old stream, which an earlier in-process demo (its lambda.log,
+        # the stdout Powertools' shared handler captured) may have closed.
+        self.module.observability.logger.registered_handler.stream = self.logs
         self.capsys = capsys
         self.function = function
 
