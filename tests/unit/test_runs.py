@@ -88,18 +88,6 @@ MS = timedelta(milliseconds=400)
             dataset_lock.IngestAction.READY,
         ),
         (
-            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", True, None), None),
-            False,
-            T0,
-            dataset_lock.IngestAction.HEARTBEAT,
-        ),
-        (
-            dataset_lock.DatasetState(dataset_lock.ActiveRun("r", True, "tok"), None),
-            True,
-            T0,
-            dataset_lock.IngestAction.READY,
-        ),
-        (
             dataset_lock.DatasetState(dataset_lock.ActiveRun("r", False, None, T0), None),
             False,
             T0 + SEC,
